@@ -1,0 +1,373 @@
+"""SICAPv2 on disk -> a tile index (paper Sec. 3, "Training Latent Diffusion Models").
+
+Reads the real SICAPv2 folder or the built-in demo one (same layout; see
+``discnb.demo_data``)::
+
+    root/images/<name>.jpg        root/masks/<stem>.png (v2) or .jpg (v1, lossy)
+    root/wsi_labels.xlsx          slide_id, patient_id, Gleason_primary, Gleason_secondary
+    root/partition/Test/{Train,Test}.xlsx              official split: image_name, NC, G3, G4, G5, G4C
+    root/partition/Validation/Val{1..4}/Test.xlsx      patient-wise CV folds over official Train
+
+Mask pixels 0/3/4/5 (non-cancer incl. background / Gleason 3 / 4 / 5) become the paper's labels
+0..3. Every bad file gets an error that names it and the problem; with ``on_bad_file="skip"``
+the file is left out and listed in a report instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from . import LABELS
+
+log = logging.getLogger(__name__)
+
+MASK_VALUES = (0, 3, 4, 5)
+GRADE_TO_LABEL = {0: 0, 3: 1, 4: 2, 5: 3}
+ONEHOT_COLUMNS = ("NC", "G3", "G4", "G5")
+FRACTION_COLUMNS = tuple(f"frac_{n}" for n in LABELS)
+# A lossy .jpg mask holds values near 0/3/4/5; anything above this is not a mask value.
+_JPG_MASK_MAX = 7
+
+
+class DataError(ValueError):
+    """A SICAPv2 file that cannot be used, named with its problem."""
+
+
+@dataclass
+class Skipped:
+    """What ``build_index`` left out with ``on_bad_file='skip'``, and why."""
+    rows: list = field(default_factory=list)
+
+    def add(self, path, problem: str) -> None:
+        self.rows.append({"file": str(path), "problem": problem})
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["file", "problem"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+# ----------------------------------------------------------------------------------- tables
+def _table_path(root: Path, rel: str) -> Path | None:
+    """``rel`` (an .xlsx path) in the dataset, or its csv copy under ``csv/``."""
+    for p in (root / rel, root / "csv" / Path(rel).with_suffix(".csv")):
+        if p.exists():
+            return p
+    return None
+
+
+def read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    path = Path(path)
+    try:
+        df = pd.read_excel(path) if path.suffix == ".xlsx" else pd.read_csv(path)
+    except Exception as e:  # openpyxl/pandas raise many types; the user needs the file name
+        raise DataError(f"{path}: cannot be read as a table ({type(e).__name__}: {e})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+    return df
+
+
+def check_layout(root: str | Path) -> Path:
+    """Raise a clear error unless ``root`` looks like a SICAPv2 folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder. Point `dataset` at a SICAPv2 folder or use 'demo'.")
+    problems = []
+    if not (root / "images").is_dir():
+        problems.append("no images/ folder")
+    if _table_path(root, "wsi_labels.xlsx") is None:
+        problems.append("no wsi_labels.xlsx")
+    if _table_path(root, "partition/Test/Train.xlsx") is None:
+        problems.append("no partition/Test/Train.xlsx")
+    if problems:
+        raise DataError(f"{root} is not SICAPv2-shaped: {'; '.join(problems)} "
+                        "(expected images/, masks/, partition/Test/, partition/Validation/Val1..4/, wsi_labels.xlsx)")
+    return root
+
+
+def slide_of(image_name: str) -> str:
+    """SICAPv2 patch names start with the slide id: ``<slide>_Block_Region_...``."""
+    return str(image_name).split("_", 1)[0]
+
+
+def read_wsi_labels(root: str | Path) -> pd.DataFrame:
+    """Slide labels; adds ``primary_label``/``secondary_label`` in 0..3."""
+    root = Path(root)
+    path = _table_path(root, "wsi_labels.xlsx")
+    if path is None:
+        raise DataError(f"{root}: no wsi_labels.xlsx")
+    df = read_table(path, ("slide_id", "patient_id", "Gleason_primary", "Gleason_secondary"))
+    df["slide_id"] = df["slide_id"].astype(str)
+    df["patient_id"] = df["patient_id"].astype(str)
+    for col in ("Gleason_primary", "Gleason_secondary"):
+        bad = sorted(set(df[col].dropna().astype(int)) - set(GRADE_TO_LABEL))
+        if bad or df[col].isna().any():
+            raise DataError(f"{path}: column {col} must hold 0, 3, 4 or 5; found {bad or 'empty cells'}")
+        df[col] = df[col].astype(int)
+    df["primary_label"] = df["Gleason_primary"].map(GRADE_TO_LABEL)
+    df["secondary_label"] = df["Gleason_secondary"].map(GRADE_TO_LABEL)
+    dup = df["slide_id"][df["slide_id"].duplicated()].tolist()
+    if dup:
+        raise DataError(f"{path}: slide ids listed twice: {dup[:5]}")
+    return df
+
+
+def _read_split(root: Path, rel: str) -> pd.DataFrame:
+    path = _table_path(root, rel)
+    if path is None:
+        raise DataError(f"{root}: missing {rel}")
+    df = read_table(path, ("image_name",) + ONEHOT_COLUMNS)
+    if "G4C" not in df.columns:
+        df["G4C"] = 0
+    onehot = df[list(ONEHOT_COLUMNS)].to_numpy()
+    bad = np.flatnonzero(onehot.sum(1) != 1)
+    if len(bad):
+        raise DataError(f"{path}: row(s) {[int(i) + 2 for i in bad[:5]]} (spreadsheet numbering) do not have "
+                        f"exactly one of {ONEHOT_COLUMNS} set, e.g. {df.iloc[bad[0]]['image_name']}")
+    df["tile_label"] = onehot.argmax(1)
+    df["_table"] = str(path)
+    return df[["image_name", *ONEHOT_COLUMNS, "G4C", "tile_label", "_table"]]
+
+
+def read_partitions(root: str | Path) -> pd.DataFrame:
+    """Official split and CV folds, one row per listed patch.
+
+    ``split`` is ``train`` or ``test``; ``cv_fold`` is k when the patch is in
+    ``Validation/Val{k}/Test`` (its validation fold), 0 for official-test patches and -1 for a
+    train patch in no fold (or when the dataset has no Validation folder).
+    """
+    root = Path(root)
+    train = _read_split(root, "partition/Test/Train.xlsx").assign(split="train")
+    test = _read_split(root, "partition/Test/Test.xlsx").assign(split="test")
+    both = set(train.image_name) & set(test.image_name)
+    if both:
+        raise DataError(f"{root}/partition/Test: {len(both)} patch(es) are in both Train and Test, e.g. {sorted(both)[0]}")
+    df = pd.concat([train, test], ignore_index=True)
+    df["cv_fold"] = np.where(df.split == "test", 0, -1)
+    fold_of: dict[str, int] = {}
+    n_folds = 0
+    for k in range(1, 5):
+        rel = f"partition/Validation/Val{k}/Test.xlsx"
+        if _table_path(root, rel) is None:
+            continue
+        n_folds += 1
+        for name in _read_split(root, rel).image_name:
+            if name in fold_of:
+                raise DataError(f"{root}/partition/Validation: {name} is in the Test set of both "
+                                f"Val{fold_of[name]} and Val{k}")
+            fold_of[name] = k
+    if n_folds == 0:
+        warnings.warn(f"{root}: no partition/Validation/Val*/Test.xlsx: cross-validation folds unavailable")
+    is_train = df.split == "train"
+    df.loc[is_train, "cv_fold"] = df.loc[is_train, "image_name"].map(fold_of).fillna(-1).astype(int)
+    stray = set(fold_of) - set(train.image_name)
+    if stray:
+        raise DataError(f"{root}/partition/Validation: {len(stray)} fold patch(es) are not in the official Train "
+                        f"set, e.g. {sorted(stray)[0]}")
+    return df
+
+
+# ------------------------------------------------------------------------------------ files
+def mask_path_for(root: Path, image_name: str) -> Path | None:
+    stem = Path(image_name).stem
+    for ext in (".png", ".jpg"):
+        p = root / "masks" / (stem + ext)
+        if p.exists():
+            return p
+    return None
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB image, fully decoded (truncated files fail here, with the file named)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+
+
+def mask_to_labels(values: np.ndarray, path: str | Path = "<array>", lossy: bool = False) -> np.ndarray:
+    """Mask pixel values 0/3/4/5 -> labels 0..3.
+
+    Lossy (JPEG) masks are snapped to the nearest valid value; exact masks with any other value
+    are an error naming the file and the values found.
+    """
+    values = np.asarray(values)
+    if values.ndim == 3:  # an RGB-saved mask: all channels must agree
+        if not (values == values[..., :1]).all():
+            raise DataError(f"{path}: mask is colour, expected one channel of 0/3/4/5")
+        values = values[..., 0]
+    found = np.unique(values)
+    if lossy:
+        if found.max(initial=0) > _JPG_MASK_MAX:
+            raise DataError(f"{path}: mask values {found.tolist()[:12]} are not near 0/3/4/5")
+        grades = np.asarray(MASK_VALUES)
+        values = grades[np.abs(values[..., None].astype(int) - grades).argmin(-1)]
+    elif not set(found.tolist()) <= set(MASK_VALUES):
+        raise DataError(f"{path}: unexpected mask values {sorted(set(found.tolist()) - set(MASK_VALUES))} "
+                        f"(found {found.tolist()[:12]}); SICAPv2 masks hold 0/3/4/5")
+    lut = np.zeros(256, np.uint8)
+    for g, lab in GRADE_TO_LABEL.items():
+        lut[g] = lab
+    return lut[values.astype(np.uint8)]
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A mask file -> (H, W) uint8 labels 0..3."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable mask ({e})") from None
+    return mask_to_labels(arr, path, lossy=path.suffix.lower() in (".jpg", ".jpeg"))
+
+
+def _check_tile(root: Path, name: str, masks: str) -> dict:
+    """Open one patch and its mask; return its index fields (raises DataError)."""
+    img_path = root / "images" / name
+    if not img_path.exists():
+        raise DataError(f"{img_path}: listed in the partition files but the image file is absent")
+    im = load_image(img_path)
+    row = {"image_path": str(img_path), "width": im.width, "height": im.height}
+    mpath = mask_path_for(root, name)
+    if mpath is None:
+        if masks == "required":
+            raise DataError(f"{root / 'masks' / Path(name).stem}.png: mask missing for image {name}")
+        row.update(mask_path="", **{c: np.nan for c in FRACTION_COLUMNS})
+        return row
+    m = load_mask(mpath)
+    if m.shape != (im.height, im.width):
+        raise DataError(f"{mpath}: mask is {m.shape[1]}x{m.shape[0]} but image {name} is {im.width}x{im.height}")
+    frac = np.bincount(m.ravel(), minlength=4) / m.size
+    row.update(mask_path=str(mpath), **dict(zip(FRACTION_COLUMNS, frac)))
+    return row
+
+
+def build_index(root: str | Path, *, on_bad_file: str = "error", masks: str = "required",
+                progress: bool = True) -> tuple[pd.DataFrame, Skipped]:
+    """The tile index of a SICAPv2 folder (one row per partition-listed patch).
+
+    Columns: image_name, image_path, mask_path, slide_id, patient_id, split, cv_fold, NC..G5,
+    G4C, tile_label (0..3, majority), frac_NC..frac_GG5 (mask pixel fractions), slide_primary /
+    slide_secondary (Gleason grades 0/3/4/5) and their labels, width, height.
+
+    ``on_bad_file``: "error" stops at the first bad file; "skip" leaves it out and lists it in
+    the returned :class:`Skipped`. ``masks``: "required" (training) or "optional" (e.g. the
+    images-only real sample).
+    """
+    if on_bad_file not in ("error", "skip"):
+        raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+    if masks not in ("required", "optional"):
+        raise ValueError(f"masks must be 'required' or 'optional', got {masks!r}")
+    root = check_layout(root)
+    slides = read_wsi_labels(root).set_index("slide_id")
+    parts = read_partitions(root)
+    skipped = Skipped()
+
+    from tqdm.auto import tqdm
+    rows = []
+    for rec in tqdm(parts.to_dict("records"), desc="index", disable=not progress, mininterval=2):
+        name = rec["image_name"]
+        try:
+            sid = slide_of(name)
+            if sid not in slides.index:
+                raise DataError(f"{rec['_table']}: patch {name} belongs to slide {sid}, which wsi_labels.xlsx does not list")
+            rec.update(_check_tile(root, name, masks))
+        except DataError as e:
+            if on_bad_file == "error":
+                raise
+            skipped.add(root / "images" / name, str(e))
+            continue
+        s = slides.loc[sid]
+        rec.update(slide_id=sid, patient_id=s.patient_id, slide_primary=int(s.Gleason_primary),
+                   slide_secondary=int(s.Gleason_secondary), slide_primary_label=int(s.primary_label),
+                   slide_secondary_label=int(s.secondary_label))
+        rows.append(rec)
+    if not rows:
+        raise DataError(f"{root}: no usable patch ({len(skipped)} skipped; first problem: "
+                        f"{skipped.rows[0]['problem'] if skipped.rows else 'partition files are empty'})")
+    cols = ["image_name", "image_path", "mask_path", "slide_id", "patient_id", "split", "cv_fold",
+            *ONEHOT_COLUMNS, "G4C", "tile_label", *FRACTION_COLUMNS, "slide_primary", "slide_secondary",
+            "slide_primary_label", "slide_secondary_label", "width", "height"]
+    index = pd.DataFrame(rows)[cols]
+    _check_patient_split(index, root)
+    if len(skipped):
+        log.warning("%s: skipped %d file(s); see the skip report", root, len(skipped))
+    return index, skipped
+
+
+def _check_patient_split(index: pd.DataFrame, root: Path) -> None:
+    """SICAPv2's split is patient-wise; a leak would inflate every test number."""
+    tr = set(index.patient_id[index.split == "train"])
+    te = set(index.patient_id[index.split == "test"])
+    if tr & te:
+        raise DataError(f"{root}: patient(s) {sorted(tr & te)[:5]} appear in both the official Train and Test split")
+    folds = index[index.cv_fold > 0].groupby("patient_id").cv_fold.nunique()
+    if (folds > 1).any():
+        raise DataError(f"{root}: patient(s) {folds[folds > 1].index.tolist()[:5]} appear in several CV folds")
+
+
+def fold_split(index: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
+    """Train/val/test frames for CV fold ``fold`` (1..4), or the official split for ``fold=0``
+    (then ``val`` is empty and model selection must use a CV fold)."""
+    train = index[index.split == "train"]
+    test = index[index.split == "test"]
+    if fold == 0:
+        return {"train": train, "val": train.iloc[:0], "test": test}
+    if fold not in set(index.cv_fold[index.cv_fold > 0]):
+        raise DataError(f"fold {fold} is not in this index (folds: {sorted(set(index.cv_fold[index.cv_fold > 0]))})")
+    return {"train": train[train.cv_fold != fold], "val": train[train.cv_fold == fold], "test": test}
+
+
+def class_table(index: pd.DataFrame) -> pd.DataFrame:
+    """Patches per majority label and mean pixel fractions, per split (for notebook 00)."""
+    t = index.groupby(["split", "tile_label"]).size().unstack(fill_value=0)
+    t = t.reindex(columns=range(4), fill_value=0)
+    t.columns = [f"tiles_{n}" for n in LABELS]
+    px = index.groupby("split")[list(FRACTION_COLUMNS)].mean().round(3)
+    px.columns = [f"pixels_{n}" for n in LABELS]
+    t = t.join(px)
+    t.insert(0, "slides", index.groupby("split").slide_id.nunique())
+    t.insert(0, "patients", index.groupby("split").patient_id.nunique())
+    return t
+
+
+# -------------------------------------------------------------------------------- tensors
+def load_tile(row, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A tile resized to ``size`` (bicubic; paper profile: SICAPv2's 512 px -> 256 px, our
+    assumption) and its mask resized by nearest neighbour: (size,size,3) uint8, (size,size) uint8."""
+    im = load_image(row["image_path"])
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    if row["mask_path"]:
+        m = load_mask(row["mask_path"])
+        if m.shape != (size, size):
+            m = np.asarray(Image.fromarray(m).resize((size, size), Image.NEAREST))
+    else:
+        m = np.zeros((size, size), np.uint8)
+    return np.asarray(im), m
+
+
+def load_tiles(index: pd.DataFrame, size: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """All tiles of ``index`` in memory: (N,size,size,3) uint8 images, (N,size,size) uint8 masks.
+
+    Training reads each file once instead of once per epoch.
+    """
+    from tqdm.auto import tqdm
+    n = len(index)
+    imgs = np.empty((n, size, size, 3), np.uint8)
+    masks = np.empty((n, size, size), np.uint8)
+    for i, row in enumerate(tqdm(index.to_dict("records"), desc=f"tiles@{size}", disable=not progress, mininterval=2)):
+        imgs[i], masks[i] = load_tile(row, size)
+    return imgs, masks

@@ -1,0 +1,126 @@
+"""The setup cell of every notebook: validated params, seed, output folder, provenance.
+
+    P, OUT = setup("00_data_prep", globals())
+
+Every output folder gets ``params.resolved.yaml`` and ``provenance.json`` (git commit, package
+versions, machine), so any artifact can be traced to the code and settings that made it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import params as _params
+from . import paths
+
+# Notebook -> its folder under outputs/<profile>/ (see the architecture table in README).
+STAGES = {
+    "00_data_prep": "data",
+    "01_train_ldm": "ldm",
+    "02_sc_disc": "disc",
+    "03_tile_sets": "tilesets",
+    "04_carcinonet": "carcinonet",
+    "05_transmil_sweep": "mil",
+    "06_figures": "figures",
+}
+
+PACKAGES = ("torch", "torchvision", "diffusers", "accelerate", "timm", "numpy", "scipy", "pandas",
+            "scikit-learn", "pillow", "papermill", "nbval", "seaborn", "matplotlib", "safetensors")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+        torch.manual_seed(seed)
+    except ImportError:  # data prep does not need torch
+        pass
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.REPO, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def provenance() -> dict:
+    return {
+        "git_commit": git_commit(),
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "packages": package_versions(),
+    }
+
+
+def record(out_dir: Path, P: dict, name: str) -> None:
+    """Write ``params.resolved.yaml`` and ``provenance.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "params.resolved.yaml").write_text(
+        f"# resolved parameters of notebook {name}\n" + yaml.safe_dump(dict(P), sort_keys=False))
+    (out_dir / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
+
+
+def setup(name: str, g: dict) -> tuple[_params.Params, Path]:
+    """Validate the notebook's parameters, seed everything, create and stamp its output folder.
+
+    ``P.profile`` picks the output folder (``outputs/<profile>/<stage>/``), so a smoke run never
+    overwrites demo or paper results.
+    """
+    P = _params.from_globals(name, g)
+    if "profile" in P:
+        paths.check_profile(P.profile)
+    seed_everything(P.get("seed", 0))
+    out = paths.output_dir(P.get("profile", "smoke"), STAGES[name])
+    record(out, P, name)
+    return P, out
+
+
+def failed_cell(nb_path: str | Path) -> str:
+    """The first cell of an executed notebook that raised, with its error, for ``run_all.sh``."""
+    nb = json.loads(Path(nb_path).read_text())
+    for i, cell in enumerate(nb.get("cells", [])):
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            if out.get("output_type") == "error":
+                src = "".join(cell.get("source", ""))
+                head = "\n".join("    " + ln for ln in src.splitlines()[:8])
+                return (f"cell {i} (execution count {cell.get('execution_count')}):\n{head}\n"
+                        f"  -> {out.get('ename')}: {out.get('evalue')}")
+    return "no cell with an error output (the kernel may have died: out of memory?)"
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "failed":
+        print(failed_cell(sys.argv[2]))
+    else:
+        print("usage: python -m discnb.notebook failed EXECUTED.ipynb", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,60 @@
+"""One anchor for every path.
+
+Notebooks run with cwd = repo root under papermill and cwd = ``notebooks/`` under nbval and
+JupyterLab, so nothing may depend on the working directory: every path is resolved from the
+location of this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+PARAMS = REPO / "params"
+OUTPUTS = REPO / "outputs"
+DATA = REPO / "data"
+
+PROFILES = ("smoke", "demo", "paper")
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ValueError(f"profile {profile!r} is not one of {PROFILES}")
+    return profile
+
+
+def resolve(path: str | Path) -> Path:
+    """A user-given path: absolute as is, relative to the repository root otherwise."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (REPO / p)
+
+
+def output_dir(profile: str, *parts: str, create: bool = True) -> Path:
+    """``outputs/<profile>/<parts...>``: profiles never share an output folder."""
+    d = OUTPUTS.joinpath(check_profile(profile), *parts)
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def figures_dir(profile: str, create: bool = True) -> Path:
+    """Where a profile's figures go.
+
+    The committed ``figures/`` come from the demo profile; the paper profile writes to
+    ``figures/paper/`` and smoke runs (tests, CI) to ``figures/smoke/`` (git-ignored), so they
+    never overwrite the committed figures.
+    """
+    d = REPO / "figures" if check_profile(profile) == "demo" else REPO / "figures" / profile
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def notebook_path(name: str) -> Path:
+    """``notebooks/<name>.ipynb`` for a notebook name such as ``00_data_prep``."""
+    p = NOTEBOOKS / f"{name}.ipynb"
+    if not p.exists():
+        known = sorted(q.stem for q in NOTEBOOKS.glob("*.ipynb"))
+        raise FileNotFoundError(f"no notebook {p}; known notebooks: {known}")
+    return p

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# discnb: run the numbered notebooks headlessly, or the tests.
+#
+#   ./run_all.sh [--profile smoke|demo|paper] [--from NN] [--only NN]   run the notebooks in order
+#   ./run_all.sh test [PYTEST ARGS...]                                    unit tests + nbval over notebooks/
+#
+# Uses the active virtualenv/conda env when it already has discnb from this checkout; otherwise
+# creates .venv here (torch==2.14.1 torchvision==0.29.1, then `pip install -e .[dev]`).
+set -euo pipefail
+cd "$(dirname "$0")"
+REPO=$(pwd)
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+ensure_env() {
+    if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && python - "$REPO" <<'PY' 2>/dev/null
+import sys, pathlib, discnb, torch, papermill, nbval  # noqa: F401
+sys.exit(0 if pathlib.Path(discnb.__file__).resolve().parent.parent == pathlib.Path(sys.argv[1]).resolve() else 1)
+PY
+    then
+        PY=python
+        return
+    fi
+    if [ ! -x .venv/bin/python ]; then
+        echo "[run_all] creating .venv (first run: installing torch and the rest takes a few minutes)"
+        python3 -m venv .venv
+    fi
+    PY="$REPO/.venv/bin/python"
+    local want have
+    want=$(cat pyproject.toml | sha1sum | cut -c1-16)
+    have=$(cat .venv/.discnb-installed 2>/dev/null || true)
+    if [ "$want" != "$have" ]; then
+        echo "[run_all] installing dependencies into .venv (log: .venv/install.log)"
+        {
+            "$PY" -m pip install --upgrade pip
+            "$PY" -m pip install torch==2.14.1 torchvision==0.29.1
+            "$PY" -m pip install -e ".[dev]"
+        } > .venv/install.log 2>&1 || { echo "[run_all] pip install failed; see .venv/install.log" >&2; tail -20 .venv/install.log >&2; exit 1; }
+        echo "$want" > .venv/.discnb-installed
+    fi
+    export PATH="$REPO/.venv/bin:$PATH"
+}
+
+if [ "${1:-}" = "test" ]; then
+    shift
+    ensure_env
+    export MPLBACKEND=Agg PYTHONHASHSEED=0
+    exec "$PY" -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 "$@"
+fi
+
+PROFILE=smoke FROM="" ONLY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) PROFILE=${2:?--profile needs smoke, demo or paper}; shift 2 ;;
+        --from) FROM=${2:?--from needs a notebook number, e.g. 01}; shift 2 ;;
+        --only) ONLY=${2:?--only needs a notebook number, e.g. 00}; shift 2 ;;
+        -h|--help) usage 0 ;;
+        *) echo "unknown option $1" >&2; usage 2 ;;
+    esac
+done
+case "$PROFILE" in smoke|demo|paper) ;; *) echo "--profile must be smoke, demo or paper, got '$PROFILE'" >&2; exit 2 ;; esac
+
+ensure_env
+export MPLBACKEND=Agg PYTHONHASHSEED=0
+EXEC="outputs/executed/$PROFILE"
+mkdir -p "$EXEC"
+
+ran=0
+for nb in notebooks/[0-9][0-9]_*.ipynb; do
+    name=$(basename "$nb" .ipynb)
+    num=${name:0:2}
+    if [ -n "$ONLY" ] && [ "$num" != "$ONLY" ]; then continue; fi
+    if [ -n "$FROM" ] && [ "$num" \< "$FROM" ]; then continue; fi
+    args=(-p profile "$PROFILE")
+    pfile="params/$PROFILE/$name.yaml"
+    if [ "$PROFILE" != smoke ]; then
+        [ -f "$pfile" ] || { echo "[run_all] missing $pfile for profile $PROFILE" >&2; exit 2; }
+        "$PY" -m discnb.params check "$name" "$pfile"
+        args=(-f "$pfile" "${args[@]}")
+    fi
+    out="$EXEC/$name.ipynb"
+    echo "[run_all] $(date +%H:%M:%S) $name (profile $PROFILE) -> $out, log $EXEC/$name.log"
+    start=$(date +%s)
+    if ! "$PY" -m papermill -k python3 --cwd . --log-output --no-progress-bar "$nb" "$out" "${args[@]}" \
+            > "$EXEC/$name.log" 2>&1; then
+        echo "[run_all] FAILED: $name; executed copy: $out; log: $EXEC/$name.log" >&2
+        if [ -f "$out" ]; then "$PY" -m discnb.notebook failed "$out" >&2 || true; else tail -20 "$EXEC/$name.log" >&2; fi
+        exit 1
+    fi
+    echo "[run_all] $name done in $(( $(date +%s) - start )) s"
+    ran=$((ran + 1))
+done
+[ "$ran" -gt 0 ] || { echo "[run_all] no notebook matched (--from '$FROM' --only '$ONLY')" >&2; exit 2; }
+case "$PROFILE" in demo) figs=figures ;; paper) figs=figures/paper ;; *) figs=figures/smoke ;; esac
+echo "[run_all] ran $ran notebook(s); executed copies in $EXEC/, figures in $figs/"

@@ -1,0 +1,107 @@
+"""Parameters: the notebook's parameters cell is the schema; files and injections are checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from discnb import notebook, params, paths
+
+NOTEBOOKS = sorted(p.stem for p in paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_defaults_are_read_from_the_parameters_cell():
+    d = params.notebook_defaults("00_data_prep")
+    assert d["profile"] == "smoke" and d["dataset"] == "demo" and isinstance(d["validity_check"], bool)
+
+
+def test_unknown_key_names_key_and_known_ones():
+    with pytest.raises(params.ParamError, match=r"unknown parameter\(s\) \['imgae_size'\]; known keys: .*'image_size'"):
+        params.validate("00_data_prep", {"imgae_size": 128})
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("image_size", "128", "must be int"),
+    ("image_size", 1.5, "must be int"),
+    ("image_size", True, "must be int"),
+    ("validity_check", 1, "must be bool"),
+    ("dataset", 3, "must be str"),
+])
+def test_wrong_types(key, value, msg):
+    with pytest.raises(params.ParamError, match=f"{key}.*{msg}"):
+        params.validate("00_data_prep", {key: value})
+
+
+def test_nested_and_widening(monkeypatch):
+    defaults = {"lr": 1e-4, "model": {"channels": [32, 64], "path": None}, "steps": 10}
+    monkeypatch.setattr(params, "notebook_defaults", lambda name: defaults)
+    P = params.validate("x", {"lr": 1, "model": {"path": "a/b"}})
+    assert P.lr == 1.0 and isinstance(P.lr, float) and P.model == {"channels": [32, 64], "path": "a/b"}
+    with pytest.raises(params.ParamError, match=r"unknown parameter\(s\) \['model.chanels'\]"):
+        params.validate("x", {"model": {"chanels": [1]}})
+    with pytest.raises(params.ParamError, match="model.'channels' must be list"):
+        params.validate("x", {"model": {"channels": 3}})
+    with pytest.raises(AttributeError, match="no parameter 'nope'"):
+        P.nope
+
+
+def test_check_file_and_cli(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("profile: demo\nimage_size: 128\n")
+    assert params.check_file("00_data_prep", good).image_size == 128
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: demo\nimage_sise: 128\n")
+    assert params.main(["check", "notebooks/00_data_prep.ipynb", str(bad)]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(params.ParamError, match="must hold a mapping"):
+        params.check_file("00_data_prep", tmp_path / "list.yaml")
+    with pytest.raises(params.ParamError, match="does not exist"):
+        params.check_file("00_data_prep", tmp_path / "missing.yaml")
+
+
+def test_from_globals_rejects_papermill_injected_unknown_names():
+    g = dict(params.notebook_defaults("00_data_prep"))
+    g["In"] = ["import x", "profile = 'smoke'", "# Parameters\nprofile = \"demo\"\nimage_sise = 128\n"]
+    with pytest.raises(params.ParamError, match=r"unknown parameter\(s\) \['image_sise'\]"):
+        params.from_globals("00_data_prep", g)
+    # a rerun in JupyterLab leaves other globals around: those are not injections
+    g["In"] = ["# Parameters\nprofile = \"demo\"\n"]
+    g["stats"] = {"a": 1}
+    assert params.from_globals("00_data_prep", g).profile == "smoke"
+
+
+@pytest.mark.parametrize("profile", ["demo", "paper"])
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_profile_file_validates(profile, name):
+    P = params.check_file(name, paths.PARAMS / profile / f"{name}.yaml")
+    assert P.profile == profile
+
+
+def test_parameters_cells_are_commented_literals():
+    for name in NOTEBOOKS:
+        nb = json.loads(paths.notebook_path(name).read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+        for line in "".join(cell["source"]).splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                assert "  # " in line, f"{name}: parameter line without a comment: {line!r}"
+
+
+def test_setup_records_params_and_provenance(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "OUTPUTS", tmp_path)
+    g = dict(params.notebook_defaults("00_data_prep"))
+    P, out = notebook.setup("00_data_prep", g)
+    assert out == tmp_path / "smoke" / "data"
+    assert yaml.safe_load((out / "params.resolved.yaml").read_text()) == dict(P)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["git_commit"] and prov["packages"]["torch"] != "not installed"
+
+
+def test_profiles_write_to_separate_folders():
+    assert paths.output_dir("smoke", "data", create=False) != paths.output_dir("demo", "data", create=False)
+    assert paths.figures_dir("demo", create=False) == paths.REPO / "figures"
+    assert paths.figures_dir("smoke", create=False) == paths.REPO / "figures" / "smoke"
+    with pytest.raises(ValueError, match="profile 'fast'"):
+        paths.output_dir("fast")
