@@ -99,7 +99,8 @@ def setup(name: str, g: dict) -> tuple[_params.Params, Path]:
     if "profile" in P:
         paths.check_profile(P.profile)
     seed_everything(P.get("seed", 0))
-    out = paths.output_dir(P.get("profile", "smoke"), STAGES[name])
+    out = (paths.resolve(P.output_dir) if P.get("output_dir") else
+           paths.output_dir(P.get("profile", "smoke"), STAGES[name]))
     record(out, P, name)
     return P, out
 

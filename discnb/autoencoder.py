@@ -1,0 +1,127 @@
+"""The first stage: a VQ-regularised autoencoder with f = 4 (paper Sec. 2.1; LDM's vq-f4).
+
+Two ways in: load a diffusers-format ``VQModel`` from a local folder (e.g. a converted copy of
+LDM's vq-f4), or train one here on the training tiles. The paper's first stage was trained with
+L1 + LPIPS + patch-GAN + codebook losses; LPIPS needs ImageNet VGG weights that cannot be
+downloaded on this project's machines, so the offline trainer uses L1 + L2 reconstruction and the
+codebook/commitment loss.
+
+The diffusion model works on PRE-quantisation latents (``encode(x).latents``); ``decode``
+quantises, then decodes. LDM uses latent scale 1.0 for VQ models (diffusers' ``VQModel``
+defaults to 0.18215: forced to 1.0 here); for a first stage trained here the latents are
+additionally divided by their std (``latent_scale``, stored with the LDM).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import VQModel
+
+LDM_VQ_F4 = {"channels": [128, 256, 512], "layers_per_block": 2, "n_embed": 8192}
+
+
+def build_vq(channels: list[int], layers_per_block: int, n_embed: int, latent_channels: int = 3) -> VQModel:
+    """A VQModel whose downsampling factor is 2^(levels-1) (3 levels: f = 4)."""
+    return VQModel(in_channels=3, out_channels=3, latent_channels=latent_channels, num_vq_embeddings=n_embed,
+                   block_out_channels=tuple(channels), layers_per_block=layers_per_block,
+                   down_block_types=("DownEncoderBlock2D",) * len(channels),
+                   up_block_types=("UpDecoderBlock2D",) * len(channels),
+                   norm_num_groups=min(32, min(channels)), scaling_factor=1.0)
+
+
+def factor(vq: VQModel) -> int:
+    return 2 ** (len(vq.config.block_out_channels) - 1)
+
+
+def load_vq(path: str | Path, latent_channels: int = 3, f: int = 4) -> VQModel:
+    """A local diffusers-format VQModel, checked for the latent channels and factor we need."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no diffusers VQModel here (config.json missing). Convert LDM's vq-f4 "
+                                "to diffusers format, or leave autoencoder.path empty to train one")
+    vq = VQModel.from_pretrained(path)
+    if vq.config.latent_channels != latent_channels or factor(vq) != f:
+        raise ValueError(f"{path}: first stage has {vq.config.latent_channels} latent channels and factor "
+                         f"{factor(vq)}; the LDM needs {latent_channels} channels and f = {f}")
+    vq.register_to_config(scaling_factor=1.0)  # LDM's scale for VQ models (diffusers issue #6725)
+    return vq
+
+
+def to_tensor(imgs: np.ndarray) -> torch.Tensor:
+    """(N,H,W,3) uint8 -> (N,3,H,W) float in [-1, 1]."""
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N,3,H,W) in [-1, 1] -> (N,H,W,3) uint8 (clamped)."""
+    return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def vq_loss(vq: VQModel, batch: dict, generator=None) -> torch.Tensor:
+    """Reconstruction (L1 + L2) + codebook/commitment loss."""
+    x = batch["x"]
+    dec = vq(x)
+    return F.l1_loss(dec.sample, x) + F.mse_loss(dec.sample, x) + dec.commit_loss.mean()
+
+
+def dihedral(batch: dict, keys=("x",)) -> dict:
+    """A random flip/90-degree rotation per sample (tissue has no orientation), applied alike to
+    every tensor in ``keys`` (images (B,C,H,W), latents, masks (B,H,W))."""
+    out = dict(batch)
+    first = out[keys[0]]
+    which = torch.randint(0, 8, (len(first),))
+    for key in keys:
+        v = out[key].clone()
+        for t in which.unique().tolist():
+            sel = which == t
+            x = torch.rot90(out[key][sel], t % 4, dims=(-2, -1))
+            v[sel] = x.flip(-1) if t >= 4 else x
+        out[key] = v
+    return out
+
+
+@torch.no_grad()
+def encode(vq: VQModel, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Pre-quantisation latents of images in [-1, 1]."""
+    vq.eval()
+    dev = next(vq.parameters()).device
+    return torch.cat([vq.encode(x[i:i + batch_size].to(dev)).latents.float().cpu() for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def decode(vq: VQModel, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Latents -> images in [-1, 1] (quantised on the way, as LDM does)."""
+    vq.eval()
+    dev = next(vq.parameters()).device
+    return torch.cat([vq.decode(z[i:i + batch_size].to(dev)).sample.float().cpu() for i in range(0, len(z), batch_size)])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image PSNR (dB) of uint8 images."""
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
+    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, win: int = 7) -> np.ndarray:
+    """Per-image SSIM (Wang et al. 2004) on grey levels with a uniform ``win`` window."""
+    def grey(x):
+        return torch.from_numpy(x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[:, None]
+    x, y = grey(a), grey(b)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu = lambda t: F.avg_pool2d(t, win, 1)  # noqa: E731
+    mx, my = mu(x), mu(y)
+    sxx, syy, sxy = mu(x * x) - mx ** 2, mu(y * y) - my ** 2, mu(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    return s.mean((1, 2, 3)).numpy()
+
+
+def reconstruction_metrics(vq: VQModel, imgs: np.ndarray, batch_size: int = 64) -> dict:
+    """PSNR / SSIM of encode -> decode on uint8 tiles (mean and std over tiles)."""
+    rec = to_uint8(decode(vq, encode(vq, to_tensor(imgs), batch_size), batch_size))
+    p, s = psnr(imgs, rec), ssim(imgs, rec)
+    return {"psnr": float(p.mean()), "psnr_std": float(p.std()), "ssim": float(s.mean()), "ssim_std": float(s.std()),
+            "n": len(imgs)}

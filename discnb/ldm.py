@@ -1,0 +1,174 @@
+"""The mask-conditioned latent diffusion model "SD" (paper Sec. 2.1, Fig. 3, Eq. 1).
+
+eps_theta is a diffusers ``UNet2DConditionModel`` on first-stage latents; the condition goes
+through tau_theta (:class:`MaskEncoder`), a small conv encoder of the one-hot mask whose output
+grid becomes cross-attention tokens. Both are trained jointly on
+
+    L_LDM = E ||eps - eps_theta(z_t, t, tau_theta(m))||^2,   z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
+
+with LDM's "linear" schedule (diffusers "scaled_linear", beta 0.0015 -> 0.0195, T = 1000).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from . import K
+
+T_TRAIN = 1000
+BETA_START, BETA_END, BETA_SCHEDULE = 0.0015, 0.0195, "scaled_linear"
+CONDITIONS = ("pixel", "tile", "tile+slide")
+
+
+def cond_channels(condition: str) -> int:
+    """Channels of the condition image for each conditioning of the Fig. 7 ablation."""
+    return {"pixel": K, "tile": K, "tile+slide": 3 * K}[check_condition(condition)]
+
+
+def check_condition(condition: str) -> str:
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+    return condition
+
+
+def check_mask(mask: torch.Tensor) -> torch.Tensor:
+    if mask.dtype.is_floating_point:
+        raise TypeError(f"masks must be integer labels 0..{K - 1}, got dtype {mask.dtype}")
+    if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= K):
+        raise ValueError(f"mask labels must be in 0..{K - 1}; found {sorted(torch.unique(mask).tolist())}")
+    return mask
+
+
+def make_condition(mask: torch.Tensor, condition: str = "pixel", slide_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Label masks (B,H,W) -> the condition image tau_theta reads.
+
+    ``pixel``: the one-hot mask (the paper's choice). ``tile``: the tile's majority label,
+    one-hot, everywhere. ``tile+slide``: that plus the slide's primary and secondary labels
+    (``slide_labels`` (B,2)), as constant planes.
+    """
+    check_mask(mask)
+    B, H, W = mask.shape
+    if check_condition(condition) == "pixel":
+        return F.one_hot(mask.long(), K).permute(0, 3, 1, 2).float()
+    counts = F.one_hot(mask.long().flatten(1), K).sum(1)
+    planes = [F.one_hot(counts.argmax(1), K)]
+    if condition == "tile+slide":
+        if slide_labels is None:
+            raise ValueError("condition 'tile+slide' needs slide_labels (primary, secondary) per tile")
+        planes += [F.one_hot(slide_labels[:, 0].long(), K), F.one_hot(slide_labels[:, 1].long(), K)]
+    return torch.cat(planes, 1).float()[:, :, None, None].expand(B, -1, H, W).contiguous()
+
+
+class MaskEncoder(ModelMixin, ConfigMixin):
+    """tau_theta: the condition image -> cross-attention tokens.
+
+    Strided convs bring the mask to a ``token_side`` x ``token_side`` grid; a learned 2-D
+    position embedding tells the U-Net *where* each token is (without it, cross-attention is
+    permutation-invariant over tokens and learns the layout very slowly).
+    """
+
+    @register_to_config
+    def __init__(self, in_channels: int = K, image_size: int = 64, token_side: int = 8,
+                 channels: tuple[int, ...] = (32, 64), width: int = 64):
+        super().__init__()
+        n_down = (image_size // token_side).bit_length() - 1
+        if token_side << n_down != image_size:
+            raise ValueError(f"image_size {image_size} must be token_side {token_side} times a power of two")
+        layers, c_in = [], in_channels
+        for i in range(n_down):
+            c = channels[min(i, len(channels) - 1)]
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c), c), nn.SiLU()]
+            c_in = c
+        layers += [nn.Conv2d(c_in, width, 1)]
+        self.net = nn.Sequential(*layers)
+        self.pos = nn.Parameter(torch.randn(1, token_side * token_side, width) * 0.02)
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        h = self.net(cond)  # (B, width, s, s)
+        return h.flatten(2).transpose(1, 2) + self.pos
+
+
+def build_unet(sample_size: int, block_out_channels: list[int], attention: list[bool], layers_per_block: int,
+               cross_attention_dim: int, head_channels: int = 32, transformer_layers: int = 1,
+               latent_channels: int = 3) -> UNet2DConditionModel:
+    """eps_theta. ``attention[i]`` puts cross-attention in level i (LDM attends at several
+    resolutions); ``head_channels`` per head as LDM (diffusers' ``attention_head_dim`` is the
+    *number* of heads, so it is computed per block)."""
+    if len(attention) != len(block_out_channels):
+        raise ValueError("attention needs one flag per level of block_out_channels")
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
+        down_block_types=down, up_block_types=up, block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
+        attention_head_dim=tuple(max(1, c // head_channels) for c in block_out_channels),
+        transformer_layers_per_block=transformer_layers, norm_num_groups=min(32, min(block_out_channels)),
+    )
+
+
+class MaskLDM(nn.Module):
+    """eps_theta(z_t, t, tau_theta(condition)). Saved as ``unet/`` + ``mask_encoder/`` + ``ldm.json``."""
+
+    def __init__(self, unet: UNet2DConditionModel, tau: MaskEncoder, condition: str = "pixel",
+                 latent_scale: float = 1.0):
+        super().__init__()
+        self.unet, self.tau = unet, tau
+        self.condition = check_condition(condition)
+        self.latent_scale = float(latent_scale)
+
+    @classmethod
+    def from_config(cls, cfg: dict, image_size: int, latent_size: int, latent_scale: float = 1.0) -> "MaskLDM":
+        condition = cfg.get("condition", "pixel")
+        tau = MaskEncoder(in_channels=cond_channels(condition), image_size=image_size,
+                          token_side=cfg["token_side"], channels=tuple(cfg["tau_channels"]), width=cfg["context_dim"])
+        unet = build_unet(latent_size, cfg["channels"], cfg["attention"], cfg["layers_per_block"],
+                          cfg["context_dim"], cfg.get("head_channels", 32), cfg.get("transformer_layers", 1))
+        return cls(unet, tau, condition, latent_scale)
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(z_t, t, encoder_hidden_states=self.tau(cond)).sample
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.unet.save_pretrained(path / "unet")
+        self.tau.save_pretrained(path / "mask_encoder")
+        (path / "ldm.json").write_text(json.dumps({"condition": self.condition, "latent_scale": self.latent_scale}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "MaskLDM":
+        path = Path(path)
+        if not (path / "ldm.json").exists():
+            raise FileNotFoundError(f"{path}: not a saved MaskLDM (no ldm.json); train it with notebooks/01_train_ldm.ipynb")
+        meta = json.loads((path / "ldm.json").read_text())
+        return cls(UNet2DConditionModel.from_pretrained(path / "unet"), MaskEncoder.from_pretrained(path / "mask_encoder"),
+                   meta["condition"], meta["latent_scale"])
+
+
+def noise_scheduler() -> DDPMScheduler:
+    """The training schedule of LDM's f4 models."""
+    return DDPMScheduler(num_train_timesteps=T_TRAIN, beta_schedule=BETA_SCHEDULE, beta_start=BETA_START,
+                         beta_end=BETA_END, prediction_type="epsilon", clip_sample=False)
+
+
+def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. 1 on a batch of (scaled) latents ``z`` and condition images ``cond``.
+
+    ``generator`` (CPU) fixes t and eps, for a validation loss that is comparable across epochs.
+    """
+    z0, cond = batch["z"], batch["cond"]
+    B = z0.shape[0]
+    noise = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
+    t = torch.randint(0, len(alphas_cumprod), (B,), generator=generator).to(z0.device)
+    ab = alphas_cumprod.to(z0.device)[t].view(B, 1, 1, 1).to(z0.dtype)
+    z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+    return F.mse_loss(model(z_t, t, cond).float(), noise.float())

@@ -1,0 +1,123 @@
+"""Sampling tiles from a mask-conditioned LDM (paper Sec. 2.2: DDIM, T_DDIM = 200, eta = 0).
+
+DDIM is set up exactly as LDM samples: scaled-linear betas 0.0015 -> 0.0195, no x0 clipping
+(diffusers' default clip_sample=True would clamp VQ latents to [-1, 1]), "leading" spacing,
+steps_offset 1, set_alpha_to_one False. DPM-Solver++ is the fast option. A fresh scheduler is
+made for every call: multistep schedulers keep state between steps.
+
+Noise comes from one CPU ``torch.Generator`` per tile, seeded by that tile's seed, so a tile
+depends only on (model, mask, seed): not on the batch it was drawn in, nor on the hardware's
+random streams.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from .autoencoder import decode, to_uint8
+from .ldm import BETA_END, BETA_SCHEDULE, BETA_START, T_TRAIN, MaskLDM, check_mask, make_condition
+
+SCHEDULERS = ("ddim", "dpm++")
+
+
+def make_scheduler(name: str):
+    common = dict(num_train_timesteps=T_TRAIN, beta_schedule=BETA_SCHEDULE, beta_start=BETA_START,
+                  beta_end=BETA_END, prediction_type="epsilon")
+    if name == "ddim":
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                             timestep_spacing="leading")
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                           timestep_spacing="leading", steps_offset=1)
+    raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+
+
+def initial_noise(seeds, shape: tuple[int, ...]) -> torch.Tensor:
+    """z_T for each seed, from a CPU generator per tile: (len(seeds), *shape)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+@torch.no_grad()
+def denoise(model: MaskLDM, z: torch.Tensor, cond: torch.Tensor, steps: int, scheduler: str = "ddim",
+            eta: float = 0.0, callback=None) -> torch.Tensor:
+    """Run the reverse process from z_T; one timestep serves the whole batch.
+
+    ``callback(i, t, z)`` (optional) sees the latents after each step (SC fuses there when
+    asked to fuse at every timestep)."""
+    sched = make_scheduler(scheduler)
+    sched.set_timesteps(steps)
+    kw = {"eta": eta} if scheduler == "ddim" else {}
+    for i, t in enumerate(sched.timesteps):
+        eps = model(z, t.expand(len(z)).to(z.device), cond)
+        z = sched.step(eps.float(), t, z, **kw).prev_sample
+        if callback is not None:
+            z = callback(i, t, z)
+    return z
+
+
+class SDGenerator:
+    """SD: the vanilla denoising process conditioned on the whole mask (Fig. 4, top).
+
+    ``generate(masks, seeds) -> tiles`` is the interface every generator shares (SD, SD-SC,
+    SD-DISC, SD-DISC-CoTrain), so tile sets and benchmarks never care which one they use.
+    """
+
+    name = "SD"
+
+    def __init__(self, model: MaskLDM, vq, steps: int = 200, scheduler: str = "ddim", batch_size: int = 16,
+                 device: str | torch.device = "cpu", bf16: bool = False):
+        self.model, self.vq = model.eval(), vq.eval()
+        self.steps, self.scheduler, self.batch_size = steps, scheduler, batch_size
+        self.device = torch.device(device)
+        self.bf16 = bf16 and self.device.type == "cuda"
+        self.nfe = 0  # UNet evaluations (per tile), the cost measure
+        self.model.to(self.device)
+        self.vq.to(self.device)
+        if self.device.type == "cuda":
+            self.model.unet.to(memory_format=torch.channels_last)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c = self.model.unet.config
+        return (c.in_channels, c.sample_size, c.sample_size)
+
+    def _cond(self, masks: torch.Tensor, slide_labels) -> torch.Tensor:
+        return make_condition(masks, self.model.condition, slide_labels).to(self.device)
+
+    def _denoise(self, z: torch.Tensor, masks: torch.Tensor, slide_labels) -> torch.Tensor:
+        self.nfe += self.steps * len(z)
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.bf16):
+            return denoise(self.model, z, self._cond(masks, slide_labels), self.steps, self.scheduler)
+
+    def latents(self, masks, seeds, slide_labels=None) -> torch.Tensor:
+        """z_0 (in the LDM's scaled latent space) for label masks (N,H,W) and one seed per tile."""
+        masks = check_mask(torch.as_tensor(np.asarray(masks)))
+        if len(seeds) != len(masks):
+            raise ValueError(f"{len(masks)} masks but {len(seeds)} seeds: give one seed per tile")
+        if slide_labels is not None:
+            slide_labels = torch.as_tensor(np.asarray(slide_labels))
+        out = []
+        for s in range(0, len(masks), self.batch_size):
+            z = initial_noise(seeds[s:s + self.batch_size], self.latent_shape).to(self.device)
+            sl = None if slide_labels is None else slide_labels[s:s + self.batch_size]
+            out.append(self._denoise(z, masks[s:s + self.batch_size], sl).float().cpu())
+        z0 = torch.cat(out)
+        bad = ~torch.isfinite(z0).flatten(1).all(1)
+        if bad.any():
+            raise FloatingPointError(f"{self.name}: sampling diverged (NaN/inf latents) for seeds "
+                                     f"{[int(seeds[i]) for i in torch.nonzero(bad).flatten()[:10]]}")
+        far = (z0.abs().flatten(1).amax(1) > 20).sum().item()
+        if far:
+            warnings.warn(f"{self.name}: {far} of {len(z0)} sampled latents are far out of range (|z| > 20)")
+        return z0
+
+    def decode(self, z0: torch.Tensor) -> np.ndarray:
+        return to_uint8(decode(self.vq, z0 / self.model.latent_scale, self.batch_size))
+
+    def generate(self, masks, seeds, slide_labels=None) -> np.ndarray:
+        """Tiles (N,H,W,3) uint8 for label masks (N,H,W) in 0..3, one seed per tile."""
+        return self.decode(self.latents(masks, seeds, slide_labels))

@@ -1,0 +1,195 @@
+"""Train the first stage and SD (paper Sec. 2.1, Eq. 1): ``python -m discnb.train_ldm``.
+
+    python -m discnb.train_ldm --params params/demo/01_train_ldm.yaml
+    accelerate launch --config_file params/accelerate/multi_gpu.yaml -m discnb.train_ldm --params params/paper/01_train_ldm.yaml
+
+Notebook 01 calls :func:`run` in-process with the same parameters. Every stage resumes: a
+finished first stage is reused, SD continues from its latest checkpoint (``resume: latest``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from . import autoencoder as ae
+from . import data, ldm, params, paths, prep
+from .train import FitConfig, TensorData, fit
+
+NOTEBOOK = "01_train_ldm"
+
+
+def data_dir(P) -> Path:
+    return paths.resolve(P.data_dir) if P.data_dir else paths.output_dir(P.profile, "data", create=False)
+
+
+def out_dir(P) -> Path:
+    return paths.resolve(P.output_dir) if P.output_dir else paths.output_dir(P.profile, "ldm", create=False)
+
+
+def prep_params(ddir: Path) -> dict:
+    p = ddir / "params.resolved.yaml"
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no data prep for this profile; run notebooks/00_data_prep.ipynb first")
+    return yaml.safe_load(p.read_text())
+
+
+def load_split(P, progress: bool = True) -> dict:
+    """Tiles and masks of the training and validation split, in memory at the model's size."""
+    ddir = data_dir(P)
+    size = prep_params(ddir)["image_size"]
+    index = prep.read_index(ddir)
+    parts = data.fold_split(index, P.val_fold)
+    if len(parts["train"]) == 0:
+        raise data.DataError(f"{ddir}/index.csv: the training split (official train minus fold {P.val_fold}) is empty")
+    out = {"image_size": size}
+    for name in ("train", "val"):
+        imgs, masks = data.load_tiles(parts[name], size, progress=progress)
+        out[name] = {"imgs": imgs, "masks": masks,
+                     "slide": parts[name][["slide_primary_label", "slide_secondary_label"]].to_numpy(np.int64)}
+    return out
+
+
+def fit_config(P, out: Path, section: dict, desc: str, signature: dict, progress: bool = True) -> FitConfig:
+    return FitConfig(out_dir=str(out), max_steps=section["steps"], global_batch=section["batch"],
+                     grad_accum=section.get("grad_accum", 1), lr=section["lr"], scale_lr=section.get("scale_lr", False),
+                     ema_decay=section.get("ema_decay", 0.0), mixed_precision=P.mixed_precision, cpu=P.device == "cpu",
+                     checkpoint_every=P.checkpoint_every, checkpoints_total_limit=P.checkpoints_total_limit,
+                     resume=P.resume or None, seed=P.seed, desc=desc, signature=signature, progress=progress)
+
+
+def first_stage(P, split: dict, progress: bool = True) -> tuple:
+    """Load the first stage from ``autoencoder.path`` or train it (reused once finished)."""
+    A = P.autoencoder
+    if A["path"]:
+        return ae.load_vq(paths.resolve(A["path"])), {"source": A["path"]}
+    out = out_dir(P) / "autoencoder"
+    sig = {"kind": "vq", "channels": A["channels"], "layers_per_block": A["layers_per_block"],
+           "n_embed": A["n_embed"], "image_size": split["image_size"]}
+    done = out / "done.json"
+    if done.exists() and json.loads(done.read_text()).get("signature") == sig and (out / "final").exists():
+        return ae.load_vq(out / "final"), json.loads(done.read_text())
+    vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"])
+    tr = TensorData({"x": ae.to_tensor(split["train"]["imgs"])}, augment=lambda b: ae.dihedral(b, ("x",)))
+    va = TensorData({"x": ae.to_tensor(split["val"]["imgs"])})
+    summary = fit(vq, ae.vq_loss, tr, fit_config(P, out, A, "autoencoder", sig, progress), val=va,
+                  save_fn=lambda m, d: m.save_pretrained(d))
+    vq = ae.load_vq(out / "best")
+    info = {"signature": sig, "fit": summary, "source": "trained here (L1 + L2 + codebook; no LPIPS/GAN)"}
+    if len(split["val"]["imgs"]):
+        info["val_reconstruction"] = ae.reconstruction_metrics(vq, split["val"]["imgs"])
+    prep.write_json(done, info)
+    return vq, info
+
+
+def encode_split(vq, split: dict, latent_scale: float | None = None) -> tuple[dict, float]:
+    """Pre-quantisation latents of train/val tiles, scaled to unit std when ``latent_scale`` is None."""
+    z = {k: ae.encode(vq, ae.to_tensor(split[k]["imgs"])) for k in ("train", "val")}
+    if latent_scale is None:
+        latent_scale = float(1.0 / z["train"].std())
+    return {k: v * latent_scale for k, v in z.items()}, latent_scale
+
+
+def ldm_signature(P, image_size: int) -> dict:
+    return {"kind": "ldm", "condition": P.condition, "unet": P.unet, "image_size": image_size,
+            "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
+
+
+def build_model(P, image_size: int, latent_size: int, latent_scale: float) -> ldm.MaskLDM:
+    return ldm.MaskLDM.from_config({**P.unet, "condition": P.condition}, image_size, latent_size, latent_scale)
+
+
+def ldm_batch_loss(condition: str, alphas_cumprod: torch.Tensor):
+    """Eq. 1 on a batch of stored latents and masks (condition images are built on the fly)."""
+    def loss(model, batch, generator=None):
+        cond = ldm.make_condition(batch["mask"], condition, batch["slide"]).to(batch["z"].device)
+        return ldm.ldm_loss(model, {"z": batch["z"], "cond": cond}, alphas_cumprod, generator)
+    return loss
+
+
+def run(P, progress: bool = True) -> dict:
+    """First stage -> latents -> SD. Returns a summary (also written to ``summary.json``)."""
+    ldm.check_condition(P.condition)
+    out = out_dir(P)
+    out.mkdir(parents=True, exist_ok=True)
+    split = load_split(P, progress)
+    vq, ae_info = first_stage(P, split, progress)
+    z, latent_scale = encode_split(vq, split, None if P.latent_scale_by_std else 1.0)
+    size = split["image_size"]
+    model = build_model(P, size, z["train"].shape[-1], latent_scale)
+
+    def tensors(k):
+        return {"z": z[k], "mask": torch.from_numpy(split[k]["masks"]), "slide": torch.from_numpy(split[k]["slide"])}
+    tr = TensorData(tensors("train"), augment=lambda b: ae.dihedral(b, ("z", "mask")))
+    va = TensorData(tensors("val"))
+    sched = ldm.noise_scheduler()
+    summary = fit(model, ldm_batch_loss(P.condition, sched.alphas_cumprod), tr,
+                  fit_config(P, out / "sd", P.sd, "SD", ldm_signature(P, size), progress), val=va,
+                  save_fn=lambda m, d: m.save_pretrained(d))
+    result = {"autoencoder": ae_info, "sd": summary, "latent_scale": latent_scale, "image_size": size,
+              "latent_shape": list(z["train"].shape[1:]), "n_train": len(tr), "n_val": len(va),
+              "unet_parameters": sum(p.numel() for p in model.unet.parameters()),
+              "tau_parameters": sum(p.numel() for p in model.tau.parameters())}
+    prep.write_json(out / "summary.json", result)
+    return result
+
+
+def load_trained(P, which: str = "best") -> tuple:
+    """(SD, first stage) as trained by :func:`run` for these parameters."""
+    out = out_dir(P)
+    vq = ae.load_vq(paths.resolve(P.autoencoder["path"])) if P.autoencoder["path"] else ae.load_vq(out / "autoencoder" / "best")
+    return ldm.MaskLDM.from_pretrained(out / "sd" / which), vq
+
+
+def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: str = "best") -> dict:
+    """SD samples for ``n`` validation masks (two seeds each), timed: rows for a figure + numbers."""
+    import time
+    from .figures import colorize
+    from .sampling import SDGenerator
+    split = load_split(P, progress=False)
+    src = split["val"] if len(split["val"]["imgs"]) else split["train"]
+    rng = np.random.default_rng(seed)
+    n_labels = np.array([len(np.unique(m)) for m in src["masks"]])
+    order = np.argsort(-n_labels + rng.random(len(n_labels)) * 0.5, kind="stable")[:n]  # multi-label masks first
+    model, vq = load_trained(P, which)
+    gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=max(1, n),
+                      device="cuda" if torch.cuda.is_available() and P.device != "cpu" else "cpu",
+                      bf16=P.mixed_precision == "bf16")
+    masks = src["masks"][order]
+    t0 = time.perf_counter()
+    a = gen.generate(masks, [seed * 10_000 + i for i in range(len(masks))], src["slide"][order])
+    sec_per_tile = (time.perf_counter() - t0) / len(masks)
+    b = gen.generate(masks, [seed * 10_000 + 5_000 + i for i in range(len(masks))], src["slide"][order])
+    rows = {"real tile": list(src["imgs"][order]), "mask": [colorize(m) for m in masks],
+            "SD seed A": list(a), "SD seed B": list(b)}
+    return {"rows": rows, "masks": masks, "samples": a, "sec_per_tile": sec_per_tile, "steps": steps,
+            "scheduler": scheduler, "device": str(gen.device)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m discnb.train_ldm", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", help="YAML file of notebook 01's parameters (defaults: its parameters cell)")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    P = params.check_file(NOTEBOOK, a.params) if a.params else params.validate(NOTEBOOK, {})
+    from .notebook import record, seed_everything
+    seed_everything(P.seed)
+    from .train import process_state
+    state = process_state(P.device == "cpu")
+    if state.is_main_process:
+        record(out_dir(P), P, NOTEBOOK)
+    res = run(P, progress=not a.no_progress)
+    if state.is_main_process:
+        print(json.dumps({"steps": res["sd"]["steps"], "best_val_loss": res["sd"]["best_val_loss"],
+                          "samples_per_s": res["sd"]["samples_per_s"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

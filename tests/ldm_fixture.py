@@ -1,0 +1,35 @@
+"""A tiny prepared dataset + notebook-01 parameters for LDM tests (CPU, seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from discnb import data, prep
+from sicap_fixture import write_sicap
+
+TINY = {
+    "profile": "smoke", "seed": 0, "val_fold": 1, "device": "cpu", "resume": "latest",
+    "checkpoint_every": 2, "checkpoints_total_limit": 2,
+    "autoencoder": {"path": "", "channels": [8, 16, 16], "layers_per_block": 1, "n_embed": 32, "steps": 4,
+                    "batch": 4, "lr": 0.001},
+    "unet": {"channels": [16, 32], "attention": [True, True], "layers_per_block": 1, "head_channels": 16,
+             "transformer_layers": 1, "context_dim": 16, "token_side": 4, "tau_channels": [8, 16]},
+    "sd": {"steps": 6, "batch": 4, "grad_accum": 1, "lr": 0.001, "scale_lr": False, "ema_decay": 0.99},
+    "sample_steps": 3, "n_samples": 2,
+}
+
+
+def prepared(tmp: Path, **overrides) -> Path:
+    """Data dir (index.csv + params.resolved.yaml, 32-px tiles) and a params file; returns the file."""
+    root = write_sicap(tmp / "SICAPv2")
+    ddir = tmp / "data"
+    ddir.mkdir()
+    index, skipped = data.build_index(root, progress=False)
+    prep.write_index(index, skipped, ddir)
+    (ddir / "params.resolved.yaml").write_text(yaml.safe_dump({"image_size": 32}))
+    P = {**TINY, "data_dir": str(ddir), "output_dir": str(tmp / "ldm"), **overrides}
+    f = tmp / "01.yaml"
+    f.write_text(yaml.safe_dump(P))
+    return f
