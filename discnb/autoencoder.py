@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import VQModel
 
+from .ldm import _groups
+
 LDM_VQ_F4 = {"channels": [128, 256, 512], "layers_per_block": 2, "n_embed": 8192}
 
 
@@ -30,7 +32,7 @@ def build_vq(channels: list[int], layers_per_block: int, n_embed: int, latent_ch
                    block_out_channels=tuple(channels), layers_per_block=layers_per_block,
                    down_block_types=("DownEncoderBlock2D",) * len(channels),
                    up_block_types=("UpDecoderBlock2D",) * len(channels),
-                   norm_num_groups=min(32, min(channels)), scaling_factor=1.0)
+                   norm_num_groups=_groups(channels), scaling_factor=1.0)
 
 
 def factor(vq: VQModel) -> int:

@@ -28,6 +28,9 @@ soft (about 1 px) edges. ``validity_report`` checks this on the written files: a
 classifier must be near chance, a small CNN on structure must be well above it.
 
 Labels inside this module are 0..3 (NC, GG3, GG4, GG5); on disk masks hold 0/3/4/5.
+``GENERATOR_VERSION`` is part of the cache stamp: bump it whenever the rendering changes, so a
+cached folder made by older code is not silently reused (it then needs ``overwrite=True``).
+``preview_grid(root)`` draws a visual check of a written folder.
 Feature sizes are given in "units" = pixels of a 64-px tile; a tile of size N uses
 ``N / 64 * scale`` pixels per unit, so every tile size shows the same field of view.
 """
@@ -56,15 +59,15 @@ __all__ = [
     "make_stain",
     "default_stain",
     "slide_label_frequencies",
+    "preview_grid",
     "GENERATOR_VERSION",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 LABEL_TO_DISK = np.array([0, 3, 4, 5], np.uint8)
 DISK_TO_LABEL = {0: 0, 3: 1, 4: 2, 5: 3}
 _GRADE_TO_LABEL = {0: 0, 3: 1, 4: 2, 5: 3}
-_LABEL_TO_GRADE = {0: 0, 1: 3, 2: 4, 3: 5}
 
 # Slide-level (primary, secondary) Gleason patterns in SICAPv2 (155 slides).
 _SLIDE_COMBOS = {
@@ -74,7 +77,6 @@ _SLIDE_COMBOS = {
 
 DOMAINS = ("in", "ood")
 _DOMAIN_SCALE = {"in": 1.0, "ood": 1.25}
-_PARAM_KEYS = ("n_patients", "tiles_per_slide", "tile_size", "seed", "domain", "test_fraction")
 
 # --------------------------------------------------------------------------- stain model
 # Optical-density (OD) vectors of the two stains (Ruifrok-like; unit length).
@@ -112,8 +114,8 @@ def default_stain(domain: str = "in") -> dict:
                 "blur": 0.0, "noise": 1.5}
     if domain == "ood":
         # Another hospital: more eosin (redder), a bluer/darker hematoxylin, softer optics.
-        return {"h_vec": _unit([0.50, 0.70, 0.51]), "e_vec": _unit([0.05, 0.94, 0.33]),
-                "target": np.array([214.0, 158.0, 188.0]), "i0": np.array([250.0, 246.0, 246.0]),
+        return {"h_vec": _unit([0.72, 0.68, 0.24]), "e_vec": _unit([0.05, 0.94, 0.33]),
+                "target": np.array([214.0, 152.0, 202.0]), "i0": np.array([250.0, 246.0, 246.0]),
                 "blur": 0.35, "noise": 3.0}
     raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
 
@@ -515,7 +517,7 @@ def _tex_gg3(rng, n, s):
     return t
 
 
-def _tex_gg4(rng, n, s, cribriform):
+def _tex_gg4(rng, n, s, cribriform, focus=None):
     t = _Tex(n)
     t.cyto = (_CYTO_E * 0.9, _CYTO_H * 0.45)
     t.cribriform = bool(cribriform)
@@ -525,8 +527,9 @@ def _tex_gg4(rng, n, s, cribriform):
     cx, cy = _hex_points(rng, n, rng.uniform(13, 16) * s, 0.12, 8 * s)
     crib_c = np.zeros(len(cx), bool)
     if cribriform:
-        # turn 1-2 cluster sites (near the middle) into large cribriform nests
-        d = np.hypot(cx - n / 2, cy - n / 2)
+        # turn 1-2 cluster sites (near ``focus``: inside the GG4 region) into cribriform nests
+        fx0, fy0 = (n / 2, n / 2) if focus is None else focus
+        d = np.hypot(cx - fx0, cy - fy0)
         k = 1 if rng.random() < 0.5 else 2
         crib_c[np.argsort(d + rng.uniform(0, 10 * s, len(d)))[:k]] = True
     fx, fy, fr = [], [], []
@@ -649,11 +652,11 @@ def _tex_gg5(rng, n, s):
 _TEXTURES = {1: _tex_gg3, 3: _tex_gg5}
 
 
-def _texture_od(label, rng, n, s, stroma, cribriform):
+def _texture_od(label, rng, n, s, stroma, cribriform, focus=None):
     """Hematoxylin and eosin OD maps of one label's texture over the full tile."""
     sE, sH, sN, ang_field = stroma
     if label == 2:
-        t = _tex_gg4(rng, n, s, cribriform)
+        t = _tex_gg4(rng, n, s, cribriform, focus)
     elif label == 0:
         t = _tex_nc(rng, n, s, ang_field)
     else:
@@ -736,7 +739,12 @@ def render_tile(mask: np.ndarray, rng, stain: dict | None = None, scale: float =
     wsum = np.zeros((n, n), np.float32)
     info = {"cribriform": False, "fit": {}}
     for lab in present:
-        H, E, crib = _texture_od(lab, rng, n, s, stroma, cribriform)
+        focus = None
+        if lab == 2 and len(present) > 1:  # the most interior point of the GG4 region
+            dist = ndi.distance_transform_edt(mask == 2)
+            fy, fx = np.unravel_index(int(np.argmax(dist)), dist.shape)
+            focus = (float(fx), float(fy))
+        H, E, crib = _texture_od(lab, rng, n, s, stroma, cribriform, focus)
         if lab == 2:
             info["cribriform"] = crib
         a, b, gains = _fit_colour(H, E, stain, target)
@@ -748,7 +756,7 @@ def render_tile(mask: np.ndarray, rng, stain: dict | None = None, scale: float =
         rgb += w[..., None] * T
         wsum += w
     rgb /= np.maximum(wsum, 1e-6)[..., None]
-    blur = float(stain.get("blur", 0.0)) * n / 64.0 * 2
+    blur = float(stain.get("blur", 0.0)) * n / 64.0
     if blur > 0:
         rgb = ndi.gaussian_filter(rgb, (blur, blur, 0))
     noise = float(stain.get("noise", 0.0))
@@ -771,7 +779,7 @@ def _tile_plan(rng, p, q):
     other = [c for c in cancer if c != main]
     use_other = bool(other) and rng.random() < 0.65
     use_nc = (not use_other) or rng.random() < 0.6
-    w_main = rng.uniform(0.5, 0.85)
+    w_main = rng.uniform(0.55, 0.85)
     rest = 1.0 - w_main
     labels, weights = [main], [w_main]
     if use_other and use_nc:
@@ -794,19 +802,29 @@ def _draw_combo(rng, pred=None):
     return combos[i]
 
 
-def _enforce(rng, combos, idx, reqs):
-    """Relabel slides in ``idx`` until each (predicate, count) requirement holds (if it can)."""
-    locked = set()
-    for pred, count in reqs:
-        have = [i for i in idx if pred(combos[i]) and i not in locked][:count]
-        locked.update(have)
-        for _ in range(count - len(have)):
-            free = [i for i in idx if i not in locked]
-            if not free:
-                return
-            i = free[int(rng.integers(len(free)))]
-            combos[i] = _draw_combo(rng, pred)
-            locked.add(i)
+def _deficit(cs, reqs):
+    return sum(max(0, count - sum(bool(pred(c)) for c in cs)) for pred, count in reqs)
+
+
+def _enforce(rng, combos, idx, reqs, iters=400):
+    """Redraw slide labels in ``idx`` (a local search) until the (predicate, count) requirements
+    hold, or as nearly as the number of slides allows."""
+    if not idx:
+        return
+    cur = _deficit([combos[i] for i in idx], reqs)
+    for _ in range(iters):
+        if cur == 0:
+            return
+        unmet = [pred for pred, count in reqs if sum(bool(pred(combos[i])) for i in idx) < count]
+        pred = unmet[int(rng.integers(len(unmet)))]
+        i = idx[int(rng.integers(len(idx)))]
+        old = combos[i]
+        combos[i] = _draw_combo(rng, pred)
+        new = _deficit([combos[j] for j in idx], reqs)
+        if new <= cur:
+            cur = new
+        else:
+            combos[i] = old
 
 
 def _slide_ids(rng, n, domain):
@@ -824,7 +842,7 @@ def _slide_ids(rng, n, domain):
     return out
 
 
-def _plan_dataset(n_patients, tiles_per_slide, seed, domain, test_fraction):
+def _plan_dataset(n_patients, seed, domain, test_fraction):
     rng = np.random.default_rng([int(seed), DOMAINS.index(domain), 7001])
     pids, seen = [], set()
     while len(pids) < n_patients:
@@ -996,6 +1014,7 @@ def make_demo_sicap(root, *, n_patients: int = 24, tiles_per_slide: int = 12, ti
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
+        os.chmod(tmp, 0o755)
         summary = _generate(tmp, params, progress)
         params_out = dict(params, summary=summary)
         (tmp / "demo_params.json").write_text(json.dumps(params_out, indent=2) + "\n")
@@ -1016,7 +1035,7 @@ def _generate(out, params, progress):
     from PIL import Image
 
     n, tps, seed, domain = params["tile_size"], params["tiles_per_slide"], params["seed"], params["domain"]
-    slides = _plan_dataset(params["n_patients"], tps, seed, domain, params["test_fraction"])
+    slides = _plan_dataset(params["n_patients"], seed, domain, params["test_fraction"])
     (out / "images").mkdir()
     (out / "masks").mkdir()
     _write_xlsx(out / "wsi_labels.xlsx", ("slide_id", "patient_id", "Gleason_primary", "Gleason_secondary"),
@@ -1037,8 +1056,11 @@ def _generate(out, params, progress):
         p, q = _GRADE_TO_LABEL[sl["primary"]], _GRADE_TO_LABEL[sl["secondary"]]
         p_crib = float(rng.choice([0.0, 0.25, 0.6])) if 2 in (p, q) else 0.0
         for name in _tile_names(rng, sl["slide_id"], tps):
-            labels, weights = _tile_plan(rng, p, q)
-            mask = random_annotation_mask(rng, n, labels, weights)
+            for _ in range(20):  # a cancer slide's listed tiles have a cancer majority (as in SICAPv2)
+                labels, weights = _tile_plan(rng, p, q)
+                mask = random_annotation_mask(rng, n, labels, weights)
+                if p == 0 or np.bincount(mask.ravel(), minlength=4).argmax() != 0:
+                    break
             img, info = render_tile(mask, rng, stain, scale, cribriform=bool(rng.random() < p_crib),
                                     return_info=True)
             Image.fromarray(img).save(out / "images" / f"{name}.jpg", quality=92, subsampling=0)
@@ -1067,6 +1089,56 @@ def _generate(out, params, progress):
 
 
 # --------------------------------------------------------------------------- validity check
+MASK_COLOURS = np.array([[235, 235, 235], [60, 190, 75], [245, 195, 20], [215, 40, 40]], np.uint8)
+
+
+def preview_grid(root, *, per_row: int = 6, mixed_rows: int = 2, seed: int = 0) -> np.ndarray:
+    """A visual check of a written dataset: one row of single-label tiles per label (NC, GG3,
+    GG4, GG5), then ``mixed_rows`` rows of multi-label tiles, each followed by its mask
+    (grey NC, green GG3, yellow GG4, red GG5). Returns an RGB uint8 array."""
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = sorted(p.name for p in (root / "images").glob("*.jpg"))
+    lut = np.zeros(256, np.uint8)
+    for v, lab in DISK_TO_LABEL.items():
+        lut[v] = lab
+    pure = {k: [] for k in range(4)}
+    mixed = []
+    for nm in rng.permutation(names):
+        m = lut[np.asarray(Image.open(root / "masks" / (Path(nm).stem + ".png")))]
+        labs = np.unique(m)
+        if len(labs) == 1 and len(pure[int(labs[0])]) < per_row:
+            pure[int(labs[0])].append(nm)
+        elif len(labs) > 1 and len(mixed) < mixed_rows * (per_row // 2):
+            mixed.append(nm)
+    n = np.asarray(Image.open(root / "images" / names[0])).shape[0]
+    blank = np.full((n, n, 3), 255, np.uint8)
+
+    def img(nm):
+        return np.asarray(Image.open(root / "images" / nm).convert("RGB"))
+
+    def msk(nm):
+        return MASK_COLOURS[lut[np.asarray(Image.open(root / "masks" / (Path(nm).stem + ".png")))]]
+
+    rows = []
+    for k in range(4):
+        tiles = [img(nm) for nm in pure[k]] + [blank] * (per_row - len(pure[k]))
+        rows.append(np.concatenate(tiles, 1))
+    for r in range(mixed_rows):
+        tiles = []
+        for nm in mixed[r * (per_row // 2):(r + 1) * (per_row // 2)]:
+            tiles += [img(nm), msk(nm)]
+        tiles += [blank] * (per_row - len(tiles))
+        rows.append(np.concatenate(tiles, 1))
+    pad = 2
+    out = np.full((len(rows) * (n + pad), per_row * n, 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        out[i * (n + pad):i * (n + pad) + n] = r
+    return out
+
+
 def _read_split_tiles(root, split, max_tiles, rng):
     import pandas as pd
     from PIL import Image
@@ -1128,6 +1200,22 @@ def _balanced_acc(y, p, k=4):
     return float(np.mean(list(rec.values()))) if rec else float("nan"), rec
 
 
+def _small_cnn(crop):
+    """A few conv layers; a strided stem maps any crop size to a 32x32 feature map."""
+    import torch.nn as nn
+
+    stride = max(1, crop // 32)
+    layers = [nn.Conv2d(3, 16, 3, stride=stride, padding=1), nn.BatchNorm2d(16), nn.ReLU()]
+    ch = 16
+    for i, w in enumerate((16, 32, 64)):
+        if i:
+            layers.append(nn.MaxPool2d(2))
+        layers += [nn.Conv2d(ch, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+                   nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
+        ch = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, 4))
+
+
 def validity_report(root, *, seed: int = 0, cnn_epochs: int = 8, max_tiles: int | None = None) -> dict:
     """Is the dataset honest? Colour alone must not tell the grade; structure must.
 
@@ -1175,30 +1263,27 @@ def validity_report(root, *, seed: int = 0, cnn_epochs: int = 8, max_tiles: int 
     rep["n_crops"] = {"train": int(len(ctr)), "test": int(len(cte)),
                       "train_per_class": {names[c]: int((ctr[:, 3] == c).sum()) for c in range(4)},
                       "test_per_class": {names[c]: int((cte[:, 3] == c).sum()) for c in range(4)}}
-    n_pool = max(1, int(round(math.log2(crop / 8))))
-    layers, ch = [], 3
-    for i, w in enumerate([32, 48, 64, 96][: n_pool + 1]):
-        layers += [torch.nn.Conv2d(ch, w, 3, padding=1), torch.nn.BatchNorm2d(w), torch.nn.ReLU(),
-                   torch.nn.Conv2d(w, w, 3, padding=1), torch.nn.BatchNorm2d(w), torch.nn.ReLU()]
-        if i < n_pool:
-            layers.append(torch.nn.MaxPool2d(2))
-        ch = w
-    net = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(ch, 4))
+    net = _small_cnn(crop)
     tr_img = torch.from_numpy(Xtr_img).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.25)
     te_img = torch.from_numpy(Xte_img).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.25)
 
     def batch(img, rows):
-        return torch.stack([img[t, :, y:y + crop, x:x + crop] for t, y, x, _ in rows])
+        xb = torch.stack([img[t, :, y:y + crop, x:x + crop] for t, y, x, _ in rows])
+        return xb.contiguous(memory_format=torch.channels_last)
+
+    net = net.to(memory_format=torch.channels_last)
 
     pools = [np.flatnonzero(ctr[:, 3] == c) for c in range(4)]
     pools = [p for p in pools if len(p)]
-    per_epoch = 4 * int(min(600, max(200, len(ctr) // 4)))
+    per_epoch = 4 * int(min(256, max(64, len(ctr) // 4)))
+    t1 = time.time()
+    rep["seconds_load_colour"] = round(t1 - t0, 1)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = cnn_epochs * (per_epoch // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=max(1, steps))
     lossf = torch.nn.CrossEntropyLoss()
     net.train()
-    for ep in range(cnn_epochs if len(pools) > 1 else 0):
+    for _ in range(cnn_epochs if len(pools) > 1 else 0):
         idx = np.concatenate([rng.choice(p, per_epoch // len(pools)) for p in pools])
         rng.shuffle(idx)
         for b in range(per_epoch // 64):
@@ -1207,7 +1292,7 @@ def validity_report(root, *, seed: int = 0, cnn_epochs: int = 8, max_tiles: int 
                 continue
             xb = batch(tr_img, rows)
             k = int(rng.integers(4))
-            xb = torch.rot90(xb, k, (2, 3))
+            xb = torch.rot90(xb, k, (2, 3)).contiguous(memory_format=torch.channels_last)
             if rng.random() < 0.5:
                 xb = xb.flip(3)
             yb = torch.from_numpy(rows[:, 3])
@@ -1225,5 +1310,6 @@ def validity_report(root, *, seed: int = 0, cnn_epochs: int = 8, max_tiles: int 
     acc, rec = _balanced_acc(cte[:, 3], pred)
     rep["cnn_acc"] = acc
     rep["cnn_per_class"] = {names[c]: v for c, v in rec.items()}
+    rep["seconds_cnn"] = round(time.time() - t1, 1)
     rep["seconds"] = round(time.time() - t0, 1)
     return rep

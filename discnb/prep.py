@@ -44,6 +44,10 @@ def read_index(out: Path, stem: str = "index") -> pd.DataFrame:
                        keep_default_na=False, na_values={c: [""] for c in data.FRACTION_COLUMNS})
 
 
+# Shape-map ranks 0 (most pixels) .. 3 in grey levels: ranks are not labels, so not the label palette.
+RANK_COLOURS = np.array([[40, 40, 40], [110, 110, 110], [180, 180, 180], [245, 245, 245]], np.uint8)
+
+
 def overview_rows(index: pd.DataFrame, lib: dict, n: int, size: int, seed: int) -> tuple[dict, list[str]]:
     """Rows for the data-prep figure: tiles, tiles with mask overlay, and their shape maps.
 
@@ -69,7 +73,8 @@ def overview_rows(index: pd.DataFrame, lib: dict, n: int, size: int, seed: int) 
         tiles.append(img)
         overl.append(overlay(img, m))
         j = pos.get(row.image_name)
-        smaps.append(shapes.resize_mask(lib["maps"][j], size) if j is not None else np.zeros_like(m))
+        ranks = shapes.resize_mask(lib["maps"][j], size) if j is not None else np.zeros_like(m)
+        smaps.append(RANK_COLOURS[ranks])
         titles.append(f"{row.slide_id} {row.slide_primary}+{row.slide_secondary}")
     return {"tile": tiles, "mask overlay": overl, "shape map m_freq": smaps}, titles
 

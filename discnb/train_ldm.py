@@ -45,6 +45,8 @@ def load_split(P, progress: bool = True) -> dict:
     ddir = data_dir(P)
     size = prep_params(ddir)["image_size"]
     index = prep.read_index(ddir)
+    if not (index.split == "train").any():
+        raise data.DataError(f"{ddir}/index.csv: the training split is empty (no official-train tiles)")
     parts = data.fold_split(index, P.val_fold)
     if len(parts["train"]) == 0:
         raise data.DataError(f"{ddir}/index.csv: the training split (official train minus fold {P.val_fold}) is empty")

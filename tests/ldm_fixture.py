@@ -13,7 +13,7 @@ TINY = {
     "profile": "smoke", "seed": 0, "val_fold": 1, "device": "cpu", "resume": "latest",
     "checkpoint_every": 2, "checkpoints_total_limit": 2,
     "autoencoder": {"path": "", "channels": [8, 16, 16], "layers_per_block": 1, "n_embed": 32, "steps": 4,
-                    "batch": 4, "lr": 0.001},
+                    "batch": 4, "lr": 0.001, "scale_lr": False},
     "unet": {"channels": [16, 32], "attention": [True, True], "layers_per_block": 1, "head_channels": 16,
              "transformer_layers": 1, "context_dim": 16, "token_side": 4, "tau_channels": [8, 16]},
     "sd": {"steps": 6, "batch": 4, "grad_accum": 1, "lr": 0.001, "scale_lr": False, "ema_decay": 0.99},
