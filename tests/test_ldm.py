@@ -242,7 +242,7 @@ def test_kill_and_resume_continues_step_and_ema(tmp_path):
 
 def test_two_cpu_processes_match_one(tmp_path):
     f = prepared(tmp_path, sd={**TINY["sd"], "steps": 6})
-    r = _run(["accelerate", "launch", "--config_file", "params/accelerate/cpu_2proc.yaml", "-m", "discnb.train_ldm",
+    r = _run([PY, "-m", "accelerate.commands.launch", "--config_file", "params/accelerate/cpu_2proc.yaml", "-m", "discnb.train_ldm",
               "--params", str(f), "--no-progress"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads((tmp_path / "ldm" / "summary.json").read_text())["sd"]
@@ -258,7 +258,7 @@ def test_two_cpu_processes_match_one(tmp_path):
     # and the two-process run resumes from its own checkpoint
     cfg["output_dir"], cfg["sd"]["steps"] = str(tmp_path / "ldm"), 8
     f.write_text(yaml.safe_dump(cfg))
-    r = _run(["accelerate", "launch", "--config_file", "params/accelerate/cpu_2proc.yaml", "-m", "discnb.train_ldm",
+    r = _run([PY, "-m", "accelerate.commands.launch", "--config_file", "params/accelerate/cpu_2proc.yaml", "-m", "discnb.train_ldm",
               "--params", str(f), "--no-progress"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((tmp_path / "ldm" / "summary.json").read_text())["sd"]
