@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from .data import GRADE_TO_LABEL, MASK_VALUES
+
 __all__ = [
     "make_demo_sicap",
     "random_annotation_mask",
@@ -65,9 +67,8 @@ __all__ = [
 
 GENERATOR_VERSION = 2
 
-LABEL_TO_DISK = np.array([0, 3, 4, 5], np.uint8)
-DISK_TO_LABEL = {0: 0, 3: 1, 4: 2, 5: 3}
-_GRADE_TO_LABEL = {0: 0, 3: 1, 4: 2, 5: 3}
+LABEL_TO_DISK = np.array(MASK_VALUES, np.uint8)
+DISK_TO_LABEL = _GRADE_TO_LABEL = GRADE_TO_LABEL  # one mapping for the loader and the generator
 
 # Slide-level (primary, secondary) Gleason patterns in SICAPv2 (155 slides).
 _SLIDE_COMBOS = {

@@ -208,7 +208,8 @@ def _run(args, **kw):
 
 
 def test_kill_and_resume_continues_step_and_ema(tmp_path):
-    f = prepared(tmp_path, sd={**TINY["sd"], "steps": 60}, checkpoint_every=2, checkpoints_total_limit=50)
+    # gradient accumulation + EMA + resume together: a known source of resume bugs (diffusers #3467)
+    f = prepared(tmp_path, sd={**TINY["sd"], "steps": 60, "grad_accum": 2}, checkpoint_every=2, checkpoints_total_limit=50)
     sd = tmp_path / "ldm" / "sd"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([PY, "-m", "discnb.train_ldm", "--params", str(f), "--no-progress"], cwd=REPO, env=env,
