@@ -14,7 +14,11 @@ from PIL import Image
 from discnb import data
 from sicap_fixture import SLIDES, TILES_PER_SLIDE, write_sicap
 
-REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "sicapv2_sample"
+# The real SICAPv2 metadata sample beside the checkout (../shared), or where DISCNB_SICAP_SAMPLE points.
+REAL_SAMPLE = next((p for p in (Path(os.environ.get("DISCNB_SICAP_SAMPLE", "/nonexistent")),
+                                Path(__file__).resolve().parents[2] / "shared" / "realdata" / "sicapv2_sample",
+                                Path("/work/shared/realdata/sicapv2_sample")) if p.is_dir()),
+                   Path("/nonexistent"))
 
 
 def first_image(root: Path) -> Path:
