@@ -44,7 +44,7 @@ PY
 if [ "${1:-}" = "test" ]; then
     shift
     ensure_env
-    export MPLBACKEND=Agg PYTHONHASHSEED=0
+    export MPLBACKEND=Agg PYTHONHASHSEED=0 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
     exec "$PY" -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 "$@"
 fi
 
@@ -61,7 +61,7 @@ done
 case "$PROFILE" in smoke|demo|paper) ;; *) echo "--profile must be smoke, demo or paper, got '$PROFILE'" >&2; exit 2 ;; esac
 
 ensure_env
-export MPLBACKEND=Agg PYTHONHASHSEED=0
+export MPLBACKEND=Agg PYTHONHASHSEED=0 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 EXEC="outputs/executed/$PROFILE"
 mkdir -p "$EXEC"
 
