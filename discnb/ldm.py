@@ -67,17 +67,34 @@ def make_condition(mask: torch.Tensor, condition: str = "pixel", slide_labels: t
     return torch.cat(planes, 1).float()[:, :, None, None].expand(B, -1, H, W).contiguous()
 
 
+def sincos_2d(channels: int, side: int) -> torch.Tensor:
+    """A fixed 2-D position code (channels, side, side): sin/cos of pi*f*x and pi*f*y for
+    f = 1, 2, 4, ... over pixel centres x, y in (-1, 1). The same coordinates at any resolution,
+    so a latent position and the token that covers it get similar codes."""
+    if channels % 4:
+        raise ValueError(f"position channels must be a multiple of 4, got {channels}")
+    c = (torch.arange(side, dtype=torch.float32) + 0.5) / side * 2 - 1
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    out = []
+    for i in range(channels // 4):
+        f = torch.pi * 2 ** i
+        out += [torch.sin(f * x), torch.cos(f * x), torch.sin(f * y), torch.cos(f * y)]
+    return torch.stack(out)
+
+
 class MaskEncoder(ModelMixin, ConfigMixin):
     """tau_theta: the condition image -> cross-attention tokens.
 
     Strided convs bring the mask to a ``token_side`` x ``token_side`` grid; a learned 2-D
     position embedding tells the U-Net *where* each token is (without it, cross-attention is
-    permutation-invariant over tokens and learns the layout very slowly).
+    permutation-invariant over tokens and learns the layout very slowly). ``pos_init="sincos"``
+    starts that embedding from :func:`sincos_2d` (still learned), which pairs with the U-Net's
+    position channels (``MaskLDM.pos_channels``).
     """
 
     @register_to_config
     def __init__(self, in_channels: int = K, image_size: int = 64, token_side: int = 8,
-                 channels: tuple[int, ...] = (32, 64), width: int = 64):
+                 channels: tuple[int, ...] = (32, 64), width: int = 64, pos_init: str = "random"):
         super().__init__()
         n_down = (image_size // token_side).bit_length() - 1
         if token_side << n_down != image_size:
@@ -89,7 +106,13 @@ class MaskEncoder(ModelMixin, ConfigMixin):
             c_in = c
         layers += [nn.Conv2d(c_in, width, 1)]
         self.net = nn.Sequential(*layers)
-        self.pos = nn.Parameter(torch.randn(1, token_side * token_side, width) * 0.02)
+        pos = torch.randn(1, token_side * token_side, width) * 0.02
+        if pos_init == "sincos":
+            n = min(width, 4 * 4) // 4 * 4
+            pos[0, :, :n] = sincos_2d(n, token_side).flatten(1).T
+        elif pos_init != "random":
+            raise ValueError(f"pos_init must be 'random' or 'sincos', got {pos_init!r}")
+        self.pos = nn.Parameter(pos)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         h = self.net(cond)  # (B, width, s, s)
@@ -98,7 +121,7 @@ class MaskEncoder(ModelMixin, ConfigMixin):
 
 def build_unet(sample_size: int, block_out_channels: list[int], attention: list[bool], layers_per_block: int,
                cross_attention_dim: int, head_channels: int = 32, transformer_layers: int = 1,
-               latent_channels: int = 3) -> UNet2DConditionModel:
+               latent_channels: int = 3, extra_in_channels: int = 0) -> UNet2DConditionModel:
     """eps_theta. ``attention[i]`` puts cross-attention in level i (LDM attends at several
     resolutions); ``head_channels`` per head as LDM (diffusers' ``attention_head_dim`` is the
     *number* of heads, so it is computed per block)."""
@@ -107,7 +130,7 @@ def build_unet(sample_size: int, block_out_channels: list[int], attention: list[
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
+        sample_size=sample_size, in_channels=latent_channels + extra_in_channels, out_channels=latent_channels,
         down_block_types=down, up_block_types=up, block_out_channels=tuple(block_out_channels),
         layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
         attention_head_dim=tuple(max(1, c // head_channels) for c in block_out_channels),
@@ -123,32 +146,53 @@ def _groups(channels) -> int:
 
 
 class MaskLDM(nn.Module):
-    """eps_theta(z_t, t, tau_theta(condition)). Saved as ``unet/`` + ``mask_encoder/`` + ``ldm.json``."""
+    """eps_theta(z_t, t, tau_theta(condition)). Saved as ``unet/`` + ``mask_encoder/`` + ``ldm.json``.
+
+    ``pos_channels`` > 0 (beyond the paper; 0 in the paper profile) appends a fixed
+    :func:`sincos_2d` code to the U-Net's input. It carries no mask information (the mask still
+    enters only through cross-attention, as in Sec. 2.1); it gives the U-Net's queries an absolute
+    position to match against the tokens' positions. Conv U-Nets otherwise know where they are only
+    through zero padding, and on a CPU budget cross-attention then learns the layout too slowly to
+    follow the mask (see README, "mask adherence").
+    """
 
     def __init__(self, unet: UNet2DConditionModel, tau: MaskEncoder, condition: str = "pixel",
-                 latent_scale: float = 1.0):
+                 latent_scale: float = 1.0, pos_channels: int = 0):
         super().__init__()
         self.unet, self.tau = unet, tau
         self.condition = check_condition(condition)
         self.latent_scale = float(latent_scale)
+        self.pos_channels = int(pos_channels)
+        if self.pos_channels:
+            self.register_buffer("pos_code", sincos_2d(self.pos_channels, unet.config.sample_size)[None], persistent=False)
 
     @classmethod
     def from_config(cls, cfg: dict, image_size: int, latent_size: int, latent_scale: float = 1.0) -> "MaskLDM":
         condition = cfg.get("condition", "pixel")
+        pos = int(cfg.get("pos_channels", 0))
         tau = MaskEncoder(in_channels=cond_channels(condition), image_size=image_size,
-                          token_side=cfg["token_side"], channels=tuple(cfg["tau_channels"]), width=cfg["context_dim"])
+                          token_side=cfg["token_side"], channels=tuple(cfg["tau_channels"]), width=cfg["context_dim"],
+                          pos_init="sincos" if pos else "random")
         unet = build_unet(latent_size, cfg["channels"], cfg["attention"], cfg["layers_per_block"],
-                          cfg["context_dim"], cfg.get("head_channels", 32), cfg.get("transformer_layers", 1))
-        return cls(unet, tau, condition, latent_scale)
+                          cfg["context_dim"], cfg.get("head_channels", 32), cfg.get("transformer_layers", 1),
+                          extra_in_channels=pos)
+        return cls(unet, tau, condition, latent_scale, pos)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.out_channels
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.pos_channels:
+            z_t = torch.cat([z_t, self.pos_code.to(z_t.dtype).expand(len(z_t), -1, -1, -1)], 1)
         return self.unet(z_t, t, encoder_hidden_states=self.tau(cond)).sample
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
         self.unet.save_pretrained(path / "unet")
         self.tau.save_pretrained(path / "mask_encoder")
-        (path / "ldm.json").write_text(json.dumps({"condition": self.condition, "latent_scale": self.latent_scale}, indent=2))
+        (path / "ldm.json").write_text(json.dumps({"condition": self.condition, "latent_scale": self.latent_scale,
+                                                   "pos_channels": self.pos_channels}, indent=2))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "MaskLDM":
@@ -157,7 +201,7 @@ class MaskLDM(nn.Module):
             raise FileNotFoundError(f"{path}: not a saved MaskLDM (no ldm.json); train it with notebooks/01_train_ldm.ipynb")
         meta = json.loads((path / "ldm.json").read_text())
         return cls(UNet2DConditionModel.from_pretrained(path / "unet"), MaskEncoder.from_pretrained(path / "mask_encoder"),
-                   meta["condition"], meta["latent_scale"])
+                   meta["condition"], meta["latent_scale"], meta.get("pos_channels", 0))
 
 
 def noise_scheduler() -> DDPMScheduler:

@@ -83,7 +83,7 @@ class SDGenerator:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         c = self.model.unet.config
-        return (c.in_channels, c.sample_size, c.sample_size)
+        return (c.out_channels, c.sample_size, c.sample_size)
 
     def _cond(self, masks: torch.Tensor, slide_labels) -> torch.Tensor:
         return make_condition(masks, self.model.condition, slide_labels).to(self.device)
