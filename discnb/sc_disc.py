@@ -1,0 +1,297 @@
+"""Notebook 02's pipeline: DISC data, SD-DISC / SD-DISC-CoTrain fine-tuning, and the measured
+comparison of SD, SD-SC, SD-DISC and SD-DISC-CoTrain (paper Sec. 2.3, Fig. 4-5).
+
+    python -m discnb.sc_disc --params params/demo/02_sc_disc.yaml
+    accelerate launch --config_file params/accelerate/multi_gpu.yaml -m discnb.sc_disc --params ... --stage finetune
+
+The paper shows pictures only; we measure, on fixed held-out validation masks (real annotation
+shapes, multi-label ones first) with the same seeds for every model:
+- mask adherence: the pattern judge's (notebook 04's real-only CarcinoNet) segmentation of each
+  tile against its guiding mask, IoU per class and mean;
+- realism: KID to real validation tiles on the judge encoder's features (:mod:`discnb.realism`);
+- cost: UNet evaluations and wall time per tile.
+Mean ± std over seeds. Outputs go to ``outputs/<profile>/disc/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import LABELS, carcinonet as cn, disc, generators, params, paths, prep, realism, shapes
+from .train import TensorData, fit
+
+NOTEBOOK = "02_sc_disc"
+MODELS = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain")
+VARIANTS = {"SD-DISC": "sd-disc", "SD-DISC-CoTrain": "sd-disc-cotrain"}
+
+
+def ldm_dir(P) -> Path:
+    return paths.resolve(P.ldm_dir) if P.ldm_dir else paths.output_dir(P.profile, "ldm", create=False)
+
+
+def out_dir(P) -> Path:
+    return paths.resolve(P.output_dir) if P.output_dir else disc.disc_dir(ldm_dir(P))
+
+
+def device_of(P) -> str:
+    return "cuda" if torch.cuda.is_available() and P.device != "cpu" else "cpu"
+
+
+def context(P, section: dict) -> generators.GeneratorContext:
+    summary = json.loads((ldm_dir(P) / "summary.json").read_text()) if (ldm_dir(P) / "summary.json").exists() else {}
+    return generators.GeneratorContext(ldm_dir(P), int(summary.get("image_size", 0)), section["steps"],
+                                       section["scheduler"], section["batch_size"], device_of(P),
+                                       P.mixed_precision == "bf16")
+
+
+def check_out_dir(P) -> None:
+    """Notebook 02 writes beside notebook 01's LDM (``disc/``); the SD-DISC generators read there."""
+    if P.output_dir and paths.resolve(P.output_dir) != disc.disc_dir(ldm_dir(P)):
+        import warnings
+        warnings.warn(f"output_dir {P.output_dir} is not {disc.disc_dir(ldm_dir(P))}: the SD-DISC generators of "
+                      "notebooks 03/04 will not find these models")
+
+
+# ================================================================================ DISC data
+def make_disc_data(P, progress: bool = True) -> dict:
+    """Generate (or finish) the DISC data: ``disc_data.n`` sets of separated z_0^k, in shards."""
+    D = P.disc_data
+    sd, key = generators.build_generator("SD", context(P, D))
+    t0 = time.perf_counter()
+    manifest = disc.generate_disc_data(sd, out_dir(P) / "disc_data", D["n"], D["seed"], D["shard_size"], key, progress)
+    data = disc.load_disc_data(out_dir(P) / "disc_data")
+    secs = sum(s["seconds"] for s in manifest["shards"].values())
+    return data | {"seconds_total": secs, "sec_per_set": secs / max(1, D["n"]), "this_call_s": time.perf_counter() - t0}
+
+
+# ================================================================================ fine-tuning
+def finetune(P, variant: str, data: dict, progress: bool = True) -> dict:
+    """SD-DISC (Eq. 3 only) or SD-DISC-CoTrain (mean of L_LDM on real tiles and L_DISC), both
+    starting from SD's best weights, through the project's one training loop."""
+    from . import autoencoder as ae
+    from . import ldm, train_ldm
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    P01 = generators.ldm_params(ldm_dir(P))
+    summary01 = generators.check_ldm(ldm_dir(P), P01, json.loads((ldm_dir(P) / "summary.json").read_text())["image_size"])
+    size = summary01["image_size"]
+    model, vq = train_ldm.load_trained(P01)
+    split = train_ldm.load_split(P01, progress=False)
+    z, _ = train_ldm.encode_split(vq, split, model.latent_scale)
+    lib = shapes.load_library(train_ldm.data_dir(P01) / "shape_maps.npz")
+    maps = torch.from_numpy(np.stack([shapes.resize_mask(m, size) for m in lib["maps"]]))
+
+    def tensors(k):
+        return {"z": z[k], "mask": torch.from_numpy(split[k]["masks"]), "slide": torch.from_numpy(split[k]["slide"])}
+    aug = lambda b: ae.dihedral(b, ("z", "mask"))  # noqa: E731
+    cot = variant == "SD-DISC-CoTrain"
+    train = disc.DISCData(data["z0"], maps, size, real=tensors("train") if cot else None, augment=aug)
+    val = TensorData(tensors("val")) if len(split["val"]["imgs"]) else None  # L_LDM on real validation tiles
+    F = P.finetune
+    sig = {"kind": variant, "disc_data": data["manifest"]["plan"], "finetune": F}  # the plan names SD's fingerprint
+    cfg = train_ldm.fit_config(P, out_dir(P) / VARIANTS[variant], F, variant, sig, progress)
+    sched = ldm.noise_scheduler()
+    res = fit(model, disc.disc_loss(sched.alphas_cumprod, cot), train, cfg, val=val,
+              save_fn=lambda m, d: m.save_pretrained(d))
+    return res
+
+
+# ================================================================================ comparison
+def comparison_masks(masks: np.ndarray, n: int, seed: int, latent: int) -> np.ndarray:
+    """Indices of ``n`` held-out masks: three quarters multi-label (on the latent grid, where SC
+    fuses), the rest any; fixed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    lat = disc.downsample_mask(torch.from_numpy(masks), latent).numpy()
+    n_labels = np.array([len(np.unique(m)) for m in lat])
+    multi, rest = np.flatnonzero(n_labels > 1), np.flatnonzero(n_labels <= 1)
+    k = min(len(multi), int(np.ceil(0.75 * n)))
+    pick = list(rng.choice(multi, k, replace=False)) if k else []
+    pick += list(rng.choice(rest if len(rest) else multi, min(n - k, len(rest) if len(rest) else len(multi) - k),
+                            replace=False))
+    return np.array(sorted(pick), dtype=np.int64)
+
+
+def build(P, name: str, section: dict):
+    """A generator by name; ``SD-SC-step`` is SD-SC fusing at every step (the project page's drawing)."""
+    if name == "SD-SC-step":
+        sd, key = generators.build_generator("SD", context(P, section))
+        g = disc.SCGenerator(sd.model, sd.vq, steps=section["steps"], scheduler=section["scheduler"],
+                             batch_size=section["batch_size"], device=device_of(P), bf16=P.mixed_precision == "bf16",
+                             fuse_every_step=True)
+        g.name = name
+        return g, key + "-step"
+    return generators.build_generator(name, context(P, section))
+
+
+def load_judge(P):
+    """The pattern judge of notebook 04's parameters ``judge_params`` (trained there or here, once)."""
+    P04 = params.check_file(cn.NOTEBOOK, paths.resolve(P.judge_params)) if P.judge_params else \
+        params.validate(cn.NOTEBOOK, {"profile": P.profile})
+    j = cn.load_or_train_judge(P04, progress=False)
+    model = cn.load_model(cn.out_dir(P04) / "judge" / "model")
+    return j, model
+
+
+def compare(P, progress: bool = True) -> dict:
+    """Sample every model on the same masks and seeds; judge, KID, cost. Returns tidy rows + samples."""
+    from . import train_ldm
+    from tqdm.auto import tqdm
+    P01 = generators.ldm_params(ldm_dir(P))
+    split = train_ldm.load_split(P01, progress=False)
+    src = split["val"] if len(split["val"]["imgs"]) else split["train"]
+    C = P.compare
+    judge, jmodel = load_judge(P)
+    first, _ = build(P, "SD", C)
+    idx = comparison_masks(src["masks"], C["n_masks"], P.seed, first.latent_shape[-1])
+    masks, real = src["masks"][idx], src["imgs"][idx]
+    dev = device_of(P)
+    f_real = realism.encoder_features(jmodel, src["imgs"], device=dev)
+    rows, samples, meta = [], {}, {}
+    for name in tqdm(P.models, desc="models", disable=not progress):
+        gen, key = build(P, name, C)
+        meta[name] = {"fingerprint": key}
+        for s in C["seeds"]:
+            seeds = [int(s) * 100_000 + i for i in range(len(masks))]
+            gen.nfe = 0
+            t0 = time.perf_counter()
+            tiles = gen.generate(masks, seeds)
+            sec = (time.perf_counter() - t0) / len(masks)
+            j = judge(tiles, masks)
+            k_mean, _ = realism.kid(f_real, realism.encoder_features(jmodel, tiles, device=dev), seed=s)
+            base = {"model": name, "seed": int(s)}
+            rows += [base | {"metric": "iou", "label": lab, "value": j["iou"][lab]} for lab in LABELS]
+            rows += [base | {"metric": "mean_iou", "label": "all", "value": j["mean_iou"]},
+                     base | {"metric": "pixel_agreement", "label": "all", "value": j["pixel_agreement"]},
+                     base | {"metric": "kid", "label": "all", "value": k_mean},
+                     base | {"metric": "sec_per_tile", "label": "all", "value": sec},
+                     base | {"metric": "nfe_per_tile", "label": "all", "value": gen.nfe / len(masks)}]
+            if s == C["seeds"][0]:
+                samples[name] = tiles
+    # chance level: the same SD tiles scored against masks of other tiles
+    if "SD" in samples:
+        shuf = judge(samples["SD"], masks[np.roll(np.arange(len(masks)), 1)])
+        rows.append({"model": "SD vs shuffled masks (chance)", "seed": int(C["seeds"][0]), "metric": "mean_iou",
+                     "label": "all", "value": shuf["mean_iou"]})
+    df = pd.DataFrame(rows)
+    return {"results": df, "masks": masks, "real": real, "samples": samples, "meta": meta, "judge": judge.info}
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    g = df.groupby(["model", "metric", "label"], sort=False)["value"]
+    return g.agg(mean="mean", std="std", n="count").reset_index()
+
+
+def table(summary: pd.DataFrame, models) -> pd.DataFrame:
+    """model x (IoU per class, mean IoU, KID, s/tile, UNet evals/tile) as 'mean ± std'."""
+    s = summary.copy()
+    s["col"] = np.where(s.metric == "iou", "IoU " + s.label, s.metric)
+    s["cell"] = [f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}" for m, sd, n in zip(s["mean"], s["std"].fillna(0), s["n"])]
+    t = s.pivot(index="model", columns="col", values="cell")
+    cols = [f"IoU {lab}" for lab in LABELS] + ["mean_iou", "pixel_agreement", "kid", "sec_per_tile", "nfe_per_tile"]
+    order = [m for m in list(models) + ["SD vs shuffled masks (chance)"] if m in t.index]
+    return t.reindex(index=order, columns=[c for c in cols if c in t.columns])
+
+
+def sc_cost(P, progress: bool = True) -> pd.DataFrame:
+    """SD-SC's cost relative to SD for masks with 1, 2, 3 and 4 labels (vertical stripes), measured
+    in one run: wall time per tile and UNet evaluations per tile."""
+    C = P.cost
+    sd, _ = build(P, "SD", C)
+    sc, _ = build(P, "SD-SC", C)
+    size = sd.model.tau.config.image_size
+    rows = []
+    sd.latents(np.zeros((1, size, size), np.uint8), [0])  # warm-up: the first call allocates
+    for n_lab in C["labels"]:
+        m = np.zeros((C["n_tiles"], size, size), np.uint8)
+        for i in range(n_lab):
+            m[:, :, i * size // n_lab:(i + 1) * size // n_lab] = i
+        seeds = list(range(C["n_tiles"]))
+        out = {}
+        for name, g in (("SD", sd), ("SD-SC", sc)):
+            g.nfe = 0
+            t0 = time.perf_counter()
+            g.latents(m, seeds)
+            out[name] = ((time.perf_counter() - t0) / len(m), g.nfe / len(m))
+        rows.append({"labels": n_lab, "sd_sec_per_tile": out["SD"][0], "sc_sec_per_tile": out["SD-SC"][0],
+                     "time_ratio": out["SD-SC"][0] / out["SD"][0], "sd_nfe": out["SD"][1], "sc_nfe": out["SD-SC"][1],
+                     "nfe_ratio": out["SD-SC"][1] / out["SD"][1]})
+    return pd.DataFrame(rows)
+
+
+def save(P, cmp: dict, cost: pd.DataFrame, extra: dict) -> dict:
+    out = out_dir(P)
+    out.mkdir(parents=True, exist_ok=True)
+    cmp["results"].to_csv(out / "comparison.csv", index=False)
+    summarize(cmp["results"]).to_csv(out / "comparison_summary.csv", index=False)
+    cost.to_csv(out / "sc_cost.csv", index=False)
+    tmp = out / "comparison_samples.tmp.npz"
+    np.savez_compressed(tmp, masks=cmp["masks"], real=cmp["real"], models=np.array(list(cmp["samples"])),
+                        **{f"tiles_{i}": t for i, t in enumerate(cmp["samples"].values())})
+    tmp.replace(out / "comparison_samples.npz")
+    prep.write_json(out / "comparison.json", {"meta": cmp["meta"], "judge": cmp["judge"], **extra,
+                                              "realism_features": "pattern judge encoder (real-only CarcinoNet, "
+                                                                  "notebook 04), two deepest levels, GAP; KID cubic kernel"})
+    return {"dir": str(out)}
+
+
+def load_samples(folder: str | Path) -> dict:
+    """The Fig. 5 tiles saved by :func:`save` (for notebook 06)."""
+    p = Path(folder) / "comparison_samples.npz"
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no SC/DISC comparison; run notebooks/02_sc_disc.ipynb for this profile")
+    with np.load(p) as z:
+        models = [str(m) for m in z["models"]]
+        return {"masks": z["masks"], "real": z["real"], "samples": {m: z[f"tiles_{i}"] for i, m in enumerate(models)}}
+
+
+def figure_rows(cmp: dict, n: int) -> tuple[dict, list]:
+    """Fig. 5 layout as columns: real | mask | SD | SD-SC | SD-DISC | SD-DISC-CoTrain (one row per mask)."""
+    from .figures import colorize
+    cols = {"real": list(cmp["real"][:n]), "mask": [colorize(m) for m in cmp["masks"][:n]]}
+    cols |= {m: list(t[:n]) for m, t in cmp["samples"].items()}
+    # image_grid wants rows: one per mask
+    names = list(cols)
+    return {f"{i}": [cols[c][i] for c in names] for i in range(min(n, len(cmp["masks"])))}, names
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m discnb.sc_disc", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", help="YAML file of notebook 02's parameters (defaults: its parameters cell)")
+    ap.add_argument("--stage", choices=("all", "data", "finetune", "compare"), default="all")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    P = params.check_file(NOTEBOOK, a.params) if a.params else params.validate(NOTEBOOK, {})
+    from .notebook import record, seed_everything
+    from .train import process_state
+    seed_everything(P.seed)
+    main_proc = process_state(P.device == "cpu").is_main_process
+    if main_proc:
+        record(out_dir(P), P, NOTEBOOK)
+    progress = not a.no_progress
+    if a.stage in ("all", "data") and main_proc:
+        make_disc_data(P, progress)
+    if a.stage in ("all", "finetune"):
+        # several processes (accelerate launch): run --stage data first, in one process
+        data = disc.load_disc_data(out_dir(P) / "disc_data")
+        for v in VARIANTS:
+            if v in P.models:
+                print(v, json.dumps(finetune(P, v, data, progress)))
+    if a.stage in ("all", "compare") and main_proc:
+        cmp = compare(P, progress)
+        cost = sc_cost(P, progress)
+        save(P, cmp, cost, {})
+        print(table(summarize(cmp["results"]), P.models).to_string())
+        print(cost.to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
