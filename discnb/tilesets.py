@@ -1,0 +1,727 @@
+"""Synthetic slides: tile sets with designated Gleason grades (paper Sec. 2.2 and Sec. 3; notebook 03).
+
+A *tile set* stands for one whole-slide image for slide-level grading (MIL): 20-100 tiles generated
+from shape-map masks whose labels follow a designated primary / secondary (optional tertiary) grade.
+
+**Mask sampling** (Sec. 2.2: "a tile shape map is randomly selected and non-overlapping cancer grading
+labels are assigned based on the random weights ... we randomly select 20-100 annotation shape masks
+per designated primary and secondary GGs ... When the primary GG is Non-Cancer, the Non-Cancer label
+is exclusively applied"). The paper's exact weight law is in its supplement, which we do not have;
+this module's scheme (``scheme="random"``, :func:`label_weights`) is:
+
+* the slide's labels are NC plus its distinct cancer grades (primary, secondary if it differs, the
+  tertiary if any); a primary of NC means the label NC only (mask all NC, secondary 0, no tertiary);
+* draw d ~ Dirichlet(1, ..., 1) over those labels and sort it in decreasing order; the primary gets
+  d[0] (the largest), NC one of the other values at random, and the secondary and tertiary the values
+  left, in decreasing order. So primary > secondary > tertiary always, and NC anywhere below the
+  primary (the example of method-notes §5: primary 40 %, NC 30 %, secondary 25 %, tertiary 5 %);
+* each tile: a shape map drawn uniformly from the maps with no more ranks than the slide has labels;
+  its ranks (0 = most pixels) get labels by weighted random choice without repeats: rank 0 draws
+  first with probabilities proportional to the weights, rank 1 from the labels left, and so on
+  (:func:`draw_without_repeats`).
+
+``scheme="equal"`` gives every label of the slide the same weight (the paper's ablation).
+
+**Grades from pixels** (:func:`recompute_grades`, the SICAPv2/Gleason convention): over all tiles of a
+slide, primary = the cancer grade with most pixels, secondary = the one with the second most (= the
+primary if only one cancer grade is present); a slide without cancer pixels is 0 + 0.
+:func:`ablation` measures how often that matches the designated pair for both schemes (paper: 96.75 %
+with random weights vs 67.75 % with equal ones, over 400 slides = 100 per primary grade).
+
+**Balancing plan** (:func:`make_plan`, Sec. 3: "generated 276 tile sets ... resulting in a complete set
+of 100 WSIs for every grade"): count the real training slides per primary grade (and per pair); each
+grade gets ``max(0, target - real)`` synthetic slides. A synthetic slide of primary g: secondary
+uniform over {GG3, GG4, GG5} (``secondary="uniform"``) or drawn from the real pairs of primary g
+(``"real"``); when secondary != primary, a tertiary (the remaining cancer grade) with probability
+``tertiary_prob``. Slide k of grade g takes its designation and its seed from (plan seed, g, k) alone,
+and the slides are listed round-robin over grades (syn-00000 NC, syn-00001 GG3, ...), so any prefix
+of the plan is about balanced.
+
+**Seeds** (Sec. 3: "setting specific random seeds, which influenced the selection of GG-guided masks
+and Gaussian noise"): a slide's seed fixes its tile count, shape maps, weights, labels and one noise
+seed per tile; nothing depends on the generator, so every generator gets the same masks and noise.
+
+**Output** (one folder per generator, ``outputs/<profile>/tilesets/<generator>/``)::
+
+    manifest.csv      one row per finished slide: slide_id (str, "syn-00012"), primary, secondary
+                      (int 0..3 = NC, GG3, GG4, GG5), tertiary (int, -1 = none), weights (JSON list of
+                      4 floats, label order NC..GG5), n_tiles, seed, file ("slides/<slide_id>.npz")
+    slides/<id>.npz   tiles (N,H,W,3) uint8, masks (N,H,W) uint8 labels 0..3, mask_ids (N,) int64
+                      (rows of the shape-map library), seeds (N,) int64 (noise seed per tile)
+    plan.json         the plan (per-grade table and every slide), the sampling parameters, the
+                      generator's name and fingerprint, and the plan fingerprint
+    timing.json       seconds per tile (generator calls only) and per slide (masks + tiles + write),
+                      summed over every run that added slides
+
+``outputs/<profile>/tilesets/timing.json`` collects every generator's timing.
+
+Reading a tile set::
+
+    manifest, load = load_tileset("demo", "SD")       # or a tilesets/ folder, or the generator folder
+    slide = load(manifest.slide_id[0])                 # dict: tiles, masks, mask_ids, seeds
+    for row in manifest.itertuples(): ...              # row.primary, row.secondary: slide labels
+
+**Resume**: slides are written one by one, each npz atomically (tmp file + ``os.replace``), then its
+manifest row (the manifest is rewritten via tmp + replace); a rerun skips every slide in the manifest,
+so a killed run never leaves a half-written or duplicated slide. A folder made with another plan or
+another generator fingerprint (retrained weights, other steps) is *stale*: with ``replace_stale`` its
+files are deleted and it is generated afresh, otherwise it is an error that names the folder. One
+process per generator folder at a time.
+
+From a terminal: ``python -m discnb.tilesets --params params/demo/03_tile_sets.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import K, LABELS, params, paths, prep, shapes
+from .generators import GeneratorContext, build_generator, hash_tree
+
+NOTEBOOK = "03_tile_sets"
+STAGE = "tilesets"
+VERSION = 1  # bump when the sampling code changes what a seed produces: older folders become stale
+MANIFEST_COLUMNS = ["slide_id", "primary", "secondary", "tertiary", "weights", "n_tiles", "seed", "file"]
+NC = 0
+CANCER = (1, 2, 3)
+
+
+# ============================================================================ mask sampling
+def check_designation(primary: int, secondary: int, tertiary: int = -1) -> tuple[int, int, int]:
+    """Validate a designated grade triple (labels 0..3, tertiary -1 = none)."""
+    p, s, t = int(primary), int(secondary), int(tertiary)
+    if p not in range(K) or s not in range(K):
+        raise ValueError(f"primary/secondary must be labels 0..3 ({', '.join(LABELS)}), got {p}/{s}")
+    if p == NC:
+        if s != NC or t != -1:
+            raise ValueError(f"a primary of NC means a non-cancer slide: secondary must be 0 and tertiary -1, got {s}/{t}")
+    elif s == NC:
+        raise ValueError(f"a cancer slide (primary {LABELS[p]}) needs a cancer secondary (1..3, = primary for a "
+                         f"pure pattern), got {s}")
+    if t != -1 and (t not in CANCER or t in (p, s) or s == p):
+        raise ValueError(f"tertiary {t}: must be -1 or the cancer grade that is neither primary nor secondary "
+                         f"(and only when secondary != primary); got {p}/{s}/{t}")
+    return p, s, t
+
+
+def slide_label_order(primary: int, secondary: int, tertiary: int = -1) -> list[int]:
+    """The slide's cancer labels in designated order (primary, secondary, tertiary), without repeats."""
+    p, s, t = check_designation(primary, secondary, tertiary)
+    if p == NC:
+        return []
+    return [p] + ([s] if s != p else []) + ([t] if t != -1 else [])
+
+
+def label_weights(primary: int, secondary: int, tertiary: int = -1, rng: np.random.Generator | None = None,
+                  scheme: str = "random") -> np.ndarray:
+    """Weights (K,) of the labels NC..GG5 for one slide; 0 for labels the slide does not have.
+
+    ``random``: sorted Dirichlet(1) draws; primary the largest, NC a random one of the rest, then
+    secondary > tertiary (see the module docstring). ``equal``: the same weight for every label of
+    the slide. A primary of NC: weight 1 on NC only.
+    """
+    cancer = slide_label_order(primary, secondary, tertiary)
+    w = np.zeros(K)
+    if not cancer:
+        w[NC] = 1.0
+        return w
+    n = len(cancer) + 1  # + NC
+    if scheme == "equal":
+        w[[NC, *cancer]] = 1.0 / n
+        return w
+    if scheme != "random":
+        raise ValueError(f"weight scheme must be 'random' or 'equal', got {scheme!r}")
+    if rng is None:
+        raise ValueError("the random weight scheme needs an rng")
+    d = np.sort(rng.dirichlet(np.ones(n)))[::-1]
+    w[cancer[0]] = d[0]
+    j = 1 + int(rng.integers(n - 1))  # NC's place among the values below the primary's
+    w[NC] = d[j]
+    rest = np.delete(d[1:], j - 1)  # still decreasing
+    for lab, v in zip(cancer[1:], rest):
+        w[lab] = v
+    return w
+
+
+def library_info(lib: dict) -> dict:
+    """The library plus ``rank_counts`` (N,K): pixels of each rank in each map (ranks past n_ranks: 0)."""
+    if "rank_counts" in lib:
+        return lib
+    maps = lib["maps"]
+    if len(maps) == 0:
+        raise ValueError("the shape-map library is empty: notebook 00 found no training masks")
+    n = len(maps)
+    rc = np.zeros((n, K), np.int64)
+    flat = maps.reshape(n, -1).astype(np.int64)
+    for r in range(K):
+        rc[:, r] = (flat == r).sum(1)
+    n_ranks = np.asarray(lib["n_ranks"]).astype(int)
+    if not (n_ranks == (rc > 0).sum(1)).all():
+        raise ValueError("shape-map library: n_ranks does not match the maps (rebuild it with notebook 00)")
+    return {**lib, "rank_counts": rc, "n_ranks": n_ranks}
+
+
+def slide_seed(plan_seed: int, grade: int, k: int) -> int:
+    """The seed of synthetic slide k of primary ``grade`` (a 31-bit int; independent of the generator)."""
+    return int(np.random.SeedSequence([int(plan_seed), int(grade), int(k)]).generate_state(1)[0] >> 1)
+
+
+def sample_slide(lib: dict, primary: int, secondary: int, tertiary: int, seed: int, min_tiles: int,
+                 max_tiles: int, scheme: str = "random", size: int | None = None, masks: bool = True) -> dict:
+    """One synthetic slide's masks, drawn from ``seed`` alone.
+
+    Returns ``weights`` (K,), ``mask_ids`` (N,) int64, ``labels`` (N,K) int8 (label of each rank, -1
+    past the map's ranks), ``seeds`` (N,) int64 (noise seed per tile), ``counts`` (K,) label pixels
+    over the slide (at the library's size), and with ``masks`` the label masks (N,size,size) uint8.
+
+    Two RNG streams from ``seed``: stream 0 draws the tile count, the shape maps and the noise seeds,
+    stream 1 the weights and the labels. So both weight schemes get the same maps and noise.
+    """
+    lib = library_info(lib)
+    if not 1 <= int(min_tiles) <= int(max_tiles):
+        raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {min_tiles}, {max_tiles}")
+    cancer = slide_label_order(primary, secondary, tertiary)
+    labels = np.array([NC, *cancer])
+    rng_t = np.random.default_rng([int(seed), 0])
+    rng_w = np.random.default_rng([int(seed), 1])
+    n = int(rng_t.integers(int(min_tiles), int(max_tiles) + 1))
+    ok = np.flatnonzero(lib["n_ranks"] <= len(labels))
+    if len(ok) == 0:
+        raise ValueError(f"the shape-map library has no map with at most {len(labels)} label(s) "
+                         f"(needed for a {primary}+{secondary} slide); rebuild it from more masks (notebook 00)")
+    mask_ids = ok[rng_t.integers(len(ok), size=n)].astype(np.int64)
+    seeds = rng_t.integers(0, 2**31 - 1, size=n, dtype=np.int64)
+    w = label_weights(primary, secondary, tertiary, rng_w, scheme)
+    lab = draw_without_repeats(rng_w, labels, w[labels], lib["n_ranks"][mask_ids])
+    lbr = np.full((n, K), -1, np.int8)
+    lbr[:, :len(labels)] = lab
+    valid = lbr >= 0
+    counts = np.bincount(lbr[valid].astype(np.int64), weights=lib["rank_counts"][mask_ids][valid],
+                         minlength=K).astype(np.int64)
+    out = {"weights": w, "mask_ids": mask_ids, "labels": lbr, "seeds": seeds, "counts": counts}
+    if masks:
+        out["masks"] = build_masks(lib, mask_ids, lbr, size)
+    return out
+
+
+def draw_without_repeats(rng: np.random.Generator, labels: np.ndarray, weights: np.ndarray,
+                         n_ranks: np.ndarray) -> np.ndarray:
+    """For each tile, ``n_ranks[i]`` labels drawn one after the other with probability proportional to
+    ``weights`` among those not drawn yet (rank 0 gets the first draw). Returns (N, len(labels)) int8,
+    -1 past each tile's ranks.
+
+    Vectorised with the Efraimidis-Spirakis keys u^(1/w) (u ~ U(0,1)): sorting by them in decreasing
+    order is a sample of exactly that sequential law (Inf. Proc. Letters 97, 2006).
+    """
+    labels, weights = np.asarray(labels), np.asarray(weights, float)
+    if (weights <= 0).any():
+        raise ValueError(f"every label of the slide needs a positive weight, got {dict(zip(labels.tolist(), weights))}")
+    n_ranks = np.asarray(n_ranks, int)
+    if (n_ranks > len(labels)).any():
+        raise ValueError(f"a shape map with {n_ranks.max()} ranks cannot get distinct labels from {labels.tolist()}")
+    u = rng.random((len(n_ranks), len(labels)))
+    keys = np.log(u) / weights  # log(u^(1/w)), same order
+    out = labels[np.argsort(-keys, axis=1, kind="stable")].astype(np.int8)
+    out[np.arange(len(labels))[None, :] >= n_ranks[:, None]] = -1
+    return out
+
+
+def build_masks(lib: dict, mask_ids: np.ndarray, labels: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Label masks from shape maps ``mask_ids`` and their rank labels, resized (nearest) to ``size``."""
+    s = int(size or lib["maps"].shape[-1])
+    out = np.empty((len(mask_ids), s, s), np.uint8)
+    for i, (j, lab) in enumerate(zip(mask_ids, labels)):
+        out[i] = shapes.resize_mask(shapes.assign_labels(lib["maps"][j], lab[lab >= 0]), s)
+    return out
+
+
+def recompute_grades(counts) -> tuple[int, int]:
+    """(primary, secondary) from label pixel counts (K,): most / second-most frequent cancer grade,
+    secondary = primary when only one is present, (0, 0) without cancer pixels. Ties: lower grade."""
+    c = np.asarray(counts)[list(CANCER)]
+    order = [CANCER[i] for i in np.lexsort((np.arange(len(c)), -c)) if c[i] > 0]
+    if not order:
+        return 0, 0
+    return order[0], order[1] if len(order) > 1 else order[0]
+
+
+# ============================================================================== designations
+def designate(plan_seed: int, grade: int, k: int, secondary: str = "uniform", tertiary_prob: float = 0.3,
+              pairs: pd.DataFrame | None = None) -> tuple[int, int, int, int]:
+    """(primary, secondary, tertiary, seed) of synthetic slide k of primary ``grade``.
+
+    ``secondary``: "uniform" over GG3..GG5, or "real": drawn from the real training pairs of
+    primary ``grade`` (``pairs``: counts indexed by primary, columns secondary; uniform when that
+    grade has no real slide). Tertiary (the remaining cancer grade) with prob. ``tertiary_prob``
+    when secondary != primary.
+    """
+    g = int(grade)
+    seed = slide_seed(plan_seed, g, k)
+    if g == NC:
+        return NC, NC, -1, seed
+    rng = np.random.default_rng([seed, 2])
+    choices = np.array(CANCER)
+    prob = np.full(len(choices), 1 / len(choices))
+    if secondary == "real":
+        if pairs is not None and g in pairs.index and pairs.loc[g, list(CANCER)].sum() > 0:
+            cnt = pairs.loc[g, list(CANCER)].to_numpy(float)
+            prob = cnt / cnt.sum()
+    elif secondary != "uniform":
+        raise ValueError(f"secondary must be 'uniform' or 'real', got {secondary!r}")
+    s = int(rng.choice(choices, p=prob))
+    t = -1
+    if s != g and rng.random() < float(tertiary_prob):
+        t = next(c for c in CANCER if c not in (g, s))
+    return g, s, t, seed
+
+
+# ============================================================================== balancing plan
+def real_slides(index: pd.DataFrame, split: str = "train") -> pd.DataFrame:
+    """One row per real slide of ``split``: slide_id, primary, secondary (labels 0..3)."""
+    need = {"slide_id", "split", "slide_primary_label", "slide_secondary_label"}
+    missing = need - set(index.columns)
+    if missing:
+        raise ValueError(f"the tile index lacks columns {sorted(missing)}; re-run notebooks/00_data_prep.ipynb")
+    s = index[index.split == split].drop_duplicates("slide_id")
+    return pd.DataFrame({"slide_id": s.slide_id.astype(str).to_numpy(),
+                         "primary": s.slide_primary_label.astype(int).to_numpy(),
+                         "secondary": s.slide_secondary_label.astype(int).to_numpy()})
+
+
+@dataclass
+class Plan:
+    """The balancing plan: ``table`` (per primary grade: real, synthetic, total), ``pairs_real`` and
+    ``pairs_synthetic`` (primary x secondary counts) and ``slides`` (one row per synthetic slide)."""
+    table: pd.DataFrame
+    pairs_real: pd.DataFrame
+    pairs_synthetic: pd.DataFrame
+    slides: pd.DataFrame
+    settings: dict
+
+    def fingerprint(self) -> str:
+        recs = self.slides[["slide_id", "primary", "secondary", "tertiary", "seed"]].to_numpy().tolist()
+        return hashlib.sha1(json.dumps([VERSION, recs], default=int).encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict:
+        return {"settings": self.settings, "table": self.table.reset_index().to_dict("records"),
+                "slides": self.slides.to_dict("records")}
+
+
+def _pair_table(df: pd.DataFrame) -> pd.DataFrame:
+    t = pd.crosstab(df.primary, df.secondary).reindex(index=range(K), columns=range(K), fill_value=0)
+    return t.rename_axis(index="primary", columns="secondary").astype(int)
+
+
+def make_plan(index_or_slides: pd.DataFrame, target: int, seed: int, secondary: str = "uniform",
+              tertiary_prob: float = 0.3) -> Plan:
+    """Synthetic slides that bring every primary grade to ``target`` slides (real + synthetic).
+
+    ``index_or_slides``: notebook 00's tile index (its training split is counted) or a frame from
+    :func:`real_slides`. A grade with ``target`` or more real slides gets none.
+    """
+    real = index_or_slides if {"primary", "secondary"} <= set(index_or_slides.columns) else real_slides(index_or_slides)
+    if int(target) < 0:
+        raise ValueError(f"target per grade must be >= 0, got {target}")
+    pairs = _pair_table(real)
+    n_real = real.primary.value_counts().reindex(range(K), fill_value=0).astype(int)
+    need = (int(target) - n_real).clip(lower=0)
+    rows = []
+    for k in range(int(need.max()) if len(need) else 0):
+        for g in range(K):
+            if k < need[g]:
+                p, s, t, sd = designate(seed, g, k, secondary, tertiary_prob, pairs)
+                rows.append({"slide_id": f"syn-{len(rows):05d}", "primary": p, "secondary": s, "tertiary": t,
+                             "seed": sd})
+    slides = pd.DataFrame(rows, columns=["slide_id", "primary", "secondary", "tertiary", "seed"])
+    table = pd.DataFrame({"grade": list(LABELS), "real": n_real.to_numpy(), "synthetic": need.to_numpy(),
+                          "total": (n_real + need).to_numpy()}).set_index("grade")
+    table.loc["all"] = table.sum()
+    return Plan(table=table, pairs_real=pairs, pairs_synthetic=_pair_table(slides),
+                slides=slides, settings={"target": int(target), "seed": int(seed), "secondary": secondary,
+                                         "tertiary_prob": float(tertiary_prob), "real_split": "train"})
+
+
+def pair_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    """A primary x secondary count table with grade names (for display)."""
+    return pairs.rename(index=dict(enumerate(LABELS)), columns=dict(enumerate(LABELS)))
+
+
+# ================================================================================== ablation
+def ablation(lib: dict, per_grade: int = 100, min_tiles: int = 20, max_tiles: int = 100, seed: int = 0,
+             secondary: str = "uniform", tertiary_prob: float = 0.3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's Random-Weights ablation (Sec. 2.2, supplement): ``per_grade`` slides per primary
+    grade (100 -> 400 slides), each sampled with random and with equal weights (same maps and noise),
+    grades recomputed from pixel counts and compared with the designated pair.
+
+    Returns (summary: match share per scheme, overall and per primary grade; per-slide frame).
+    """
+    lib = library_info(lib)
+    rows = []
+    for g in range(K):
+        for k in range(int(per_grade)):
+            p, s, t, sd = designate(seed, g, k, secondary, tertiary_prob)
+            for scheme in ("random", "equal"):
+                smp = sample_slide(lib, p, s, t, sd, min_tiles, max_tiles, scheme, masks=False)
+                rp, rs = recompute_grades(smp["counts"])
+                rows.append({"scheme": scheme, "primary": p, "secondary": s, "tertiary": t, "n_tiles": len(smp["mask_ids"]),
+                             "re_primary": rp, "re_secondary": rs, "match": (rp, rs) == (p, s)})
+    per = pd.DataFrame(rows)
+    summ = per.groupby("scheme").match.mean().to_frame("all")
+    for g in range(K):
+        summ[LABELS[g]] = per[per.primary == g].groupby("scheme").match.mean()
+    summ["slides"] = per.groupby("scheme").size()
+    return summ.loc[["random", "equal"]], per
+
+
+def ablation_grid(lib: dict, tertiary_probs=(0.0,), **kw) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`ablation` for several tertiary probabilities; index (tertiary_prob, scheme)."""
+    summs, pers = [], []
+    for tp in tertiary_probs:
+        s, p = ablation(lib, tertiary_prob=float(tp), **kw)
+        summs.append(s.assign(tertiary_prob=float(tp)).set_index("tertiary_prob", append=True).reorder_levels([1, 0]))
+        pers.append(p.assign(tertiary_prob=float(tp)))
+    return pd.concat(summs), pd.concat(pers, ignore_index=True)
+
+
+# ================================================================================ generation
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_slide(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: str | Path) -> pd.DataFrame:
+    """``manifest.csv`` of a generator folder (empty frame with the contract's columns if none)."""
+    f = Path(folder) / "manifest.csv"
+    if not f.exists():
+        return pd.DataFrame({c: pd.Series(dtype=object if c in ("slide_id", "weights", "file") else "int64")
+                             for c in MANIFEST_COLUMNS})
+    m = pd.read_csv(f, dtype={"slide_id": str, "weights": str, "file": str}, keep_default_na=False)
+    if list(m.columns) != MANIFEST_COLUMNS:
+        raise ValueError(f"{f}: columns {list(m.columns)} are not the tile-set manifest's {MANIFEST_COLUMNS}")
+    return m
+
+
+def _write_manifest(folder: Path, m: pd.DataFrame) -> None:
+    tmp = folder / "manifest.csv.tmp"
+    m[MANIFEST_COLUMNS].to_csv(tmp, index=False)
+    os.replace(tmp, folder / "manifest.csv")
+
+
+def _clear(folder: Path) -> None:
+    """Delete a stale tile set (only the files this module writes)."""
+    for name in ("manifest.csv", "plan.json", "timing.json"):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "slides", ignore_errors=True)
+
+
+def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, lib: dict, *, image_size: int,
+                     min_tiles: int, max_tiles: int, scheme: str = "random", batch_tiles: int = 16,
+                     generator_name: str = "", lib_fingerprint: str = "", extra: dict | None = None,
+                     replace_stale: bool = False, progress: bool = True,
+                     on_slide: Callable[[str], None] | None = None) -> dict:
+    """Generate (or finish) the tile set of one generator in ``folder``; returns its timing/summary.
+
+    Slides missing from the manifest are generated in plan order; consecutive slides are grouped
+    until they hold ``batch_tiles`` tiles, so the generator sees full batches. Each slide is then
+    written atomically and its manifest row added (tmp + replace). ``gen.generate(masks, seeds)``
+    must give (N,H,W,3) uint8.
+    """
+    folder = Path(folder)
+    lib = library_info(lib)
+    size = int(image_size)
+    settings = {"version": VERSION, "generator": generator_name, "generator_fingerprint": gen_fingerprint,
+                "plan_fingerprint": plan.fingerprint(), "library_fingerprint": lib_fingerprint,
+                "image_size": size, "min_tiles": int(min_tiles), "max_tiles": int(max_tiles), "scheme": scheme}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    plan_file = folder / "plan.json"
+    if plan_file.exists():
+        old = json.loads(plan_file.read_text())
+        if old.get("key") != key:
+            diff = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
+            if not replace_stale:
+                raise ValueError(f"{folder}: this tile set was made with other settings ({', '.join(diff)} differ: "
+                                 f"e.g. retrained generator weights or another plan). Delete the folder, or set "
+                                 f"replace_stale: true to regenerate it")
+            warnings.warn(f"{folder}: stale tile set ({', '.join(diff)} changed); deleting it and generating afresh")
+            _clear(folder)
+    (folder / "slides").mkdir(parents=True, exist_ok=True)
+    for tmp in list((folder / "slides").glob("*.tmp.npz")) + list(folder.glob("*.tmp")):
+        tmp.unlink()  # left by a killed run
+    _atomic_write_text(plan_file, json.dumps({"key": key, "settings": settings, **(extra or {}), "plan": plan.to_json()},
+                                             indent=1, default=int) + "\n")
+
+    manifest = read_manifest(folder)
+    gone = [r.slide_id for r in manifest.itertuples() if not (folder / r.file).exists()]
+    if gone:
+        warnings.warn(f"{folder}: {len(gone)} manifest row(s) without their file (e.g. {gone[:3]}); generating them again")
+        manifest = manifest[~manifest.slide_id.isin(gone)]
+    manifest = manifest.drop_duplicates("slide_id", keep="last")
+    done = set(manifest.slide_id)
+    todo = plan.slides[~plan.slides.slide_id.isin(done)]
+
+    specs = []
+    for r in todo.itertuples():
+        smp = sample_slide(lib, r.primary, r.secondary, r.tertiary, r.seed, min_tiles, max_tiles, scheme, masks=False)
+        specs.append((r, smp))  # masks are built per group below (all of them at once can be GBs)
+    timing_file = folder / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else \
+        {"generator": generator_name, "slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0, "runs": []}
+    run = {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}
+    from tqdm.auto import tqdm
+    bar = tqdm(total=sum(len(s["mask_ids"]) for _, s in specs), desc=f"{generator_name or 'tiles'}", unit="tile",
+               disable=not progress, mininterval=1)
+    bar.set_postfix(slides=f"{len(done)}/{len(plan.slides)}")
+    i = 0
+    while i < len(specs):
+        t0 = time.perf_counter()
+        group, n = [], 0
+        while i < len(specs) and (not group or n < batch_tiles):
+            group.append(specs[i])
+            n += len(specs[i][1]["mask_ids"])
+            i += 1
+        for _, smp in group:
+            smp["masks"] = build_masks(lib, smp["mask_ids"], smp["labels"], size)
+        masks = np.concatenate([s["masks"] for _, s in group])
+        seeds = np.concatenate([s["seeds"] for _, s in group])
+        tg = time.perf_counter()
+        tiles = np.asarray(gen.generate(masks, [int(x) for x in seeds]))
+        gen_s = time.perf_counter() - tg
+        if tiles.shape != (len(masks), size, size, 3) or tiles.dtype != np.uint8:
+            raise ValueError(f"generator {generator_name!r} returned {tiles.dtype} {tiles.shape}; expected uint8 "
+                             f"{(len(masks), size, size, 3)}")
+        o = 0
+        for r, smp in group:
+            m = len(smp["mask_ids"])
+            rel = f"slides/{r.slide_id}.npz"
+            _write_slide(folder / rel, tiles=tiles[o:o + m], masks=smp["masks"], mask_ids=smp["mask_ids"],
+                         seeds=smp["seeds"])
+            o += m
+            del smp["masks"]
+            row = {"slide_id": r.slide_id, "primary": int(r.primary), "secondary": int(r.secondary),
+                   "tertiary": int(r.tertiary), "weights": json.dumps([round(float(x), 6) for x in smp["weights"]]),
+                   "n_tiles": m, "seed": int(r.seed), "file": rel}
+            manifest = pd.concat([manifest, pd.DataFrame([row])], ignore_index=True)
+            _write_manifest(folder, manifest)
+            if on_slide:
+                on_slide(r.slide_id)
+        run["slides"] += len(group)
+        run["tiles"] += n
+        run["generate_seconds"] += gen_s
+        run["slide_seconds"] += time.perf_counter() - t0
+        bar.update(n)
+        bar.set_postfix(slides=f"{len(manifest)}/{len(plan.slides)}")
+    bar.close()
+    if run["slides"]:
+        for k in ("slides", "tiles", "generate_seconds", "slide_seconds"):
+            timing[k] += run[k]
+        timing["runs"].append({**run, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}).get("sampling", {})})
+    timing.update(generator=generator_name, generator_fingerprint=gen_fingerprint,
+                  sec_per_tile=timing["generate_seconds"] / timing["tiles"] if timing["tiles"] else None,
+                  sec_per_slide=timing["slide_seconds"] / timing["slides"] if timing["slides"] else None,
+                  mean_tiles_per_slide=timing["tiles"] / timing["slides"] if timing["slides"] else None)
+    _atomic_write_text(timing_file, json.dumps(timing, indent=1) + "\n")
+    missing = set(plan.slides.slide_id) - set(manifest.slide_id)
+    if missing:
+        raise RuntimeError(f"{folder}: {len(missing)} planned slide(s) still missing after generation")
+    return {"folder": str(folder), "slides": len(manifest), "tiles": int(manifest.n_tiles.sum()),
+            "generated_now": run["slides"], **{k: timing[k] for k in ("sec_per_tile", "sec_per_slide")}}
+
+
+# ============================================================================== reading back
+def tileset_dir(profile_or_dir: str | Path, generator: str) -> Path:
+    """The generator folder for a profile name, a ``tilesets/`` folder or the generator folder itself."""
+    s = str(profile_or_dir)
+    base = paths.output_dir(s, STAGE, create=False) if s in paths.PROFILES else paths.resolve(s)
+    for cand in (base / generator, base):
+        if (cand / "manifest.csv").exists():
+            return cand
+    raise FileNotFoundError(f"{base / generator}: no tile set of generator {generator!r} (no manifest.csv); "
+                            f"run notebooks/03_tile_sets.ipynb with {generator!r} in generators")
+
+
+def load_tileset(profile_or_dir: str | Path, generator: str) -> tuple[pd.DataFrame, Callable[[str], dict]]:
+    """(manifest, load) for one generator's tile set; ``load(slide_id)`` -> dict of tiles (N,H,W,3) uint8,
+    masks (N,H,W) uint8, mask_ids (N,) int64, seeds (N,) int64. Only finished slides are listed."""
+    folder = tileset_dir(profile_or_dir, generator)
+    m = read_manifest(folder)
+    files = dict(zip(m.slide_id, m.file))
+
+    def load(slide_id: str) -> dict:
+        if slide_id not in files:
+            raise KeyError(f"{folder}: no slide {slide_id!r} in the manifest")
+        with np.load(folder / files[slide_id], allow_pickle=False) as z:
+            return {k: z[k] for k in ("tiles", "masks", "mask_ids", "seeds")}
+
+    return m, load
+
+
+# ================================================================================ notebook glue
+def data_dir(P) -> Path:
+    return paths.resolve(P.data_dir) if P.data_dir else paths.output_dir(P.profile, "data", create=False)
+
+
+def ldm_dir(P) -> Path:
+    return paths.resolve(P.ldm_dir) if P.ldm_dir else paths.output_dir(P.profile, "ldm", create=False)
+
+
+def out_dir(P) -> Path:
+    return paths.resolve(P.output_dir) if P.output_dir else paths.output_dir(P.profile, STAGE, create=False)
+
+
+def load_inputs(P) -> dict:
+    """Notebook 00's index, shape-map library (+ its fingerprint) and tile size."""
+    from .train_ldm import prep_params
+    ddir = data_dir(P)
+    lib_path = ddir / "shape_maps.npz"
+    lib = library_info(shapes.load_library(lib_path))
+    h = hashlib.sha1()
+    hash_tree(h, lib_path)
+    return {"index": prep.read_index(ddir), "lib": lib, "lib_fingerprint": h.hexdigest()[:16],
+            "image_size": int(prep_params(ddir)["image_size"]), "data_dir": str(ddir)}
+
+
+def plan_from_params(P, inputs: dict) -> Plan:
+    return make_plan(inputs["index"], P.target_per_grade, P.seed, P.secondary, P.tertiary_prob)
+
+
+def build(P, generator: str, plan: Plan, inputs: dict, progress: bool = True) -> dict:
+    """Build generator ``generator`` (any registered name) and generate its tile set for ``plan``."""
+    device = "cpu"
+    if P.device != "cpu":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    S = P.sampling
+    ctx = GeneratorContext(ldm_dir(P), inputs["image_size"], S["steps"], S["scheduler"], S["batch_size"], device,
+                           P.mixed_precision == "bf16")
+    gen, fp = build_generator(generator, ctx)
+    fp = fp + ("/bf16" if ctx.bf16 and device == "cuda" else "")  # bf16 tiles differ from fp32 ones
+    extra = {"params": dict(P), "sampling": {**dict(S), "device": device}, "data_dir": inputs["data_dir"]}
+    res = generate_tileset(out_dir(P) / generator, gen, fp, plan, inputs["lib"], image_size=inputs["image_size"],
+                           min_tiles=P.min_tiles, max_tiles=P.max_tiles, scheme=P.weights,
+                           batch_tiles=S["batch_size"], generator_name=generator,
+                           lib_fingerprint=inputs["lib_fingerprint"], extra=extra,
+                           replace_stale=P.replace_stale, progress=progress)
+    return res | {"device": device, "steps": S["steps"]}
+
+
+def write_timing(P, results: dict) -> Path:
+    """``tilesets/timing.json``: every generator's timing.json (merged with generators built before)."""
+    f = out_dir(P) / "timing.json"
+    allt = json.loads(f.read_text()) if f.exists() else {}
+    for g in results:
+        allt[g] = json.loads((out_dir(P) / g / "timing.json").read_text())
+    _atomic_write_text(f, json.dumps(allt, indent=1) + "\n")
+    return f
+
+
+def timing_table(P, generators) -> pd.DataFrame:
+    rows = {}
+    for g in generators:
+        t = json.loads((out_dir(P) / g / "timing.json").read_text())
+        rows[g] = {"slides": t["slides"], "tiles": t["tiles"], "sec_per_tile": t["sec_per_tile"],
+                   "sec_per_slide": t["sec_per_slide"], "tiles_per_slide": t["mean_tiles_per_slide"]}
+    return pd.DataFrame(rows).T
+
+
+def run_ablation(P, inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    A = dict(P.ablation)
+    return ablation_grid(inputs["lib"], A.pop("tertiary_probs"), secondary=P.secondary, **A)
+
+
+def save_ablation(P, summary: pd.DataFrame, per: pd.DataFrame) -> Path:
+    out = out_dir(P)
+    tmp = out / "ablation_slides.csv.tmp"
+    per.to_csv(tmp, index=False)
+    os.replace(tmp, out / "ablation_slides.csv")
+    f = out / "ablation.json"
+    share = [{"tertiary_prob": tp, "scheme": sc, **r} for (tp, sc), r in summary.to_dict("index").items()]
+    _atomic_write_text(f, json.dumps({"settings": dict(P.ablation), "secondary": P.secondary,
+                                      "paper": {"random": 0.9675, "equal": 0.6775, "slides": 400},
+                                      "match_share": share}, indent=1) + "\n")
+    return f
+
+
+def mosaic(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tiles (N,H,W[,3]) in one image, row by row (``cols`` default: ceil(sqrt(N))); white padding."""
+    images = np.asarray(images)
+    n, h, w = images.shape[:3]
+    cols = int(cols or math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / cols)
+    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, *images.shape[3:]), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = im
+    return out
+
+
+def figure_rows(P, generators, n_slides: int, max_tiles: int) -> tuple[dict, list[str]]:
+    """Rows for the figure: per slide (columns) its mask mosaic, then each generator's tile mosaic.
+    Slides are the plan's first ones with distinct primary grades where possible."""
+    from .figures import colorize
+    m0, load0 = load_tileset(out_dir(P), generators[0])
+    picks = m0.drop_duplicates("primary").slide_id.tolist()
+    picks = (picks + [s for s in m0.slide_id if s not in picks])[:n_slides]
+    rows: dict[str, list] = {"masks": []}
+    titles = []
+    for sid in picks:
+        r = m0[m0.slide_id == sid].iloc[0]
+        t = f"+{LABELS[r.tertiary]}" if r.tertiary >= 0 else ""
+        titles.append(f"{sid} {LABELS[r.primary]}+{LABELS[r.secondary]}{t}")
+        rows["masks"].append(mosaic(colorize(load0(sid)["masks"][:max_tiles])))
+    for g in generators:
+        _, load = load_tileset(out_dir(P), g)
+        rows[g] = [mosaic(load(sid)["tiles"][:max_tiles]) for sid in picks]
+    return rows, titles
+
+
+def run(P, progress: bool = True) -> dict:
+    """The notebook's pipeline: plan, ablation, every generator's tile set, timing."""
+    inputs = load_inputs(P)
+    plan = plan_from_params(P, inputs)
+    summary, per = run_ablation(P, inputs)
+    save_ablation(P, summary, per)
+    results = {g: build(P, g, plan, inputs, progress) for g in P.generators}
+    write_timing(P, results)
+    return {"plan": plan, "ablation": summary, "results": results}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Generate synthetic tile sets (notebook 03) from a terminal.")
+    ap.add_argument("--params", required=True, help="a params YAML of notebook 03, e.g. params/demo/03_tile_sets.yaml")
+    a = ap.parse_args(argv)
+    from .notebook import record, seed_everything
+    P = params.check_file(NOTEBOOK, a.params)
+    paths.check_profile(P.profile)
+    seed_everything(P.seed)
+    record(out_dir(P), P, NOTEBOOK)
+    out = run(P)
+    print(out["plan"].table.to_string())
+    print(out["ablation"].to_string())
+    print(json.dumps(out["results"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
