@@ -1,0 +1,326 @@
+"""TransMIL, Mixed Supervision, slide targets, Eq. 4, AUROC and the λ-sweep pipeline (Sec. 2.4, Sec. 3)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from discnb import K, mil, params
+from discnb.transmil import (PPEG, MixedSupervision, NystromAttention, TransMIL, bce_loss, lookahead_radam,
+                             moore_penrose_iter_pinv, param_groups, slide_targets, square_pad)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(in_dim=16, dim=32, **kw):
+    torch.manual_seed(0)
+    return TransMIL(in_dim, dim=dim, **kw).eval()
+
+
+# ------------------------------------------------------------------------------------ TransMIL
+@pytest.mark.parametrize("n", [1, 7, 300, 5000])
+def test_bags_of_any_size(n):
+    m = tiny()
+    x = torch.randn(n, 16)
+    with torch.no_grad():
+        out = m(x)
+    assert out.shape == (1, K) and torch.isfinite(out).all()
+    side = math.ceil(math.sqrt(n))
+    h, s = square_pad(torch.randn(1, n, 4))
+    assert s == side and h.shape[1] == side * side
+    # with 5000 tiles: 71 x 71 = 5041 tokens + cls = 5042, padded in front to a multiple of the 16 landmarks
+    if n == 5000:
+        assert side == 71 and (5042 + (16 - 5042 % 16) % 16) // 16 == 316  # tokens per landmark
+
+
+def test_square_padding_repeats_the_first_tokens():
+    h = torch.arange(7, dtype=torch.float).view(1, 7, 1).repeat(1, 1, 3)
+    p, side = square_pad(h)
+    assert side == 3 and p.shape == (1, 9, 3)
+    assert torch.equal(p[0, 7:], h[0, :2]) and torch.equal(p[0, :7], h[0])
+    p1, s1 = square_pad(h[:, :1])
+    assert s1 == 1 and p1.shape[1] == 1
+    with pytest.raises(ValueError, match="at least one tile"):
+        square_pad(h[:, :0])
+
+
+def test_official_sizes_and_no_cuda_call():
+    m = TransMIL(384)  # paper: ViT-S/16 features (384-d) -> 512
+    a = m.layer1.attn
+    assert m._fc1[0].in_features == 384 and m._fc1[0].out_features == 512
+    assert a.heads == 8 and a.num_landmarks == 256 and a.pinv_iterations == 6 and a.res_conv.kernel_size == (33, 1)
+    assert a.to_qkv.out_features == 3 * 8 * 64 and m._fc2.out_features == 4
+    assert [c.kernel_size for c in (m.pos_layer.proj, m.pos_layer.proj1, m.pos_layer.proj2)] == [(7, 7), (5, 5), (3, 3)]
+    assert isinstance(m.cls_token, torch.nn.Parameter)  # lives on the model's device (the official code calls .cuda())
+    with torch.no_grad():
+        m.to("cpu").eval()(torch.randn(5, 384))
+
+
+def test_pinv_iterations_converge_to_the_pseudo_inverse():
+    torch.manual_seed(0)
+    a = torch.softmax(torch.randn(2, 3, 8, 8), -1)
+    z = moore_penrose_iter_pinv(a, iters=30)
+    assert torch.allclose(a @ z @ a, a, atol=1e-4)
+
+
+def test_nystrom_is_exact_with_one_token_per_landmark():
+    """n == landmarks: every landmark is one token, so softmax(QK_l) pinv(softmax(Q_lK_l)) softmax(Q_lK) V
+    = A A^+ A V = A V, plain softmax attention (given a converged pseudo-inverse)."""
+    torch.manual_seed(0)
+    att = NystromAttention(dim=16, dim_head=4, heads=2, num_landmarks=8, pinv_iterations=40, residual=False).eval()
+    x = torch.randn(1, 8, 16)
+    q, k, v = att.to_qkv(x).chunk(3, -1)
+    q, k, v = (t.reshape(1, 8, 2, 4).transpose(1, 2) for t in (q, k, v))
+    exact = torch.softmax(q @ k.transpose(-1, -2) * 4 ** -0.5, -1) @ v
+    exact = att.to_out(exact.transpose(1, 2).reshape(1, 8, 8))
+    with torch.no_grad():
+        assert torch.allclose(att(x), exact, atol=1e-4)
+        # any length: zero-padded in front to a multiple of the landmarks, the output has the input's length
+        for n in (1, 5, 9, 17):
+            assert att(torch.randn(2, n, 16)).shape == (2, n, 16)
+
+
+def test_permutation_sensitivity_is_by_design():
+    """PPEG (a 2-D grid over the sequence), landmark segments and the residual convolution make
+    TransMIL depend on tile order; Mixed Supervision, whose position information comes with the
+    coordinates, gives the same slide output when tiles and coordinates are permuted together."""
+    m = tiny()
+    x = torch.randn(20, 16)
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, a2, b = m(x), m(x), m(x[perm])
+        same = m(torch.ones(20, 16)), m(torch.ones(20, 16)[perm])
+    assert torch.equal(a, a2)  # deterministic in eval mode
+    assert not torch.allclose(a, b, atol=1e-5)  # order matters
+    assert torch.allclose(*same)
+    # PPEG alone is what reads the grid: permuting the grid changes its output beyond the permutation
+    p = PPEG(4)
+    t = torch.randn(1, 10, 4)
+    with torch.no_grad():
+        out = p(t, 3, 3)
+        tp = torch.cat([t[:, :1], t[:, 1:][:, torch.randperm(9)]], 1)
+        assert not torch.allclose(torch.sort(out[0, 1:], 0).values, torch.sort(p(tp, 3, 3)[0, 1:], 0).values)
+    torch.manual_seed(0)
+    ms = MixedSupervision(16, dim=24, heads=6).eval()
+    c = torch.randint(0, 10, (20, 2))
+    with torch.no_grad():
+        s1, i1 = ms(x, c)
+        s2, i2 = ms(x[perm], c[perm])
+    assert torch.allclose(s1, s2, atol=1e-5) and torch.allclose(i1[0, perm], i2[0], atol=1e-5)
+
+
+def test_mixed_supervision_structure_and_masking():
+    ms = MixedSupervision(384, heads=6, mlp_ratio=3.0)  # official: no projection, embed dim = feature dim
+    assert isinstance(ms.proj, torch.nn.Identity) and len(ms.blocks) == 2 and ms.blocks[0].attn.heads == 6
+    assert ms.blocks[0].mlp[0].out_features == 3 * 384 and ms.blocks[0].skip_lam == 2.0
+    assert len(ms.keep_index(20)) == 10 and len(ms.keep_index(3)) == 2 and len(ms.keep_index(1)) == 1
+    s, inst = ms.eval()(torch.randn(7, 384), torch.randint(0, 5, (7, 2)))
+    assert s.shape == (1, K) and inst.shape == (1, 7, K)
+    with pytest.raises(ValueError, match="divisible"):
+        MixedSupervision(20, dim=20, heads=6)
+
+
+# -------------------------------------------------------------------------- targets, loss, optim
+@pytest.mark.parametrize("p,s,want", [(0, 0, [1, 0, 0, 0]), (1, 2, [0, 1, 1, 0]), (2, 2, [0, 0, 1, 0]),
+                                      (3, 1, [0, 1, 0, 1]), (2, 3, [0, 0, 1, 1]), (1, 0, [1, 1, 0, 0])])
+def test_multilabel_targets_from_primary_and_secondary(p, s, want):
+    assert slide_targets(p, s).tolist() == want
+
+
+def test_targets_reject_grades_and_bce_matches_formula():
+    with pytest.raises(ValueError, match="0..3"):
+        slide_targets(4, 5)  # Gleason grades, not labels
+    logits, y = torch.tensor([[2.0, -1.0, 0.5, -3.0]]), slide_targets(1, 2).unsqueeze(0)
+    p = torch.sigmoid(logits)
+    manual = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+    assert torch.allclose(bce_loss(logits, y), manual, atol=1e-6)
+
+
+def test_lookahead_radam_and_weight_decay_groups():
+    m = tiny()
+    opt = lookahead_radam(m, lr=2e-4, weight_decay=1e-5)
+    from timm.optim import Lookahead
+    assert isinstance(opt, Lookahead) and isinstance(opt._base_optimizer, torch.optim.RAdam)
+    assert {(g["lookahead_k"], g["lookahead_alpha"], g["lr"]) for g in opt.param_groups} == {(6, 0.5, 2e-4)}
+    no_decay, decay = param_groups(m, 1e-5)
+    assert any(p is m.cls_token for p in no_decay["params"]) and all(p.ndim > 1 for p in decay["params"])
+    assert sum(p.numel() for g in (no_decay, decay) for p in g["params"]) == sum(p.numel() for p in m.parameters())
+
+
+# -------------------------------------------------------------------------------- Eq. 4, AUROC
+def test_eq4_and_lambda_range():
+    assert float(mil.eq4(torch.tensor(2.0), torch.tensor(4.0), 0.25)) == pytest.approx(2.5)
+    for bad in (1.0, -0.1, True, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="lambda"):
+            mil.check_lam(bad)
+    assert mil.check_lam(0) == 0.0
+
+
+def toy_bags(n, seed, d=8, sizes=(5, 5, 6), nan=False):
+    """Bags whose mean feature encodes the labels: separable, so a model can learn them."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        p, s = [(0, 0), (1, 1), (2, 3), (1, 2)][i % 4]
+        y = slide_targets(p, s)
+        k = sizes[i % len(sizes)]
+        x = torch.randn(k, d, generator=g) * 0.3
+        x[:, :K] += 3 * y
+        if nan:
+            x[:] = float("nan")
+        out.append(mil.Bag(f"s{seed}_{i}", x, y, torch.full((k,), int(p)), torch.from_numpy(mil.grid_coords([None] * k)), p, s))
+    return out
+
+
+T = {"max_epochs": 12, "patience": 4, "batch": 2, "synth_batch": 1, "lr": 3e-3, "weight_decay": 1e-5,
+     "lookahead_k": 6, "lookahead_alpha": 0.5}
+
+
+def test_lambda_weighting_uses_synthetic_slides_only_when_lambda_positive():
+    """NaN synthetic slides: harmless at λ = 0 (never read), a non-finite loss at λ > 0."""
+    train, val, poison = toy_bags(8, 0), toy_bags(4, 1), toy_bags(3, 2, nan=True)
+    fit = mil.train_model(tiny(8), train, val, {**T, "max_epochs": 2}, 0, "cpu", poison, 0.0)
+    assert fit["epochs"] == 2
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        mil.train_model(tiny(8), train, val, {**T, "max_epochs": 2}, 0, "cpu", poison, 0.3)
+    with pytest.raises(ValueError, match="synthetic"):
+        mil.train_model(tiny(8), train, val, T, 0, "cpu", None, 0.3)
+    # the step loss is exactly (1 - λ) L_real + λ L_synth
+    m, real, syn = tiny(8), toy_bags(2, 3), toy_bags(1, 4)
+    with torch.no_grad():
+        lr, ls = mil.slide_loss(m, real, "cpu"), mil.slide_loss(m, syn, "cpu")
+    assert float(mil.eq4(lr, ls, 0.3)) == pytest.approx(0.7 * float(lr) + 0.3 * float(ls))
+
+
+def test_training_learns_separable_bags_and_stops_early():
+    train, val = toy_bags(16, 0), toy_bags(8, 1)
+    m = tiny(8)
+    fit = mil.train_model(m, train, val, {**T, "max_epochs": 15, "batch": 4, "lr": 5e-3}, 0, "cpu", toy_bags(4, 5), 0.2)
+    h = fit["history"]
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    assert 1 <= fit["best_epoch"] <= fit["epochs"] and fit["epochs"] - fit["best_epoch"] <= T["patience"]
+    best = min(r["val_loss"] for r in h)
+    assert mil.eval_loss(m, val, "cpu") == pytest.approx(best, rel=1e-5)  # the best epoch's weights are restored
+    Y = np.stack([b.y.numpy() for b in val])
+    assert mil.auroc_scores(Y, mil.predict(m, val, "cpu"))["macro"] > 0.9
+    ms = MixedSupervision(8, dim=12, heads=6)
+    fit = mil.train_model(ms, train, val, T, 0, "cpu", select="auroc")
+    assert fit["history"][fit["best_epoch"] - 1]["val_auroc"] == max(np.nan_to_num(r["val_auroc"], nan=-1) for r in fit["history"])
+
+
+def test_equal_size_bags_share_a_forward_pass():
+    m, bags = tiny(8), toy_bags(4, 0, sizes=(6,))
+    with torch.no_grad():
+        stacked = mil.slide_loss(m, bags, "cpu")
+        single = sum(float(mil.slide_loss(m, [b], "cpu")) for b in bags) / 4
+    # equal within the pseudo-inverse's batch-wide initialisation (official code: the same quirk)
+    assert float(stacked) == pytest.approx(single, rel=1e-3)
+
+
+def test_auroc_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+    assert mil.auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        y = rng.integers(0, 2, 40)
+        s = rng.integers(0, 6, 40) / 5  # many ties
+        assert mil.auroc(y, s) == pytest.approx(roc_auc_score(y, s))
+    Y = rng.integers(0, 2, (30, K))
+    Y[:, 0] = 0  # one class only: undefined, left out of the macro mean
+    S = rng.random((30, K))
+    sc = mil.auroc_scores(Y, S)
+    assert math.isnan(sc["NC"])
+    assert sc["macro"] == pytest.approx(np.mean([roc_auc_score(Y[:, i], S[:, i]) for i in (1, 2, 3)]))
+    assert sc["macro"] == pytest.approx(roc_auc_score(Y[:, 1:], S[:, 1:], average="macro"))
+
+
+# ---------------------------------------------------------------------------- the sweep pipeline
+def fake_tileset(root, name, n_slides=4, size=32, seed=0, grades=False):
+    """A tile set in notebook 03's layout: manifest.csv + slides/<id>.npz."""
+    rng = np.random.default_rng(seed)
+    d = root / name
+    (d / "slides").mkdir(parents=True)
+    rows = []
+    for i in range(n_slides):
+        p, s = [(0, 0), (1, 2), (3, 3), (2, 1)][i % 4]
+        n = 3 + i
+        sid = f"{name}-{i:04d}"
+        np.savez(d / "slides" / f"{sid}.npz", tiles=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+                 masks=rng.integers(0, K, (n, size, size), dtype=np.uint8), mask_ids=np.arange(n), seeds=np.arange(n))
+        gp, gs = ({0: 0, 1: 3, 2: 4, 3: 5}[p], {0: 0, 1: 3, 2: 4, 3: 5}[s]) if grades else (p, s)
+        rows.append({"slide_id": sid, "primary": gp, "secondary": gs, "tertiary": -1, "weights": json.dumps([0.4, 0.3, 0.2, 0.1]),
+                     "n_tiles": n, "seed": i, "file": f"slides/{sid}.npz"})
+    pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
+    return d
+
+
+def test_manifest_labels_or_grades(tmp_path):
+    a = mil.read_manifest(fake_tileset(tmp_path, "SD"))
+    b = mil.read_manifest(fake_tileset(tmp_path, "SD-SC", grades=True))
+    assert a.primary_label.tolist() == b.primary_label.tolist() == [0, 1, 3, 2]
+    assert a.secondary_label.tolist() == [0, 2, 3, 1]
+    (tmp_path / "SD" / "slides" / "SD-0001.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="absent"):
+        mil.read_manifest(tmp_path / "SD")
+    with pytest.raises(FileNotFoundError, match="03_tile_sets"):
+        mil.read_manifest(tmp_path / "nope")
+
+
+def sweep_params(tmp_path, **over):
+    from ldm_fixture import prepared
+    if not (tmp_path / "data").exists():
+        prepared(tmp_path)  # 6 slides x 3 tiles (32 px): train slides in folds 1..4, 2 test slides
+    base = {"data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "mil"), "tilesets_dir": str(tmp_path / "ts"),
+            "folds": [1, 2], "seeds": [0], "generators": ["SD", "SD-DISC"], "lams": [0.0, 0.5], "ood_split": "",
+            "device": "cpu", "extractor": {"name": "tilecnn", "path": "", "width": 4, "epochs": 1, "batch": 4,
+                                           "lr": 0.002, "seed": 0, "input_size": 0, "eval_batch": 8},
+            "transmil": {"dim": 16, "heads": 8, "landmarks": 0, "dropout": 0.1},
+            "mixed": {"dim": 24, "depth": 2, "heads": 6, "mlp_ratio": 3.0, "skip_lam": 2.0, "drop_path": 0.1, "masking_ratio": 0.5},
+            "train": {**T, "max_epochs": 2, "patience": 2}}
+    return params.validate("05_transmil_sweep", {**base, **over})
+
+
+def test_sweep_end_to_end_skips_missing_generators_and_reuses_runs(tmp_path, capsys):
+    fake_tileset(tmp_path / "ts", "SD")  # SD-DISC missing: skipped with a note
+    P = sweep_params(tmp_path)
+    res = mil.run(P, progress=False)
+    assert "SD-DISC: no tile set" in capsys.readouterr().out
+    assert list(res["bags"]["synth"]) == ["SD"]
+    runs = res["runs"]
+    assert len(runs) == 2 * (1 + 1 + 1)  # folds x (TransMIL, Mixed Supervision, TransMIL + SD at λ 0.5)
+    df = res["results"]
+    assert set(df.test_set) == {"val", "test"} and set(df.generator) == {"none", "SD"}
+    assert set(df.model) == {"TransMIL", "MixedSupervision"} and df.value.dropna().between(0, 1).all()
+    assert (tmp_path / "mil" / "results.csv").exists()
+    best = mil.best_lambda_table(res["summary"])
+    assert list(best.index) == ["SD"] and best.loc["SD", "λ* (val)"] == 0.5
+    assert set(mil.baseline_table(res["summary"]).columns) >= {"test macro", "val macro"}
+    fig = mil.plot_sweep(res["summary"])
+    assert len(fig.axes) == 2
+    # second run: features and runs come from the caches
+    again = mil.run(P, progress=False)
+    assert all(r["reused"] for r in again["runs"]) and all(f["cached"] for f in again["features"].values())
+    # bags: real slides in name order, synthetic ones with manifest targets
+    bag = again["bags"]["real"]["16B0000001"]
+    assert bag.y.tolist() == [0, 1, 1, 0] and len(bag) == 3 and bag.coords[:, 1].tolist() == [0, 1, 2]
+    assert [b.y.tolist() for b in again["bags"]["synth"]["SD"]][:2] == [[1, 0, 0, 0], [0, 1, 1, 0]]
+
+
+def test_notebook_parameter_files_are_valid():
+    for prof in ("demo", "paper"):
+        P = params.check_file("05_transmil_sweep", f"params/{prof}/05_transmil_sweep.yaml")
+        assert all(0 <= lam < 1 for lam in P.lams) and set(P.generators) <= set(mil.GENERATORS)
+    P = params.check_file("05_transmil_sweep", "params/paper/05_transmil_sweep.yaml")
+    assert P.folds == [1, 2, 3, 4] and P.extractor["name"] == "lunit-vits16" and P.transmil["dim"] == 512
+    assert np.allclose(P.lams, np.round(np.arange(0, 0.91, 0.05), 2))
