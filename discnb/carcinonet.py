@@ -385,7 +385,33 @@ def data_fingerprint(D: dict) -> str:
     for name in ("train", "val"):
         h.update(name.encode())
         h.update("\n".join(D[name]["names"]).encode())
+    if D.get("domain"):  # tiles passed through a first stage (see first_stage_view)
+        h.update(D["domain"].encode())
     return h.hexdigest()[:16]
+
+
+def first_stage_view(D: dict, ldir: Path, progress: bool = True) -> dict:
+    """``D`` with its train/val tiles passed through notebook 01's first stage (encode, quantise,
+    decode): the image domain every generator's tiles live in, since they all share its decoder.
+
+    A judge trained on these reads generated tiles on their own terms: a judge trained on real
+    tiles also penalises what the first stage loses (on CPU-trained first stages, most of the fine
+    texture), which says nothing about whether SD, SD-SC or SD-DISC follow the mask.
+    """
+    from . import autoencoder as ae
+    P01 = ldm_params(ldir)
+    check_ldm(ldir, P01, D["image_size"])
+    folder = paths.resolve(P01.autoencoder["path"]) if P01.autoencoder["path"] else Path(ldir) / "autoencoder" / "best"
+    vq = ae.load_vq(folder)
+    h = hashlib.sha1(b"first_stage")
+    hash_tree(h, folder)
+    out = dict(D)
+    for name in [n for n in ("train", "val", "test") if n in D]:
+        x = D[name]["imgs"]
+        rec = ae.to_uint8(ae.decode(vq, ae.encode(vq, ae.to_tensor(x)))) if len(x) else x
+        out[name] = {**D[name], "imgs": rec}
+    out["domain"] = "first_stage:" + h.hexdigest()[:16]
+    return out
 
 
 # ================================================================================ generators
@@ -674,26 +700,37 @@ def judge_from_model(model: nn.Module, info: dict | None = None, batch_size: int
 
 
 def load_or_train_judge(P, D: dict | None = None, progress: bool = True) -> Judge:
-    """The judge for these parameters: the real-only CarcinoNet of seed ``P.seed`` (trained if no
-    finished run matches; the notebook's baseline of that seed is the same run), copied to
-    ``carcinonet/judge/model`` with ``judge.json`` (its signature and its own accuracy/IoU per
-    class on real validation tiles, or on the test split when ``val_fold`` is 0)."""
+    """The judge for these parameters: a real-only CarcinoNet of seed ``P.seed``, copied to
+    ``carcinonet/judge/model`` with ``judge.json`` (its signature and its own IoU per class on
+    validation tiles, or on the test split when ``val_fold`` is 0), trained once.
+
+    ``judge_input: real``: trained on real tiles (then it is the notebook's baseline run of that
+    seed). ``first_stage``: trained on real tiles passed through notebook 01's first stage
+    (:func:`first_stage_view`), the domain of every generated tile; its accuracy is reported both
+    there (``real``) and on the untouched real tiles (``real_tiles``).
+    """
     D = D if D is not None else load_data(P, progress=progress)
+    if P.judge_input not in ("real", "first_stage"):
+        raise ValueError(f"judge_input must be 'real' or 'first_stage', got {P.judge_input!r}")
+    DJ = first_stage_view(D, ldm_dir(P), progress) if P.judge_input == "first_stage" else D
     s = spec(None, 0.0, P.seed)
-    sig = run_signature(P, D, s, None)
+    sig = run_signature(P, DJ, s, None)
     jdir = out_dir(P) / "judge"
     meta = jdir / "judge.json"
     if meta.exists() and json.loads(meta.read_text()).get("signature") == sig and (jdir / "model").exists():
         info = json.loads(meta.read_text())
         return judge_from_model(load_model(jdir / "model"), info, P.eval_batch, device_of(P))
-    run = train_run(P, D, s, None, progress)
+    run = train_run(P, DJ, s, None, progress)
     model = load_model(Path(run["dir"]) / "best")
     on = "val" if len(D["val"]["imgs"]) else "test"
     j = judge_from_model(model, {}, P.eval_batch, device_of(P))
-    real = j(D[on]["imgs"], D[on]["masks"])
+    real = j(DJ[on]["imgs"], D[on]["masks"])
     jdir.mkdir(parents=True, exist_ok=True)
     atomic_save_dir(lambda d: save_model(model, d), jdir / "model")
-    info = {"signature": sig, "source_run": run["dir"], "scored_on": on, "real": real}
+    info = {"signature": sig, "source_run": run["dir"], "input": P.judge_input,
+            "scored_on": on if P.judge_input == "real" else f"{on}, through the first stage", "real": real}
+    if P.judge_input == "first_stage":
+        info["real_tiles"] = j(D[on]["imgs"], D[on]["masks"])
     prep.write_json(meta, info)
     j.info = info
     return j
@@ -705,6 +742,14 @@ def load_judge(profile: str = "smoke", folder: str | Path | None = None, device:
     if not (jdir / "judge.json").exists():
         raise FileNotFoundError(f"{jdir}: no pattern judge; run notebooks/04_carcinonet.ipynb (profile {profile}) first")
     return judge_from_model(load_model(jdir / "model"), json.loads((jdir / "judge.json").read_text()), device=device)
+
+
+def judge_self_rows(judge: Judge) -> dict:
+    """The judge's own accuracy rows: on its input domain, and on untouched real tiles if different."""
+    rows = {f"real ({judge.info['scored_on']})": judge.info["real"]}
+    if "real_tiles" in judge.info:
+        rows["real (untouched tiles)"] = judge.info["real_tiles"]
+    return rows
 
 
 def judge_table(results: dict[str, dict]) -> pd.DataFrame:
@@ -765,7 +810,7 @@ def run(P, progress: bool = True) -> dict:
     synth = {g: synthetic_tiles(P, g, D["image_size"], progress) for g in P.generators}
     runs = train_all(P, D, synth, progress)
     judge = load_or_train_judge(P, D, progress)
-    judged = {"real (" + judge.info["scored_on"] + ")": judge.info["real"]}
+    judged = judge_self_rows(judge)
     judged |= {g: judge(s["images"], s["masks"]) for g, s in synth.items()}
     df, cms = evaluate(P, runs, D)
     summary = summarize(df)

@@ -99,7 +99,8 @@ def encode_split(vq, split: dict, latent_scale: float | None = None) -> tuple[di
 
 
 def ldm_signature(P, image_size: int) -> dict:
-    return {"kind": "ldm", "condition": P.condition, "unet": P.unet, "image_size": image_size,
+    unet = {k: v for k, v in P.unet.items() if not (k == "pos_channels" and not v)}  # models from before the option
+    return {"kind": "ldm", "condition": P.condition, "unet": unet, "image_size": image_size,
             "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
 
 
