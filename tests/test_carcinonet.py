@@ -406,3 +406,21 @@ def test_load_data_warns_about_empty_classes_and_missing_ood(tmp_path):
     assert list(D["pixels"].columns) == [*LABELS, "tiles"]
     with pytest.raises(FileNotFoundError, match="ood_index.csv"):
         cn.load_data(tiny_params(tmp_path, data_dir=str(tmp_path / "data"), ood_split="all"), progress=False)
+
+
+def test_first_stage_view_changes_tiles_and_fingerprint(tmp_path):
+    from discnb import autoencoder as ae
+    d = fake_ldm(tmp_path)
+    torch.manual_seed(0)
+    ae.build_vq([8, 16, 16], 1, 32).save_pretrained(d / "autoencoder" / "best")
+    rng = np.random.default_rng(0)
+    D = {"image_size": 32}
+    for k in ("train", "val"):
+        D[k] = {"imgs": rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8), "masks": np.zeros((3, 32, 32), np.uint8),
+                "names": np.array([f"{k}{i}" for i in range(3)])}
+    V = cn.first_stage_view(D, d, progress=False)
+    assert V["train"]["imgs"].shape == D["train"]["imgs"].shape and V["train"]["imgs"].dtype == np.uint8
+    assert not np.array_equal(V["train"]["imgs"], D["train"]["imgs"])
+    assert V["train"]["masks"] is D["train"]["masks"]
+    assert cn.data_fingerprint(V) != cn.data_fingerprint(D)  # a judge on reconstructions is another run
+    assert cn.first_stage_view(D, d, progress=False)["domain"] == V["domain"]
