@@ -184,6 +184,29 @@ def compare(P, progress: bool = True) -> dict:
     return {"results": df, "masks": masks, "real": real, "samples": samples, "meta": meta, "judge": judge.info}
 
 
+def conditioning(P, n: int = 256) -> pd.DataFrame:
+    """:func:`discnb.ldm.conditioning_gap` of SD and the fine-tuned models on real validation
+    latents: how much each model's noise prediction depends on the mask at all."""
+    from . import train_ldm
+    from .ldm import MaskLDM, conditioning_gap
+    P01 = generators.ldm_params(ldm_dir(P))
+    split = train_ldm.load_split(P01, progress=False)
+    src = split["val"] if len(split["val"]["imgs"]) else split["train"]
+    sd, vq = train_ldm.load_trained(P01)
+    z, _ = train_ldm.encode_split(vq, {"train": src, "val": src}, sd.latent_scale)
+    z, masks = z["val"][:n], torch.from_numpy(src["masks"][:n])
+    rows = []
+    for name in ("SD",) + tuple(v for v in VARIANTS if v in P.models):
+        model = sd if name == "SD" else None
+        if model is None:
+            folder = out_dir(P) / VARIANTS[name] / "best"
+            if not (folder / "ldm.json").exists():
+                continue
+            model = MaskLDM.from_pretrained(folder)
+        rows += [{"model": name, **r} for r in conditioning_gap(model, z, masks)]
+    return pd.DataFrame(rows)
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(["model", "metric", "label"], sort=False)["value"]
     return g.agg(mean="mean", std="std", n="count").reset_index()
@@ -265,7 +288,7 @@ def figure_rows(cmp: dict, n: int) -> tuple[dict, list]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m discnb.sc_disc", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", help="YAML file of notebook 02's parameters (defaults: its parameters cell)")
-    ap.add_argument("--stage", choices=("all", "data", "finetune", "compare"), default="all")
+    ap.add_argument("--stage", choices=("all", "data", "finetune", "compare", "diagnose"), default="all")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     P = params.check_file(NOTEBOOK, a.params) if a.params else params.validate(NOTEBOOK, {})
@@ -284,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         for v in VARIANTS:
             if v in P.models:
                 print(v, json.dumps(finetune(P, v, data, progress)))
+    if a.stage in ("all", "compare", "diagnose") and main_proc:
+        cond = conditioning(P)
+        out_dir(P).mkdir(parents=True, exist_ok=True)
+        cond.to_csv(out_dir(P) / "conditioning.csv", index=False)
+        print(cond.to_string())
     if a.stage in ("all", "compare") and main_proc:
         cmp = compare(P, progress)
         cost = sc_cost(P, progress)

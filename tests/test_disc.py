@@ -222,3 +222,16 @@ def test_position_channels_carry_no_mask_and_save_load(tmp_path):
     back = ldm.MaskLDM.from_pretrained(tmp_path / "m").eval()
     assert back.pos_channels == 8
     torch.testing.assert_close(back(z, t, cond), model(z, t, cond))
+
+
+def test_conditioning_gap_is_zero_for_a_model_that_ignores_the_mask():
+    model, _ = tiny()
+    z = torch.randn(6, 3, 8, 8)
+    masks = torch.from_numpy(np.stack([two_label_mask(i % 4, (i + 1) % 4) for i in range(6)]))
+    rows = ldm.conditioning_gap(model, z, masks, batch_size=4)
+    assert {r["t_from"] for r in rows} == {0, 300, 700}
+    assert any(abs(r["gap_shuffled"]) > 0 for r in rows)  # a random tau does react to the mask
+    for p in model.tau.parameters():  # tokens now carry no mask information at all
+        torch.nn.init.zeros_(p)
+    for r in ldm.conditioning_gap(model, z, masks, batch_size=4):
+        assert r["loss_true"] == pytest.approx(r["loss_shuffled"]) == pytest.approx(r["loss_all_nc"])
