@@ -32,7 +32,6 @@ evaluation and the judge are not split over processes).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -49,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import K, LABELS
-from . import data, params, paths, prep, shapes
+from . import data, paths, prep, shapes
 from .autoencoder import dihedral
 from .train import FitConfig, TensorData, atomic_save_dir, fit
 
@@ -309,15 +308,15 @@ class MixedData(TensorData):
 
 # ====================================================================================== data
 def data_dir(P) -> Path:
-    return paths.resolve(P.data_dir) if P.data_dir else paths.output_dir(P.profile, "data", create=False)
+    return paths.param_dir(P, "data_dir", "data")
 
 
 def ldm_dir(P) -> Path:
-    return paths.resolve(P.ldm_dir) if P.ldm_dir else paths.output_dir(P.profile, "ldm", create=False)
+    return paths.param_dir(P, "ldm_dir", "ldm")
 
 
 def out_dir(P) -> Path:
-    return paths.resolve(P.output_dir) if P.output_dir else paths.output_dir(P.profile, STAGE, create=False)
+    return paths.param_dir(P, "output_dir", STAGE)
 
 
 def to_chw(imgs: np.ndarray) -> torch.Tensor:
@@ -390,27 +389,36 @@ def data_fingerprint(D: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def first_stage(D: dict, ldir: Path) -> tuple:
+    """Notebook 01's first stage for tiles of ``D`` (checked against its SD) and its domain key
+    (a hash of its weights), without touching any tile."""
+    from . import autoencoder as ae
+    P01 = ldm_params(ldir)
+    check_ldm(ldir, P01, D["image_size"])
+    folder = paths.resolve(P01.autoencoder["path"]) if P01.autoencoder["path"] else Path(ldir) / "autoencoder" / "best"
+    h = hashlib.sha1(b"first_stage")
+    hash_tree(h, folder)
+    return folder, "first_stage:" + h.hexdigest()[:16]
+
+
 def first_stage_view(D: dict, ldir: Path, progress: bool = True) -> dict:
-    """``D`` with its train/val tiles passed through notebook 01's first stage (encode, quantise,
-    decode): the image domain every generator's tiles live in, since they all share its decoder.
+    """``D`` with its train/val/test tiles passed through notebook 01's first stage (encode,
+    quantise, decode): the image domain every generator's tiles live in, since they all share its
+    decoder.
 
     A judge trained on these reads generated tiles on their own terms: a judge trained on real
     tiles also penalises what the first stage loses (on CPU-trained first stages, most of the fine
     texture), which says nothing about whether SD, SD-SC or SD-DISC follow the mask.
     """
     from . import autoencoder as ae
-    P01 = ldm_params(ldir)
-    check_ldm(ldir, P01, D["image_size"])
-    folder = paths.resolve(P01.autoencoder["path"]) if P01.autoencoder["path"] else Path(ldir) / "autoencoder" / "best"
+    folder, domain = first_stage(D, ldir)
     vq = ae.load_vq(folder)
-    h = hashlib.sha1(b"first_stage")
-    hash_tree(h, folder)
     out = dict(D)
     for name in [n for n in ("train", "val", "test") if n in D]:
         x = D[name]["imgs"]
         rec = ae.to_uint8(ae.decode(vq, ae.encode(vq, ae.to_tensor(x)))) if len(x) else x
         out[name] = {**D[name], "imgs": rec}
-    out["domain"] = "first_stage:" + h.hexdigest()[:16]
+    out["domain"] = domain
     return out
 
 
@@ -712,14 +720,16 @@ def load_or_train_judge(P, D: dict | None = None, progress: bool = True) -> Judg
     D = D if D is not None else load_data(P, progress=progress)
     if P.judge_input not in ("real", "first_stage"):
         raise ValueError(f"judge_input must be 'real' or 'first_stage', got {P.judge_input!r}")
-    DJ = first_stage_view(D, ldm_dir(P), progress) if P.judge_input == "first_stage" else D
     s = spec(None, 0.0, P.seed)
-    sig = run_signature(P, DJ, s, None)
+    # the signature needs only the first stage's key; tiles are reconstructed only to train
+    key = {"domain": first_stage(D, ldm_dir(P))[1]} if P.judge_input == "first_stage" else {}
+    sig = run_signature(P, D | key, s, None)
     jdir = out_dir(P) / "judge"
     meta = jdir / "judge.json"
     if meta.exists() and json.loads(meta.read_text()).get("signature") == sig and (jdir / "model").exists():
         info = json.loads(meta.read_text())
         return judge_from_model(load_model(jdir / "model"), info, P.eval_batch, device_of(P))
+    DJ = first_stage_view(D, ldm_dir(P), progress) if key else D
     run = train_run(P, DJ, s, None, progress)
     model = load_model(Path(run["dir"]) / "best")
     on = "val" if len(D["val"]["imgs"]) else "test"
@@ -821,14 +831,8 @@ def run(P, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m discnb.carcinonet", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", help="YAML file of notebook 04's parameters (defaults: its parameters cell)")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    P = params.check_file(NOTEBOOK, a.params) if a.params else params.validate(NOTEBOOK, {})
-    from .notebook import record, seed_everything
-    seed_everything(P.seed)
-    record(out_dir(P), P, NOTEBOOK)
+    from .notebook import cli
+    P, a = cli(NOTEBOOK, "carcinonet", __doc__.split("\n\n")[0], out_dir, argv)
     res = run(P, progress=not a.no_progress)
     print(metric_table(res["summary"]).to_string())
     return 0

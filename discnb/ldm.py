@@ -211,15 +211,17 @@ def noise_scheduler() -> DDPMScheduler:
 
 
 def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, t_range: tuple[int, int] | None = None) -> torch.Tensor:
     """Eq. 1 on a batch of (scaled) latents ``z`` and condition images ``cond``.
 
-    ``generator`` (CPU) fixes t and eps, for a validation loss that is comparable across epochs.
+    ``generator`` (CPU) fixes t and eps, for a validation loss that is comparable across epochs;
+    ``t_range`` (lo, hi) restricts t to [lo, hi) (default: all of 0..T-1).
     """
     z0, cond = batch["z"], batch["cond"]
     B = z0.shape[0]
+    lo, hi = t_range or (0, len(alphas_cumprod))
     noise = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
-    t = torch.randint(0, len(alphas_cumprod), (B,), generator=generator).to(z0.device)
+    t = torch.randint(lo, hi, (B,), generator=generator).to(z0.device)
     ab = alphas_cumprod.to(z0.device)[t].view(B, 1, 1, 1).to(z0.dtype)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
     return F.mse_loss(model(z_t, t, cond).float(), noise.float())
@@ -241,19 +243,13 @@ def conditioning_gap(model: MaskLDM, z0: torch.Tensor, masks: torch.Tensor, batc
     for lo, hi in t_ranges:
         out = {}
         for name, m in (("true", masks), ("shuffled", masks[shift]), ("all_nc", torch.zeros_like(masks))):
-            g = torch.Generator().manual_seed(seed)
-            tot, cnt = 0.0, 0
+            g = torch.Generator().manual_seed(seed)  # the same (t, eps) for the three mask sets
+            tot = 0.0
             for s in range(0, n, batch_size):
-                z = z0[s:s + batch_size]
-                B = len(z)
-                eps = torch.randn(z.shape, generator=g)
-                t = torch.randint(lo, hi, (B,), generator=g)
-                ab = ac[t].view(B, 1, 1, 1)
-                zt = (ab.sqrt() * z + (1 - ab).sqrt() * eps).to(dev)
-                pred = model(zt, t.to(dev), make_condition(m[s:s + batch_size].long(), model.condition).to(dev))
-                tot += float(((pred.float().cpu() - eps) ** 2).sum())
-                cnt += eps.numel()
-            out[name] = tot / cnt
+                z = z0[s:s + batch_size].to(dev)
+                cond = make_condition(m[s:s + batch_size].long(), model.condition).to(dev)
+                tot += len(z) * float(ldm_loss(model, {"z": z, "cond": cond}, ac, g, (lo, hi)))
+            out[name] = tot / n
         rows.append({"t_from": lo, "t_to": hi, "loss_true": out["true"], "loss_shuffled": out["shuffled"],
                      "loss_all_nc": out["all_nc"], "gap_shuffled": (out["shuffled"] - out["true"]) / out["true"]})
     return rows

@@ -38,7 +38,6 @@ one-slide-per-step training.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -55,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from . import K, LABELS
-from . import data, features, panda, params, paths, prep
+from . import data, features, panda, paths, prep
 from .transmil import MixedSupervision, TransMIL, bce_loss, lookahead_radam, slide_targets
 
 NOTEBOOK = "05_transmil_sweep"
@@ -77,15 +76,15 @@ PAPER = pd.DataFrame([
 
 # ===================================================================================== paths
 def data_dir(P) -> Path:
-    return paths.resolve(P.data_dir) if P.data_dir else paths.output_dir(P.profile, "data", create=False)
+    return paths.param_dir(P, "data_dir", "data")
 
 
 def out_dir(P) -> Path:
-    return paths.resolve(P.output_dir) if P.output_dir else paths.output_dir(P.profile, STAGE, create=False)
+    return paths.param_dir(P, "output_dir", STAGE)
 
 
 def tilesets_dir(P) -> Path:
-    return paths.resolve(P.tilesets_dir) if P.tilesets_dir else paths.output_dir(P.profile, "tilesets", create=False)
+    return paths.param_dir(P, "tilesets_dir", "tilesets")
 
 
 def device_of(P) -> torch.device:
@@ -732,14 +731,8 @@ def run(P, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m discnb.mil", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", help="YAML file of notebook 05's parameters (defaults: its parameters cell)")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    P = params.check_file(NOTEBOOK, a.params) if a.params else params.validate(NOTEBOOK, {})
-    from .notebook import record, seed_everything
-    seed_everything(P.seed)
-    record(out_dir(P), P, NOTEBOOK)
+    from .notebook import cli
+    P, a = cli(NOTEBOOK, "mil", __doc__.split("\n\n")[0], out_dir, argv)
     res = run(P, progress=not a.no_progress)
     print(baseline_table(res["summary"]).to_string())
     print(best_lambda_table(res["summary"]).to_string())

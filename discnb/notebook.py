@@ -125,3 +125,23 @@ if __name__ == "__main__":
     else:
         print("usage: python -m discnb.notebook failed EXECUTED.ipynb", file=sys.stderr)
         sys.exit(2)
+
+
+def cli(notebook: str, module: str, description: str, out_dir, argv=None, configure=None, main_process=None):
+    """The command line of a notebook's module (``python -m discnb.<module> --params FILE``):
+    ``--params`` (default: the notebook's parameters cell) and ``--no-progress``, plus whatever
+    ``configure(parser)`` adds. Validates the parameters, seeds, and records params + provenance
+    in ``out_dir(P)`` (under several processes only where ``main_process(P)`` is true).
+    Returns (P, args)."""
+    import argparse
+    ap = argparse.ArgumentParser(prog=f"python -m discnb.{module}", description=description)
+    ap.add_argument("--params", help=f"YAML file of notebook {notebook}'s parameters (defaults: its parameters cell)")
+    ap.add_argument("--no-progress", action="store_true")
+    if configure is not None:
+        configure(ap)
+    a = ap.parse_args(argv)
+    P = _params.check_file(notebook, a.params) if a.params else _params.validate(notebook, {})
+    seed_everything(P.seed)
+    if main_process is None or main_process(P):
+        record(out_dir(P), P, notebook)
+    return P, a

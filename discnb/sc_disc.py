@@ -15,7 +15,6 @@ Mean ± std over seeds. Outputs go to ``outputs/<profile>/disc/``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -34,7 +33,7 @@ VARIANTS = {"SD-DISC": "sd-disc", "SD-DISC-CoTrain": "sd-disc-cotrain"}
 
 
 def ldm_dir(P) -> Path:
-    return paths.resolve(P.ldm_dir) if P.ldm_dir else paths.output_dir(P.profile, "ldm", create=False)
+    return paths.param_dir(P, "ldm_dir", "ldm")
 
 
 def out_dir(P) -> Path:
@@ -286,18 +285,15 @@ def figure_rows(cmp: dict, n: int) -> tuple[dict, list]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m discnb.sc_disc", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", help="YAML file of notebook 02's parameters (defaults: its parameters cell)")
-    ap.add_argument("--stage", choices=("all", "data", "finetune", "compare", "diagnose"), default="all")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    P = params.check_file(NOTEBOOK, a.params) if a.params else params.validate(NOTEBOOK, {})
-    from .notebook import record, seed_everything
+    from .notebook import cli
     from .train import process_state
-    seed_everything(P.seed)
-    main_proc = process_state(P.device == "cpu").is_main_process
-    if main_proc:
-        record(out_dir(P), P, NOTEBOOK)
+
+    def is_main(P):
+        return process_state(P.device == "cpu").is_main_process
+    P, a = cli(NOTEBOOK, "sc_disc", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main,
+               configure=lambda ap: ap.add_argument("--stage", choices=("all", "data", "finetune", "compare", "diagnose"),
+                                                    default="all"))
+    main_proc = is_main(P)
     progress = not a.no_progress
     if a.stage in ("all", "data") and main_proc:
         make_disc_data(P, progress)

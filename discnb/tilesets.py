@@ -580,15 +580,15 @@ def load_tileset(profile_or_dir: str | Path, generator: str) -> tuple[pd.DataFra
 
 # ================================================================================ notebook glue
 def data_dir(P) -> Path:
-    return paths.resolve(P.data_dir) if P.data_dir else paths.output_dir(P.profile, "data", create=False)
+    return paths.param_dir(P, "data_dir", "data")
 
 
 def ldm_dir(P) -> Path:
-    return paths.resolve(P.ldm_dir) if P.ldm_dir else paths.output_dir(P.profile, "ldm", create=False)
+    return paths.param_dir(P, "ldm_dir", "ldm")
 
 
 def out_dir(P) -> Path:
-    return paths.resolve(P.output_dir) if P.output_dir else paths.output_dir(P.profile, STAGE, create=False)
+    return paths.param_dir(P, "output_dir", STAGE)
 
 
 def load_inputs(P) -> dict:

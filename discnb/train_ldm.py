@@ -9,7 +9,6 @@ finished first stage is reused, SD continues from its latest checkpoint (``resum
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,11 +25,11 @@ NOTEBOOK = "01_train_ldm"
 
 
 def data_dir(P) -> Path:
-    return paths.resolve(P.data_dir) if P.data_dir else paths.output_dir(P.profile, "data", create=False)
+    return paths.param_dir(P, "data_dir", "data")
 
 
 def out_dir(P) -> Path:
-    return paths.resolve(P.output_dir) if P.output_dir else paths.output_dir(P.profile, "ldm", create=False)
+    return paths.param_dir(P, "output_dir", "ldm")
 
 
 def prep_params(ddir: Path) -> dict:
@@ -176,19 +175,14 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m discnb.train_ldm", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", help="YAML file of notebook 01's parameters (defaults: its parameters cell)")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    P = params.check_file(NOTEBOOK, a.params) if a.params else params.validate(NOTEBOOK, {})
-    from .notebook import record, seed_everything
-    seed_everything(P.seed)
+    from .notebook import cli
     from .train import process_state
-    state = process_state(P.device == "cpu")
-    if state.is_main_process:
-        record(out_dir(P), P, NOTEBOOK)
+
+    def is_main(P):
+        return process_state(P.device == "cpu").is_main_process
+    P, a = cli(NOTEBOOK, "train_ldm", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main)
     res = run(P, progress=not a.no_progress)
-    if state.is_main_process:
+    if is_main(P):
         print(json.dumps({"steps": res["sd"]["steps"], "best_val_loss": res["sd"]["best_val_loss"],
                           "samples_per_s": res["sd"]["samples_per_s"]}))
     return 0

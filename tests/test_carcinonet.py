@@ -12,14 +12,7 @@ import yaml
 
 from discnb import LABELS, K, carcinonet as cn, params
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and two OpenMP threads on a busy 2-core machine can be
-    100x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_MODEL = {"encoder": "resnet18", "encoder_width": 8, "encoder_path": "", "decoder_channels": 16, "pool_grids": [1, 2, 3]}

@@ -15,12 +15,7 @@ from discnb.transmil import (PPEG, MixedSupervision, NystromAttention, TransMIL,
                              moore_penrose_iter_pinv, param_groups, slide_targets, square_pad)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(in_dim=16, dim=32, **kw):
