@@ -111,19 +111,38 @@ def check_ldm(ldir: Path, P01, image_size: int) -> dict:
     return summary
 
 
-@register_generator("SD")
-def _sd_generator(ctx: GeneratorContext) -> tuple:
+def _sd_like(ctx: GeneratorContext, name: str, condition: str | None) -> tuple:
     from .sampling import SDGenerator
-    from .train_ldm import load_trained
+    from .train_ldm import ablation_folder, load_trained
     P01 = ldm_params(ctx.ldm_dir)
     check_ldm(ctx.ldm_dir, P01, ctx.image_size)
-    model, vq = load_trained(P01)
-    h = hashlib.sha1(json.dumps(["SD", ctx.steps, ctx.scheduler]).encode())
-    hash_tree(h, ctx.ldm_dir / "sd" / "best")
+    model, vq = load_trained(P01, condition=condition)
+    h = hashlib.sha1(json.dumps([name, ctx.steps, ctx.scheduler]).encode())
+    hash_tree(h, ctx.ldm_dir / ("sd" if condition is None else ablation_folder(condition)) / "best")
     hash_tree(h, paths.resolve(P01.autoencoder["path"]) if P01.autoencoder["path"] else ctx.ldm_dir / "autoencoder" / "best")
     gen = SDGenerator(model, vq, steps=ctx.steps, scheduler=ctx.scheduler, batch_size=ctx.batch_size,
                       device=ctx.device, bf16=ctx.bf16)
+    gen.name = name
     return gen, h.hexdigest()[:16]
+
+
+@register_generator("SD")
+def _sd_generator(ctx: GeneratorContext) -> tuple:
+    return _sd_like(ctx, "SD", None)
+
+
+# Fig. 7's conditioning ablation: SD's recipe conditioned on the tile's majority label ("tile") or
+# on that and the slide's primary + secondary grades ("tile+slide"); trained by notebook 01 when
+# listed in its ``ablation_conditions``. They take the same masks as SD (and read only the majority
+# label from them), so tile sets and the lambda sweep treat them like any other generator.
+@register_generator("SD-tile")
+def _sd_tile_generator(ctx: GeneratorContext) -> tuple:
+    return _sd_like(ctx, "SD-tile", "tile")
+
+
+@register_generator("SD-tile+slide")
+def _sd_tile_slide_generator(ctx: GeneratorContext) -> tuple:
+    return _sd_like(ctx, "SD-tile+slide", "tile+slide")
 
 
 def available() -> list[str]:

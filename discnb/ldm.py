@@ -26,6 +26,7 @@ from . import K
 T_TRAIN = 1000
 BETA_START, BETA_END, BETA_SCHEDULE = 0.0015, 0.0195, "scaled_linear"
 CONDITIONS = ("pixel", "tile", "tile+slide")
+PREDICTIONS = ("eps", "v")
 
 
 def cond_channels(condition: str) -> int:
@@ -148,6 +149,21 @@ def _groups(channels) -> int:
 class MaskLDM(nn.Module):
     """eps_theta(z_t, t, tau_theta(condition)). Saved as ``unet/`` + ``mask_encoder/`` + ``ldm.json``.
 
+    ``prediction`` "eps" (the paper, Eq. 1) or "v" (beyond the paper; Salimans & Ho 2022, as in
+    SD 2.x): the U-Net outputs v = sqrt(abar) eps - sqrt(1 - abar) z_0 and is trained on v's MSE.
+    :meth:`forward` always returns eps (eps = sqrt(1 - abar) z_t + sqrt(abar) v), so samplers, SC
+    and DISC do not change. Why: an under-trained eps-U-Net's small errors at high t are amplified
+    1/sqrt(abar)-fold (~60x at t = 950) in DDIM's x_0 estimate, and the eps loss puts almost no
+    weight on low-noise-to-signal steps, where the layout (and so the mask) is decided; on the CPU
+    demo this made samples drift to ~4x the latents' std and ignore their masks (README).
+
+    ``concat_mask`` (beyond the paper's Sec. 2.1; off in the paper profile) is LDM's "hybrid"
+    conditioning: the condition image, area-averaged to the latent grid (label fractions per latent
+    pixel), is also concatenated to z_t, as LDM does for its own semantic-map-to-image f4 model
+    (Rombach et al. 2022, Sec. 4.3.2). Cross-attention to tau_theta's tokens stays. On the CPU demo
+    a cross-attention-only SD learns the layout too slowly to follow its masks (README, "Does SD
+    follow the mask?"); the concatenated mask gives every latent pixel its own label directly.
+
     ``pos_channels`` > 0 (beyond the paper; 0 in the paper profile) appends a fixed
     :func:`sincos_2d` code to the U-Net's input. It carries no mask information (the mask still
     enters only through cross-attention, as in Sec. 2.1); it gives the U-Net's queries an absolute
@@ -157,12 +173,18 @@ class MaskLDM(nn.Module):
     """
 
     def __init__(self, unet: UNet2DConditionModel, tau: MaskEncoder, condition: str = "pixel",
-                 latent_scale: float = 1.0, pos_channels: int = 0):
+                 latent_scale: float = 1.0, pos_channels: int = 0, concat_mask: bool = False,
+                 prediction: str = "eps"):
         super().__init__()
         self.unet, self.tau = unet, tau
         self.condition = check_condition(condition)
         self.latent_scale = float(latent_scale)
         self.pos_channels = int(pos_channels)
+        self.concat_mask = bool(concat_mask)
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
+        self.register_buffer("alphas_cumprod", noise_scheduler().alphas_cumprod.clone().float(), persistent=False)
         if self.pos_channels:
             self.register_buffer("pos_code", sincos_2d(self.pos_channels, unet.config.sample_size)[None], persistent=False)
 
@@ -170,21 +192,48 @@ class MaskLDM(nn.Module):
     def from_config(cls, cfg: dict, image_size: int, latent_size: int, latent_scale: float = 1.0) -> "MaskLDM":
         condition = cfg.get("condition", "pixel")
         pos = int(cfg.get("pos_channels", 0))
+        concat = bool(cfg.get("concat_mask", False))
+        prediction = cfg.get("prediction", "eps")
         tau = MaskEncoder(in_channels=cond_channels(condition), image_size=image_size,
                           token_side=cfg["token_side"], channels=tuple(cfg["tau_channels"]), width=cfg["context_dim"],
                           pos_init="sincos" if pos else "random")
         unet = build_unet(latent_size, cfg["channels"], cfg["attention"], cfg["layers_per_block"],
                           cfg["context_dim"], cfg.get("head_channels", 32), cfg.get("transformer_layers", 1),
-                          extra_in_channels=pos)
-        return cls(unet, tau, condition, latent_scale, pos)
+                          extra_in_channels=pos + (cond_channels(condition) if concat else 0))
+        return cls(unet, tau, condition, latent_scale, pos, concat, prediction)
 
     @property
     def latent_channels(self) -> int:
         return self.unet.config.out_channels
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """eps_theta(z_t, t, condition), whatever the U-Net predicts."""
+        out = self.predict(z_t, t, cond)
+        if self.prediction == "eps":
+            return out
+        ab = self._abar(t, z_t)
+        return (1 - ab).sqrt() * z_t + ab.sqrt() * out.to(z_t.dtype)
+
+    def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=like.device).long().reshape(-1)
+        return self.alphas_cumprod.to(like.device)[t].view(-1, 1, 1, 1).to(like.dtype)
+
+    def target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What :meth:`predict` is trained to output: eps, or v = sqrt(abar) eps - sqrt(1 - abar) z_0."""
+        if self.prediction == "eps":
+            return noise
+        ab = self._abar(t, z0)
+        return ab.sqrt() * noise - (1 - ab).sqrt() * z0
+
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The U-Net's raw output (eps or v, see ``prediction``)."""
+        extra = []
         if self.pos_channels:
-            z_t = torch.cat([z_t, self.pos_code.to(z_t.dtype).expand(len(z_t), -1, -1, -1)], 1)
+            extra.append(self.pos_code.to(z_t.dtype).expand(len(z_t), -1, -1, -1))
+        if self.concat_mask:
+            extra.append(F.adaptive_avg_pool2d(cond, z_t.shape[-2:]).to(z_t.dtype))
+        if extra:
+            z_t = torch.cat([z_t, *extra], 1)
         return self.unet(z_t, t, encoder_hidden_states=self.tau(cond)).sample
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -192,7 +241,9 @@ class MaskLDM(nn.Module):
         self.unet.save_pretrained(path / "unet")
         self.tau.save_pretrained(path / "mask_encoder")
         (path / "ldm.json").write_text(json.dumps({"condition": self.condition, "latent_scale": self.latent_scale,
-                                                   "pos_channels": self.pos_channels}, indent=2))
+                                                   "pos_channels": self.pos_channels,
+                                                   "concat_mask": self.concat_mask, "prediction": self.prediction},
+                                                  indent=2))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "MaskLDM":
@@ -201,7 +252,8 @@ class MaskLDM(nn.Module):
             raise FileNotFoundError(f"{path}: not a saved MaskLDM (no ldm.json); train it with notebooks/01_train_ldm.ipynb")
         meta = json.loads((path / "ldm.json").read_text())
         return cls(UNet2DConditionModel.from_pretrained(path / "unet"), MaskEncoder.from_pretrained(path / "mask_encoder"),
-                   meta["condition"], meta["latent_scale"], meta.get("pos_channels", 0))
+                   meta["condition"], meta["latent_scale"], meta.get("pos_channels", 0),
+                   meta.get("concat_mask", False), meta.get("prediction", "eps"))
 
 
 def noise_scheduler() -> DDPMScheduler:
@@ -215,7 +267,8 @@ def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
     """Eq. 1 on a batch of (scaled) latents ``z`` and condition images ``cond``.
 
     ``generator`` (CPU) fixes t and eps, for a validation loss that is comparable across epochs;
-    ``t_range`` (lo, hi) restricts t to [lo, hi) (default: all of 0..T-1).
+    ``t_range`` (lo, hi) restricts t to [lo, hi) (default: all of 0..T-1). A v-predicting model
+    (``prediction: v``, beyond the paper) is trained on the MSE of v instead of eps.
     """
     z0, cond = batch["z"], batch["cond"]
     B = z0.shape[0]
@@ -224,7 +277,7 @@ def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
     t = torch.randint(lo, hi, (B,), generator=generator).to(z0.device)
     ab = alphas_cumprod.to(z0.device)[t].view(B, 1, 1, 1).to(z0.dtype)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
-    return F.mse_loss(model(z_t, t, cond).float(), noise.float())
+    return F.mse_loss(model.predict(z_t, t, cond).float(), model.target(z0, noise, t).float())
 
 
 @torch.no_grad()

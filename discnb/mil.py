@@ -59,7 +59,7 @@ from .transmil import MixedSupervision, TransMIL, bce_loss, lookahead_radam, sli
 
 NOTEBOOK = "05_transmil_sweep"
 STAGE = "mil"
-GENERATORS = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain")
+GENERATORS = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain", "SD-tile", "SD-tile+slide")  # the last two: Fig. 7
 TEST_SETS = ("val", "test", "ood")
 ARCH_VERSION = 1  # bump when training/model code changes: cached runs of another version are not reused
 
@@ -679,7 +679,7 @@ def plot_sweep(summary: pd.DataFrame, labels=("macro", "GG5"), ood_name: str = "
     sets = [ts for ts in ("test", "ood") if (summary.test_set == ts).any()]
     fig, axes = plt.subplots(len(labels), max(1, len(sets)), figsize=(5 * max(1, len(sets)), 3.3 * len(labels)),
                              squeeze=False)
-    colors = dict(zip(GENERATORS, ["tab:blue", "tab:orange", "tab:green", "tab:red"]))
+    colors = dict(zip(GENERATORS, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]))
     for i, lab in enumerate(labels):
         for j, ts in enumerate(sets):
             ax = axes[i, j]

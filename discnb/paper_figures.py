@@ -32,6 +32,8 @@ from . import LABELS, paths
 NOTEBOOK = "06_figures"
 FIGURES = ("fig5", "adherence", "cost", "fig6", "fig7", "fig8", "bench")
 GEN_ORDER = ("SD", "SD-SC", "SD-SC-step", "SD-DISC", "SD-DISC-CoTrain")
+# Fig. 7: notebook 01's ablation SDs (generators of notebooks 03 and 05) and the conditioning each stands for
+ABLATION_GENERATORS = {"SD": "pixel", "SD-tile": "tile", "SD-tile+slide": "tile+slide"}
 CONDITIONS = ("pixel", "tile", "tile+slide")
 CHANCE = "SD vs shuffled masks (chance)"
 
@@ -79,7 +81,10 @@ def run_hint(name: str, profile: str) -> str:
 def inputs_present(name: str, profile: str) -> bool:
     """Whether figure ``name`` has every stored input it reads."""
     if name == "fig7":
-        return bool(ablation_sources(profile))
+        main = paths.output_dir(profile, "mil", create=False) / "results.csv"
+        in_main = main.exists() and bool(set(pd.read_csv(main, usecols=["generator"]).generator)
+                                         & (set(ABLATION_GENERATORS) - {"SD"}))
+        return in_main or bool(ablation_sources(profile))
     files, _ = REQUIRES[name]
     root = paths.output_dir(profile, create=False)
     return all((root / f).exists() for f in files)
@@ -258,7 +263,8 @@ def fig6(summary: pd.DataFrame, ood_name: str = "OOD", labels=("macro", "GG5"), 
                 m, sd = 100 * ms["mean"].iloc[0], 100 * np.nan_to_num(ms["std"].iloc[0])
                 ax.axhline(m, color="black", ls="--", lw=1.2, label="Mixed Supervision")
                 ax.axhspan(m - sd, m + sd, color="black", alpha=0.06, lw=0)
-            for gen in order(g for g in s.generator.unique() if g != "none"):
+            # the conditioning ablation's SD-tile / SD-tile+slide belong to Fig. 7, not here
+            for gen in order(g for g in s.generator.unique() if g != "none" and g not in set(ABLATION_GENERATORS) - {"SD"}):
                 sg = s[(s.generator == gen) & (s.model == "TransMIL")].sort_values("lam")
                 if len(base):
                     sg = pd.concat([base, sg])
@@ -307,40 +313,45 @@ def ablation_sources(profile: str) -> dict[str, Path]:
 
 def ablation_hint(profile: str) -> str:
     root = f"outputs/{profile}/ablation"
-    return (f"fig7 (conditioning ablation) needs notebook 05 results for SD trained with condition tile and/or "
-            f"tile+slide besides pixel: for each condition C, run notebooks/01_train_ldm.ipynb (condition: C, "
-            f"output_dir: {root}/C/ldm), notebooks/03_tile_sets.ipynb (ldm_dir: {root}/C/ldm, output_dir: "
-            f"{root}/C/tilesets, generators: [SD]) and notebooks/05_transmil_sweep.ipynb (tilesets_dir: "
-            f"{root}/C/tilesets, output_dir: {root}/C/mil, generators: [SD]); or write one {root}/results.csv "
-            f"(notebook 05's columns plus `condition`). The pixel curve falls back to outputs/{profile}/mil")
+    return (f"fig7 (conditioning ablation) needs notebook 05 results for SD conditioned on tile and/or tile+slide "
+            f"labels besides pixel: list them in ablation_conditions of notebooks/01_train_ldm.ipynb (the demo and "
+            f"paper profiles do), add SD-tile / SD-tile+slide to the generators of notebooks 03 and 05, and run "
+            f"01, 03 and 05 (profile {profile}); or write one {root}/results.csv (notebook 05's columns plus "
+            f"`condition`), or one notebook-05 run per condition under {root}/<condition>/mil/")
 
 
 def load_ablation(profile: str, generator: str = "SD") -> pd.DataFrame:
     """The conditioning ablation (Fig. 7) as notebook 05's tidy rows plus a ``condition`` column.
 
-    Input layout (either):
+    Inputs, first found wins:
 
+    - the main run ``outputs/<profile>/mil/results.csv`` when it has rows of the ablation generators
+      ``SD-tile`` / ``SD-tile+slide`` (notebook 01's ``ablation_conditions``, swept by notebook 05):
+      SD is ``pixel``, SD-tile ``tile``, SD-tile+slide ``tile+slide`` (all relabelled ``generator``);
     - ``outputs/<profile>/ablation/results.csv``: notebook 05's ``results.csv`` columns plus
       ``condition`` (pixel | tile | tile+slide); or
     - ``outputs/<profile>/ablation/<condition>/mil/results.csv`` for each condition, each a
-      notebook-05 run (``output_dir`` there) on tile sets of notebook 03 (``output_dir:
-      .../<condition>/tilesets``) drawn by an SD trained by notebook 01 with ``condition: <condition>``
-      (``output_dir: .../<condition>/ldm``). Where ``pixel`` has no folder, the main run's
-      ``outputs/<profile>/mil/results.csv`` (its ``generator`` rows) stands in for it.
+      notebook-05 run on tile sets of an SD trained with ``condition: <condition>``. Where ``pixel``
+      has no folder, the main run's ``generator`` rows stand in for it.
 
     Only TransMIL rows of ``generator`` (λ > 0) and the real-only baseline (λ = 0) are kept. A
     figure needs at least one non-pixel condition; otherwise :class:`MissingInput`.
     """
+    main = paths.output_dir(profile, "mil", create=False) / "results.csv"
     src = ablation_sources(profile)
-    if "all" in src:
+    mdf = pd.read_csv(main) if main.exists() else None
+    if mdf is not None and set(mdf.generator) & (set(ABLATION_GENERATORS) - {"SD"}):
+        df = mdf[mdf.generator.isin(list(ABLATION_GENERATORS) + ["none"])].copy()
+        df["condition"] = df.generator.map(ABLATION_GENERATORS).fillna("pixel")
+        df.loc[df.generator != "none", "generator"] = generator
+    elif "all" in src:
         df = pd.read_csv(src["all"])
         if "condition" not in df.columns:
             raise ValueError(f"{src['all']}: needs a `condition` column (pixel | tile | tile+slide)")
     else:
         frames = [pd.read_csv(p).assign(condition=c) for c, p in src.items()]
-        main = paths.output_dir(profile, "mil", create=False) / "results.csv"
-        if frames and "pixel" not in src and main.exists():
-            frames.append(pd.read_csv(main).assign(condition="pixel"))
+        if frames and "pixel" not in src and mdf is not None:
+            frames.append(mdf.assign(condition="pixel"))
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["condition"])
     if not set(df.condition) - {"pixel"}:
         raise MissingInput(ablation_hint(profile))

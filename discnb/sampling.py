@@ -81,6 +81,11 @@ class SDGenerator:
             self.model.unet.to(memory_format=torch.channels_last)
 
     @property
+    def needs_slide_labels(self) -> bool:
+        """A tile+slide-conditioned model (Fig. 7) also needs each tile's slide (primary, secondary)."""
+        return self.model.condition == "tile+slide"
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         c = self.model.unet.config
         return (c.out_channels, c.sample_size, c.sample_size)

@@ -506,8 +506,12 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
             smp["masks"] = build_masks(lib, smp["mask_ids"], smp["labels"], size)
         masks = np.concatenate([s["masks"] for _, s in group])
         seeds = np.concatenate([s["seeds"] for _, s in group])
+        kw = {}
+        if getattr(gen, "needs_slide_labels", False):  # Fig. 7's tile+slide-conditioned SD: the slide's labels per tile
+            kw["slide_labels"] = np.concatenate([np.tile([[int(r.primary), int(r.secondary)]], (len(s["seeds"]), 1))
+                                                 for r, s in group])
         tg = time.perf_counter()
-        tiles = np.asarray(gen.generate(masks, [int(x) for x in seeds]))
+        tiles = np.asarray(gen.generate(masks, [int(x) for x in seeds], **kw))
         gen_s = time.perf_counter() - tg
         if tiles.shape != (len(masks), size, size, 3) or tiles.dtype != np.uint8:
             raise ValueError(f"generator {generator_name!r} returned {tiles.dtype} {tiles.shape}; expected uint8 "

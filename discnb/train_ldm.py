@@ -97,14 +97,21 @@ def encode_split(vq, split: dict, latent_scale: float | None = None) -> tuple[di
     return {k: v * latent_scale for k, v in z.items()}, latent_scale
 
 
-def ldm_signature(P, image_size: int) -> dict:
-    unet = {k: v for k, v in P.unet.items() if not (k == "pos_channels" and not v)}  # models from before the option
-    return {"kind": "ldm", "condition": P.condition, "unet": unet, "image_size": image_size,
+def ablation_folder(condition: str) -> str:
+    """Where the Fig. 7 ablation SD of ``condition`` lives under notebook 01's output folder."""
+    return "sd-" + ldm.check_condition(condition).replace("+", "-")
+
+
+def ldm_signature(P, image_size: int, condition: str | None = None) -> dict:
+    # options left at their default are not part of the signature (models trained before the option stay valid)
+    unet = {k: v for k, v in P.unet.items()
+            if not ((k in ("pos_channels", "concat_mask") and not v) or (k == "prediction" and v == "eps"))}
+    return {"kind": "ldm", "condition": condition or P.condition, "unet": unet, "image_size": image_size,
             "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
 
 
-def build_model(P, image_size: int, latent_size: int, latent_scale: float) -> ldm.MaskLDM:
-    return ldm.MaskLDM.from_config({**P.unet, "condition": P.condition}, image_size, latent_size, latent_scale)
+def build_model(P, image_size: int, latent_size: int, latent_scale: float, condition: str | None = None) -> ldm.MaskLDM:
+    return ldm.MaskLDM.from_config({**P.unet, "condition": condition or P.condition}, image_size, latent_size, latent_scale)
 
 
 def ldm_batch_loss(condition: str, alphas_cumprod: torch.Tensor):
@@ -116,8 +123,12 @@ def ldm_batch_loss(condition: str, alphas_cumprod: torch.Tensor):
 
 
 def run(P, progress: bool = True) -> dict:
-    """First stage -> latents -> SD. Returns a summary (also written to ``summary.json``)."""
+    """First stage -> latents -> SD (-> the Fig. 7 ablation SDs of ``ablation_conditions``, same
+    settings, same first stage, other condition). Returns a summary (also written to ``summary.json``)."""
     ldm.check_condition(P.condition)
+    for c in P.ablation_conditions:
+        if ldm.check_condition(c) == P.condition:
+            raise params.ParamError(f"ablation_conditions: {c!r} is SD's own condition; list only the others")
     out = out_dir(P)
     out.mkdir(parents=True, exist_ok=True)
     split = load_split(P, progress)
@@ -134,19 +145,31 @@ def run(P, progress: bool = True) -> dict:
     summary = fit(model, ldm_batch_loss(P.condition, sched.alphas_cumprod), tr,
                   fit_config(P, out / "sd", P.sd, "SD", ldm_signature(P, size), progress), val=va,
                   save_fn=lambda m, d: m.save_pretrained(d))
+    ablation = {}
+    for c in P.ablation_conditions:  # Fig. 7: the same SD recipe, conditioned on tile (+ slide) labels only
+        m = build_model(P, size, z["train"].shape[-1], latent_scale, c)
+        ablation[c] = fit(m, ldm_batch_loss(c, sched.alphas_cumprod), tr,
+                          fit_config(P, out / ablation_folder(c), P.sd, f"SD ({c})", ldm_signature(P, size, c), progress),
+                          val=va, save_fn=lambda m, d: m.save_pretrained(d))
     result = {"autoencoder": ae_info, "sd": summary, "latent_scale": latent_scale, "image_size": size,
               "latent_shape": list(z["train"].shape[1:]), "n_train": len(tr), "n_val": len(va),
               "unet_parameters": sum(p.numel() for p in model.unet.parameters()),
-              "tau_parameters": sum(p.numel() for p in model.tau.parameters())}
+              "tau_parameters": sum(p.numel() for p in model.tau.parameters()),
+              "ablation": ablation}
     prep.write_json(out / "summary.json", result)
     return result
 
 
-def load_trained(P, which: str = "best") -> tuple:
-    """(SD, first stage) as trained by :func:`run` for these parameters."""
+def load_trained(P, which: str = "best", condition: str | None = None) -> tuple:
+    """(SD, first stage) as trained by :func:`run` for these parameters; ``condition`` other than
+    SD's own: the Fig. 7 ablation SD of that condition."""
     out = out_dir(P)
     vq = ae.load_vq(paths.resolve(P.autoencoder["path"])) if P.autoencoder["path"] else ae.load_vq(out / "autoencoder" / "best")
-    return ldm.MaskLDM.from_pretrained(out / "sd" / which), vq
+    folder = out / ("sd" if condition in (None, P.condition) else ablation_folder(condition)) / which
+    if condition not in (None, P.condition) and not (folder / "ldm.json").exists():
+        raise FileNotFoundError(f"{folder}: no {condition}-conditioned SD; add {condition!r} to ablation_conditions in "
+                                f"notebook 01's parameters (profile {P.profile}) and run it again (SD itself is reused)")
+    return ldm.MaskLDM.from_pretrained(folder), vq
 
 
 def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: str = "best") -> dict:
@@ -170,8 +193,25 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
     b = gen.generate(masks, [seed * 10_000 + 5_000 + i for i in range(len(masks))], src["slide"][order])
     rows = {"real tile": list(src["imgs"][order]), "mask": [colorize(m) for m in masks],
             "SD seed A": list(a), "SD seed B": list(b)}
+    for c in P.ablation_conditions:  # Fig. 7's ablation SDs on the same masks and noise as seed A
+        m_c, _ = load_trained(P, which, condition=c)
+        g = SDGenerator(m_c, vq, steps=steps, scheduler=scheduler, batch_size=max(1, n), device=gen.device,
+                        bf16=gen.bf16)
+        rows[f"SD ({c} labels)"] = list(g.generate(masks, [seed * 10_000 + i for i in range(len(masks))],
+                                                   src["slide"][order]))
     return {"rows": rows, "masks": masks, "samples": a, "sec_per_tile": sec_per_tile, "steps": steps,
             "scheduler": scheduler, "device": str(gen.device)}
+
+
+def conditioning_report(P, n: int = 256, which: str = "best"):
+    """:func:`discnb.ldm.conditioning_gap` of SD on up to ``n`` validation latents: does its noise
+    prediction use the mask? (A relative gap near 0 means SD ignores tau_theta.)"""
+    split = load_split(P, progress=False)
+    src = split["val"] if len(split["val"]["imgs"]) else split["train"]
+    model, vq = load_trained(P, which)
+    z = ae.encode(vq, ae.to_tensor(src["imgs"][:n])) * model.latent_scale
+    import pandas as pd
+    return pd.DataFrame(ldm.conditioning_gap(model, z, torch.from_numpy(src["masks"][:n])))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,10 @@ from ldm_fixture import TINY
 HERE = Path(__file__).parent
 
 
-def tiny(pos_channels=0, seed=0):
+def tiny(pos_channels=0, seed=0, concat_mask=False):
     torch.manual_seed(seed)
-    model = ldm.MaskLDM.from_config({**TINY["unet"], "condition": "pixel", "pos_channels": pos_channels}, 32, 8)
+    model = ldm.MaskLDM.from_config({**TINY["unet"], "condition": "pixel", "pos_channels": pos_channels,
+                                     "concat_mask": concat_mask}, 32, 8)
     vq = ae.build_vq(TINY["autoencoder"]["channels"], 1, 32)
     return model.eval(), vq.eval()
 
@@ -235,3 +236,19 @@ def test_conditioning_gap_is_zero_for_a_model_that_ignores_the_mask():
         torch.nn.init.zeros_(p)
     for r in ldm.conditioning_gap(model, z, masks, batch_size=4):
         assert r["loss_true"] == pytest.approx(r["loss_shuffled"]) == pytest.approx(r["loss_all_nc"])
+
+
+def test_concat_mask_reaches_the_unet_without_tau_and_saves(tmp_path):
+    model, _ = tiny(concat_mask=True)
+    assert model.unet.config.in_channels == 3 + K and model.concat_mask
+    for p in model.tau.parameters():  # tau's tokens now carry nothing: only the concatenated mask can
+        torch.nn.init.zeros_(p)
+    z, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 500])
+    a = torch.from_numpy(np.stack([two_label_mask(0, 2), two_label_mask(0, 2)]))
+    b = torch.from_numpy(np.stack([two_label_mask(3, 1), two_label_mask(0, 2)]))
+    out_a, out_b = model(z, t, ldm.make_condition(a)), model(z, t, ldm.make_condition(b))
+    assert not torch.allclose(out_a[0], out_b[0]) and torch.allclose(out_a[1], out_b[1])
+    model.save_pretrained(tmp_path / "m")
+    back = ldm.MaskLDM.from_pretrained(tmp_path / "m").eval()
+    assert back.concat_mask
+    torch.testing.assert_close(back(z, t, ldm.make_condition(a)), model.eval()(z, t, ldm.make_condition(a)))

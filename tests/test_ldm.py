@@ -67,13 +67,34 @@ def test_forward_shape_and_save_load(tmp_path):
 def test_ldm_loss_on_known_input():
     """With eps_theta = 0 the loss is exactly E[eps^2] of the generator's noise."""
     class Zero(torch.nn.Module):
-        def forward(self, z, t, cond):
+        def predict(self, z, t, cond):
             return torch.zeros_like(z)
+
+        def target(self, z0, noise, t):
+            return noise
     ab = ldm.noise_scheduler().alphas_cumprod
     z0 = torch.randn(4, 3, 8, 8)
     loss = ldm.ldm_loss(Zero(), {"z": z0, "cond": None}, ab, torch.Generator().manual_seed(3))
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(3))
     assert loss.item() == pytest.approx(noise.pow(2).mean().item(), rel=1e-6)
+
+
+def test_v_prediction_gives_eps_and_trains_on_v(tmp_path):
+    """prediction: v (beyond the paper): forward() still returns eps, and the loss is v's MSE."""
+    model = ldm.MaskLDM.from_config({**TINY["unet"], "condition": "pixel", "prediction": "v"}, 32, 8).eval()
+    ab = ldm.noise_scheduler().alphas_cumprod
+    z0, noise, t = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8), torch.tensor([5, 500, 990])
+    a = ab[t].view(-1, 1, 1, 1)
+    z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    v = a.sqrt() * noise - (1 - a).sqrt() * z0
+    torch.testing.assert_close(model.target(z0, noise, t), v)
+    model.predict = lambda z, tt, c: v  # a perfect v-predictor is a perfect eps-predictor
+    torch.testing.assert_close(model(z_t, t, None), noise, rtol=1e-4, atol=1e-4)
+    back_dir = tmp_path / "m"
+    ldm.MaskLDM.from_config({**TINY["unet"], "condition": "pixel", "prediction": "v"}, 32, 8).save_pretrained(back_dir)
+    assert ldm.MaskLDM.from_pretrained(back_dir).prediction == "v"
+    with pytest.raises(ValueError, match="prediction"):
+        ldm.MaskLDM.from_config({**TINY["unet"], "condition": "pixel", "prediction": "x0"}, 32, 8)
 
 
 def test_schedulers_are_set_up_as_ldm():

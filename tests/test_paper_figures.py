@@ -140,7 +140,7 @@ def test_fig6_from_mil_results(outputs, tmp_path):
 def test_fig7_per_condition_folders_and_pixel_fallback(outputs, tmp_path):
     (outputs / "mil").mkdir(parents=True)
     fake_mil(seed=1).to_csv(outputs / "mil" / "results.csv", index=False)
-    with pytest.raises(pf.MissingInput, match="condition tile"):
+    with pytest.raises(pf.MissingInput, match="ablation_conditions"):
         pf.load_ablation("smoke")  # pixel alone is no ablation
     for c in ("tile", "tile+slide"):
         (outputs / "ablation" / c / "mil").mkdir(parents=True)
@@ -152,6 +152,23 @@ def test_fig7_per_condition_folders_and_pixel_fallback(outputs, tmp_path):
     fig = pf.fig7(df)
     assert len([ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata()) == 3]) == 3
     saved(fig, tmp_path, "fig7")
+
+
+def test_fig7_from_the_main_sweep_of_the_ablation_generators(outputs, tmp_path):
+    (outputs / "mil").mkdir(parents=True)
+    fake_mil(("SD", "SD-SC"), seed=1).to_csv(outputs / "mil" / "results.csv", index=False)
+    assert not pf.inputs_present("fig7", "smoke")
+    fake_mil(("SD", "SD-SC", "SD-tile", "SD-tile+slide"), seed=1).to_csv(outputs / "mil" / "results.csv", index=False)
+    assert pf.inputs_present("fig7", "smoke")
+    df = pf.load_ablation("smoke")
+    assert set(df.condition) == {"pixel", "tile", "tile+slide"}  # SD-SC is not part of it
+    assert set(df.generator) == {"SD", "none"} and set(df.model) == {"TransMIL"}
+    raw = fake_mil(("SD", "SD-SC", "SD-tile", "SD-tile+slide"), seed=1)
+    tile = raw[(raw.generator == "SD-tile") & (raw.model == "TransMIL")].value.to_numpy()
+    assert np.array_equal(df[df.condition == "tile"].value.to_numpy(), tile)  # rows kept, only relabelled
+    fig = pf.fig7(df)
+    assert len([ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata()) == 3]) == 3
+    saved(fig, tmp_path, "fig7c")
 
 
 def test_fig7_one_csv_with_condition_column(outputs, tmp_path):

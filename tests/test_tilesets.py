@@ -340,3 +340,27 @@ def test_mosaic():
     assert m.shape == (2 * 2 + 1, 3 * 2 + 2, 3)  # 3 columns (ceil sqrt 5), 2 rows, 1-px padding
     assert (m[0:2, 0:2] == tiles[0]).all() and (m[0:2, 3:5] == tiles[1]).all() and (m[3:5, 0:2] == tiles[3]).all()
     assert (m[3:5, 6:8] == 255).all() and (m[2] == 255).all()  # the empty sixth cell and the padding
+
+
+class SlideLabelGen(ColourGen):
+    """A tile+slide-conditioned stand-in (Fig. 7): records the slide labels it is given per tile."""
+    needs_slide_labels = True
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def generate(self, masks, seeds, slide_labels=None):
+        assert slide_labels is not None and len(slide_labels) == len(masks)
+        self.seen += [tuple(int(v) for v in r) for r in slide_labels]
+        return super().generate(masks, seeds)
+
+
+def test_slide_conditioned_generator_gets_each_tiles_slide_labels(tmp_path):
+    lib = make_library()
+    plan = ts.make_plan(real_frame({0: 0, 1: 1, 2: 2, 3: 3}), 3, 11, tertiary_prob=0.5)
+    gen = SlideLabelGen()
+    _generate(tmp_path / "SD-tile+slide", lib, plan, gen=gen, batch_tiles=7)
+    man = ts.read_manifest(tmp_path / "SD-tile+slide")
+    expected = [(int(r.primary), int(r.secondary)) for r in man.itertuples() for _ in range(int(r.n_tiles))]
+    assert gen.seen == expected and len(set(expected)) > 1
