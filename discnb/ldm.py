@@ -206,10 +206,11 @@ class MaskLDM(nn.Module):
     def latent_channels(self) -> int:
         return self.unet.config.out_channels
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """eps_theta(z_t, t, condition), whatever the U-Net predicts."""
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """eps_theta(z_t, t, condition), whatever the U-Net predicts; ``raw``: the U-Net's own output
+        (eps or v: what the loss compares with :meth:`target`; through forward so DDP syncs it)."""
         out = self.predict(z_t, t, cond)
-        if self.prediction == "eps":
+        if raw or self.prediction == "eps":
             return out
         ab = self._abar(t, z_t)
         return (1 - ab).sqrt() * z_t + ab.sqrt() * out.to(z_t.dtype)
@@ -277,7 +278,8 @@ def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
     t = torch.randint(lo, hi, (B,), generator=generator).to(z0.device)
     ab = alphas_cumprod.to(z0.device)[t].view(B, 1, 1, 1).to(z0.dtype)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
-    return F.mse_loss(model.predict(z_t, t, cond).float(), model.target(z0, noise, t).float())
+    net = getattr(model, "module", model)  # DDP-wrapped under accelerate
+    return F.mse_loss(model(z_t, t, cond, raw=True).float(), net.target(z0, noise, t).float())
 
 
 @torch.no_grad()

@@ -164,11 +164,11 @@ def load_trained(P, which: str = "best", condition: str | None = None) -> tuple:
     """(SD, first stage) as trained by :func:`run` for these parameters; ``condition`` other than
     SD's own: the Fig. 7 ablation SD of that condition."""
     out = out_dir(P)
-    vq = ae.load_vq(paths.resolve(P.autoencoder["path"])) if P.autoencoder["path"] else ae.load_vq(out / "autoencoder" / "best")
     folder = out / ("sd" if condition in (None, P.condition) else ablation_folder(condition)) / which
     if condition not in (None, P.condition) and not (folder / "ldm.json").exists():
         raise FileNotFoundError(f"{folder}: no {condition}-conditioned SD; add {condition!r} to ablation_conditions in "
                                 f"notebook 01's parameters (profile {P.profile}) and run it again (SD itself is reused)")
+    vq = ae.load_vq(paths.resolve(P.autoencoder["path"])) if P.autoencoder["path"] else ae.load_vq(out / "autoencoder" / "best")
     return ldm.MaskLDM.from_pretrained(folder), vq
 
 

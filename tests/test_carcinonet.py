@@ -303,7 +303,8 @@ def test_synthetic_masks_are_seeded_and_use_distinct_labels():
 
 def test_unknown_and_not_yet_available_generators():
     ctx = cn.GeneratorContext(ldm_dir=cn.paths.REPO / "nowhere", image_size=32)
-    with pytest.raises(ValueError, match=r"unknown generator 'XYZ'; available: \['SD', 'SD-DISC', 'SD-DISC-CoTrain', 'SD-SC'\]"):
+    with pytest.raises(ValueError, match=r"unknown generator 'XYZ'; available: \['SD', 'SD-DISC', 'SD-DISC-CoTrain', 'SD-SC', "
+                                         r"'SD-tile', 'SD-tile\+slide'\]"):
         cn.build_generator("XYZ", ctx)
     with pytest.raises(FileNotFoundError, match="01_train_ldm.ipynb"):
         cn.build_generator("SD", ctx)
@@ -329,6 +330,9 @@ def test_ldm_checks_name_what_to_run(tmp_path):
     d = fake_ldm(tmp_path)
     P01 = cn.ldm_params(d)
     assert cn.check_ldm(d, P01, 32)["image_size"] == 32
+    # Fig. 7's ablation SDs: asking for one that notebook 01 did not train says which parameter to set
+    with pytest.raises(FileNotFoundError, match="sd-tile-slide.*ablation_conditions.*01"):
+        cn.build_generator("SD-tile+slide", cn.GeneratorContext(ldm_dir=d, image_size=32))
     with pytest.raises(ValueError, match="32-px tiles .* 64 px; re-run notebooks/01_train_ldm.ipynb"):
         cn.check_ldm(d, P01, 64)
     # the first stage was retrained after SD: SD's latents belong to another autoencoder

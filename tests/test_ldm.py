@@ -67,7 +67,7 @@ def test_forward_shape_and_save_load(tmp_path):
 def test_ldm_loss_on_known_input():
     """With eps_theta = 0 the loss is exactly E[eps^2] of the generator's noise."""
     class Zero(torch.nn.Module):
-        def predict(self, z, t, cond):
+        def forward(self, z, t, cond, raw=False):
             return torch.zeros_like(z)
 
         def target(self, z0, noise, t):
