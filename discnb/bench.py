@@ -154,9 +154,8 @@ def validation_masks(P01, n: int, seed: int, latent: int) -> np.ndarray:
     """``n`` held-out validation masks of notebook 01's split, picked as notebook 02 picks its
     comparison masks (three quarters multi-label), fixed by ``seed``."""
     from .sc_disc import comparison_masks
-    from .train_ldm import load_split
-    split = load_split(P01, progress=False)
-    src = split["val"] if len(split["val"]["imgs"]) else split["train"]
+    from .train_ldm import held_out, load_split
+    src = held_out(load_split(P01, progress=False))
     return src["masks"][comparison_masks(src["masks"], n, seed, latent)]
 
 

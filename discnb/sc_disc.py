@@ -145,7 +145,7 @@ def compare(P, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
     P01 = generators.ldm_params(ldm_dir(P))
     split = train_ldm.load_split(P01, progress=False)
-    src = split["val"] if len(split["val"]["imgs"]) else split["train"]
+    src = train_ldm.held_out(split)
     C = P.compare
     judge, jmodel = load_judge(P)
     first, _ = build(P, "SD", C)
@@ -190,7 +190,7 @@ def conditioning(P, n: int = 256) -> pd.DataFrame:
     from .ldm import MaskLDM, conditioning_gap
     P01 = generators.ldm_params(ldm_dir(P))
     split = train_ldm.load_split(P01, progress=False)
-    src = split["val"] if len(split["val"]["imgs"]) else split["train"]
+    src = train_ldm.held_out(split)
     sd, vq = train_ldm.load_trained(P01)
     z, _ = train_ldm.encode_split(vq, {"train": src, "val": src}, sd.latent_scale)
     z, masks = z["val"][:n], torch.from_numpy(src["masks"][:n])

@@ -57,6 +57,11 @@ def load_split(P, progress: bool = True) -> dict:
     return out
 
 
+def held_out(split: dict) -> dict:
+    """The validation part of :func:`load_split` (the training part when there is no validation fold)."""
+    return split["val"] if len(split["val"]["imgs"]) else split["train"]
+
+
 def fit_config(P, out: Path, section: dict, desc: str, signature: dict, progress: bool = True) -> FitConfig:
     return FitConfig(out_dir=str(out), max_steps=section["steps"], global_batch=section["batch"],
                      grad_accum=section.get("grad_accum", 1), lr=section["lr"], scale_lr=section.get("scale_lr", False),
@@ -177,8 +182,7 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
     import time
     from .figures import colorize
     from .sampling import SDGenerator
-    split = load_split(P, progress=False)
-    src = split["val"] if len(split["val"]["imgs"]) else split["train"]
+    src = held_out(load_split(P, progress=False))
     rng = np.random.default_rng(seed)
     n_labels = np.array([len(np.unique(m)) for m in src["masks"]])
     order = np.argsort(-n_labels + rng.random(len(n_labels)) * 0.5, kind="stable")[:n]  # multi-label masks first
@@ -206,8 +210,7 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
 def conditioning_report(P, n: int = 256, which: str = "best"):
     """:func:`discnb.ldm.conditioning_gap` of SD on up to ``n`` validation latents: does its noise
     prediction use the mask? (A relative gap near 0 means SD ignores tau_theta.)"""
-    split = load_split(P, progress=False)
-    src = split["val"] if len(split["val"]["imgs"]) else split["train"]
+    src = held_out(load_split(P, progress=False))
     model, vq = load_trained(P, which)
     z = ae.encode(vq, ae.to_tensor(src["imgs"][:n])) * model.latent_scale
     import pandas as pd
@@ -220,8 +223,7 @@ def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed:
     latents. A model whose DDIM trajectories drift (the demo's eps-U-Net: ~4x the std) decodes to
     flat or saturated tiles whatever the mask; see README "Does SD follow the mask?"."""
     from .sampling import SDGenerator
-    split = load_split(P, progress=False)
-    src = split["val"] if len(split["val"]["imgs"]) else split["train"]
+    src = held_out(load_split(P, progress=False))
     model, vq = load_trained(P, which)
     real = ae.encode(vq, ae.to_tensor(src["imgs"][:max(n, 64)])) * model.latent_scale
     gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=n)
