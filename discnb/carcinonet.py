@@ -777,6 +777,19 @@ def pick_tiles(masks: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.argsort(-n_labels + rng.random(len(masks)) * 0.5, kind="stable")[:n]
 
 
+def judge_rows(synth: dict[str, dict], judge: Judge, n: int, seed: int) -> dict:
+    """Per generator: guiding masks, the synthetic tiles and the judge's segmentation of them
+    (``n`` tiles, those with the most labels first): does the judge see the mask in the tile?"""
+    from .figures import colorize
+    rows = {}
+    for g, s in synth.items():
+        idx = pick_tiles(s["masks"], n, seed)
+        rows[f"{g}: guiding mask"] = [colorize(m) for m in s["masks"][idx]]
+        rows[f"{g}: tile"] = list(s["images"][idx])
+        rows[f"{g}: judge"] = [colorize(m) for m in judge.segment(s["images"][idx])]
+    return rows
+
+
 def figure_rows(P, runs: list[dict], D: dict, test_set: str = "test") -> tuple[dict, list[str]]:
     """Fig. 8 layout: tile | ground truth | baseline | + each generator (seed ``seeds[0]``, each lambda)."""
     from .figures import colorize

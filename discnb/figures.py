@@ -58,3 +58,32 @@ def save(fig, path: str | Path, pdf: bool = True) -> Path:
     if pdf:
         fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
     return path.with_suffix(".png")
+
+
+def loss_curves(panels: dict[str, str | Path], smooth: int = 1, ylabel: str = "loss", log: bool = True,
+                xlabel: str = "optimizer step", title: str | None = None):
+    """Training loss (rolling mean over ``smooth`` logged steps) and validation loss (EMA weights
+    when EMA is on) from each run folder's ``metrics.csv``; one panel per entry of ``panels``
+    (panel title -> run folder), or one shared panel when ``title`` is given. Folders without a
+    ``metrics.csv`` (a first stage loaded from ``autoencoder.path``) are left out."""
+    import matplotlib.pyplot as plt
+    from .train import read_metrics
+    panels = {k: v for k, v in panels.items() if (Path(v) / "metrics.csv").exists()}
+    if not panels:
+        raise FileNotFoundError("no metrics.csv in any of the run folders: nothing was trained here")
+    shared = title is not None
+    n = 1 if shared else len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(7, 3.5) if shared else (5 * n, 3.2), squeeze=False)
+    for i, (name, folder) in enumerate(panels.items()):
+        ax = axes[0, 0 if shared else i]
+        m = read_metrics(folder)
+        prefix = f"{name} " if shared else ""
+        line, = ax.plot(m.step, m.loss.rolling(smooth, min_periods=1).mean(), lw=0.8, label=f"{prefix}train")
+        v = m.dropna(subset=["val_loss"])
+        # shared panel: a run's validation curve in its training curve's colour
+        ax.plot(v.step, v.val_loss, "o--" if shared else "o-", color=line.get_color() if shared else None,
+                label=f"{prefix}validation")
+        ax.set(title=title if shared else name, xlabel=xlabel, ylabel=ylabel, yscale="log" if log else "linear")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -177,16 +177,31 @@ def load_trained(P, which: str = "best", condition: str | None = None) -> tuple:
     return ldm.MaskLDM.from_pretrained(folder), vq
 
 
-def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: str = "best") -> dict:
+def report_inputs(P, which: str = "best") -> dict:
+    """What notebook 01's reports share, loaded once: the held-out tiles (``src``), SD and its first
+    stage (``model``, ``vq``; checkpoint ``which``). Pass it as ``inputs=`` to the report functions."""
+    model, vq = load_trained(P, which)
+    return {"src": held_out(load_split(P, progress=False)), "model": model, "vq": vq, "which": which}
+
+
+def _inputs(P, inputs: dict | None, which: str) -> tuple:
+    if inputs is None:
+        inputs = report_inputs(P, which)
+    elif inputs["which"] != which:
+        raise ValueError(f"inputs hold the {inputs['which']!r} SD, not {which!r}")
+    return inputs["src"], inputs["model"], inputs["vq"]
+
+
+def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: str = "best",
+                  inputs: dict | None = None) -> dict:
     """SD samples for ``n`` validation masks (two seeds each), timed: rows for a figure + numbers."""
     import time
     from .figures import colorize
     from .sampling import SDGenerator
-    src = held_out(load_split(P, progress=False))
+    src, model, vq = _inputs(P, inputs, which)
     rng = np.random.default_rng(seed)
     n_labels = np.array([len(np.unique(m)) for m in src["masks"]])
     order = np.argsort(-n_labels + rng.random(len(n_labels)) * 0.5, kind="stable")[:n]  # multi-label masks first
-    model, vq = load_trained(P, which)
     gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=max(1, n),
                       device="cuda" if torch.cuda.is_available() and P.device != "cpu" else "cpu",
                       bf16=P.mixed_precision == "bf16")
@@ -207,24 +222,23 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
             "scheduler": scheduler, "device": str(gen.device)}
 
 
-def conditioning_report(P, n: int = 256, which: str = "best"):
+def conditioning_report(P, n: int = 256, which: str = "best", inputs: dict | None = None):
     """:func:`discnb.ldm.conditioning_gap` of SD on up to ``n`` validation latents: does its noise
     prediction use the mask? (A relative gap near 0 means SD ignores tau_theta.)"""
-    src = held_out(load_split(P, progress=False))
-    model, vq = load_trained(P, which)
+    src, model, vq = _inputs(P, inputs, which)
     z = ae.encode(vq, ae.to_tensor(src["imgs"][:n])) * model.latent_scale
     import pandas as pd
     return pd.DataFrame(ldm.conditioning_gap(model, z, torch.from_numpy(src["masks"][:n])))
 
 
-def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed: int = 0, which: str = "best") -> dict:
+def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed: int = 0, which: str = "best",
+                 inputs: dict | None = None) -> dict:
     """Do SD's samples land where real latents are? The std and the median per-tile max |z| of
     ``n`` sampled latents (validation masks, seeded noise) next to those of the real validation
     latents. A model whose DDIM trajectories drift (the demo's eps-U-Net: ~4x the std) decodes to
     flat or saturated tiles whatever the mask; see README "Does SD follow the mask?"."""
     from .sampling import SDGenerator
-    src = held_out(load_split(P, progress=False))
-    model, vq = load_trained(P, which)
+    src, model, vq = _inputs(P, inputs, which)
     real = ae.encode(vq, ae.to_tensor(src["imgs"][:max(n, 64)])) * model.latent_scale
     gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=n)
     z = gen.latents(src["masks"][:n], [seed * 10_000 + i for i in range(n)], src["slide"][:n])

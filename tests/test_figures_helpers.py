@@ -1,0 +1,49 @@
+"""discnb.figures.loss_curves and carcinonet.judge_rows: the plotting helpers the notebooks call."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from discnb import carcinonet as cn
+from discnb import figures
+
+
+def _metrics(folder, n=20, val_every=5):
+    folder.mkdir(parents=True)
+    step = np.arange(1, n + 1)
+    val = [1.0 / s if s % val_every == 0 else np.nan for s in step]
+    pd.DataFrame({"step": step, "epoch": 0, "loss": 1.0 / step, "val_loss": val, "lr": 1e-3,
+                  "elapsed_s": step * 0.1}).to_csv(folder / "metrics.csv", index=False)
+
+
+def test_loss_curves_panels_and_missing_runs(tmp_path):
+    _metrics(tmp_path / "a")
+    _metrics(tmp_path / "b", n=10)
+    fig = figures.loss_curves({"A": tmp_path / "a", "B": tmp_path / "b", "never trained": tmp_path / "c"})
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["A", "B"]  # the folder without metrics.csv is left out
+    train, val = axes[0].get_lines()
+    assert len(train.get_xdata()) == 20 and len(val.get_xdata()) == 4  # validation only where logged
+    shared = figures.loss_curves({"A": tmp_path / "a", "B": tmp_path / "b"}, smooth=3, title="both")
+    (ax,) = shared.get_axes()
+    lines = ax.get_lines()
+    assert len(lines) == 4 and lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+        figures.loss_curves({"none": tmp_path / "c"})
+
+
+def test_judge_rows_show_mask_tile_and_segmentation():
+    class Judge:
+        def segment(self, tiles):
+            return np.full(tiles.shape[:3], 2, np.uint8)
+
+    rng = np.random.default_rng(0)
+    masks = rng.integers(0, 4, (6, 8, 8)).astype(np.uint8)
+    imgs = rng.integers(0, 255, (6, 8, 8, 3)).astype(np.uint8)
+    rows = cn.judge_rows({"SD": {"masks": masks, "images": imgs}}, Judge(), n=3, seed=0)
+    assert list(rows) == ["SD: guiding mask", "SD: tile", "SD: judge"]
+    assert all(len(r) == 3 for r in rows.values())
+    assert (rows["SD: judge"][0] == figures.colorize(np.full((8, 8), 2, np.uint8))).all()
