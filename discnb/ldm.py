@@ -146,6 +146,11 @@ def _groups(channels) -> int:
     return max(d for d in range(1, min(32, g) + 1) if g % d == 0)
 
 
+# Options beyond the paper's U-Net, with the values that give the paper's model (Eq. 1, cross-attention only).
+# A config leaving them out (models saved before the option existed) means these values.
+OPTION_DEFAULTS = {"pos_channels": 0, "concat_mask": False, "prediction": "eps"}
+
+
 class MaskLDM(nn.Module):
     """eps_theta(z_t, t, tau_theta(condition)). Saved as ``unet/`` + ``mask_encoder/`` + ``ldm.json``.
 
@@ -191,9 +196,9 @@ class MaskLDM(nn.Module):
     @classmethod
     def from_config(cls, cfg: dict, image_size: int, latent_size: int, latent_scale: float = 1.0) -> "MaskLDM":
         condition = cfg.get("condition", "pixel")
-        pos = int(cfg.get("pos_channels", 0))
-        concat = bool(cfg.get("concat_mask", False))
-        prediction = cfg.get("prediction", "eps")
+        pos = int(cfg.get("pos_channels", OPTION_DEFAULTS["pos_channels"]))
+        concat = bool(cfg.get("concat_mask", OPTION_DEFAULTS["concat_mask"]))
+        prediction = cfg.get("prediction", OPTION_DEFAULTS["prediction"])
         tau = MaskEncoder(in_channels=cond_channels(condition), image_size=image_size,
                           token_side=cfg["token_side"], channels=tuple(cfg["tau_channels"]), width=cfg["context_dim"],
                           pos_init="sincos" if pos else "random")

@@ -148,14 +148,14 @@ def compare(P, progress: bool = True) -> dict:
     src = train_ldm.held_out(split)
     C = P.compare
     judge, jmodel = load_judge(P)
-    first, _ = build(P, "SD", C)
+    first, first_key = build(P, "SD", C)
     idx = comparison_masks(src["masks"], C["n_masks"], P.seed, first.latent_shape[-1])
     masks, real = src["masks"][idx], src["imgs"][idx]
     dev = device_of(P)
     f_real = realism.encoder_features(jmodel, src["imgs"], device=dev)
     rows, samples, meta = [], {}, {}
     for name in tqdm(P.models, desc="models", disable=not progress):
-        gen, key = build(P, name, C)
+        gen, key = (first, first_key) if name == "SD" else build(P, name, C)
         meta[name] = {"fingerprint": key}
         for s in C["seeds"]:
             seeds = [int(s) * 100_000 + i for i in range(len(masks))]
@@ -184,26 +184,23 @@ def compare(P, progress: bool = True) -> dict:
 
 
 def conditioning(P, n: int = 256) -> pd.DataFrame:
-    """:func:`discnb.ldm.conditioning_gap` of SD and the fine-tuned models on real validation
-    latents: how much each model's noise prediction depends on the mask at all."""
+    """:func:`discnb.train_ldm.conditioning_report` of SD and of each fine-tuned model on the same
+    real validation latents: how much each model's noise prediction depends on the mask at all."""
     from . import train_ldm
-    from .ldm import MaskLDM, conditioning_gap
+    from .ldm import MaskLDM
     P01 = generators.ldm_params(ldm_dir(P))
-    split = train_ldm.load_split(P01, progress=False)
-    src = train_ldm.held_out(split)
-    sd, vq = train_ldm.load_trained(P01)
-    z, _ = train_ldm.encode_split(vq, {"train": src, "val": src}, sd.latent_scale)
-    z, masks = z["val"][:n], torch.from_numpy(src["masks"][:n])
-    rows = []
+    inputs = train_ldm.report_inputs(P01)
+    frames = []
     for name in ("SD",) + tuple(v for v in VARIANTS if v in P.models):
-        model = sd if name == "SD" else None
-        if model is None:
+        if name != "SD":
             folder = out_dir(P) / VARIANTS[name] / "best"
             if not (folder / "ldm.json").exists():
                 continue
-            model = MaskLDM.from_pretrained(folder)
-        rows += [{"model": name, **r} for r in conditioning_gap(model, z, masks)]
-    return pd.DataFrame(rows)
+            inputs = inputs | {"model": MaskLDM.from_pretrained(folder)}
+        df = train_ldm.conditioning_report(P01, n, inputs=inputs)
+        df.insert(0, "model", name)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

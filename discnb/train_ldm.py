@@ -109,8 +109,7 @@ def ablation_folder(condition: str) -> str:
 
 def ldm_signature(P, image_size: int, condition: str | None = None) -> dict:
     # options left at their default are not part of the signature (models trained before the option stay valid)
-    unet = {k: v for k, v in P.unet.items()
-            if not ((k in ("pos_channels", "concat_mask") and not v) or (k == "prediction" and v == "eps"))}
+    unet = {k: v for k, v in P.unet.items() if not (k in ldm.OPTION_DEFAULTS and v == ldm.OPTION_DEFAULTS[k])}
     return {"kind": "ldm", "condition": condition or P.condition, "unet": unet, "image_size": image_size,
             "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
 
