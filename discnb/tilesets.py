@@ -73,12 +73,12 @@ From a terminal: ``python -m discnb.tilesets --params params/demo/03_tile_sets.y
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -712,20 +712,15 @@ def run(P, progress: bool = True) -> dict:
     return {"plan": plan, "ablation": summary, "results": results}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Generate synthetic tile sets (notebook 03) from a terminal.")
-    ap.add_argument("--params", required=True, help="a params YAML of notebook 03, e.g. params/demo/03_tile_sets.yaml")
-    a = ap.parse_args(argv)
-    from .notebook import record, seed_everything
-    P = params.check_file(NOTEBOOK, a.params)
-    paths.check_profile(P.profile)
-    seed_everything(P.seed)
-    record(out_dir(P), P, NOTEBOOK)
-    out = run(P)
+def main(argv=None) -> int:
+    from .notebook import cli
+    P, a = cli(NOTEBOOK, "tilesets", "Generate synthetic tile sets (notebook 03) from a terminal.", out_dir, argv)
+    out = run(P, progress=not a.no_progress)
     print(out["plan"].table.to_string())
     print(out["ablation"].to_string())
     print(json.dumps(out["results"], indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from discnb import data, prep
+from discnb import data, ldm, prep
 from sicap_fixture import write_sicap
 
 TINY = {
@@ -19,6 +19,11 @@ TINY = {
     "sd": {"steps": 6, "batch": 4, "grad_accum": 1, "lr": 0.001, "scale_lr": False, "ema_decay": 0.99},
     "sample_steps": 3, "n_samples": 2,
 }
+
+
+def tiny_model(condition: str = "pixel", image_size: int = 32, **options) -> ldm.MaskLDM:
+    """An untrained MaskLDM of TINY's U-Net for f = 4 latents (``options``: pos_channels, concat_mask, prediction)."""
+    return ldm.MaskLDM.from_config({**TINY["unet"], "condition": condition, **options}, image_size, image_size // 4)
 
 
 def prepared(tmp: Path, **overrides) -> Path:

@@ -13,15 +13,14 @@ import torch
 
 from discnb import K, autoencoder as ae, disc, ldm
 from discnb.sampling import SDGenerator
-from ldm_fixture import TINY
+from ldm_fixture import TINY, tiny_model
 
 HERE = Path(__file__).parent
 
 
 def tiny(pos_channels=0, seed=0, concat_mask=False):
     torch.manual_seed(seed)
-    model = ldm.MaskLDM.from_config({**TINY["unet"], "condition": "pixel", "pos_channels": pos_channels,
-                                     "concat_mask": concat_mask}, 32, 8)
+    model = tiny_model(pos_channels=pos_channels, concat_mask=concat_mask)
     vq = ae.build_vq(TINY["autoencoder"]["channels"], 1, 32)
     return model.eval(), vq.eval()
 

@@ -19,13 +19,9 @@ from safetensors import safe_open
 from discnb import autoencoder as ae
 from discnb import data, ldm, params, sampling, train, train_ldm
 from discnb.paths import REPO
-from ldm_fixture import TINY, prepared
+from ldm_fixture import TINY, prepared, tiny_model
 
 PY = sys.executable
-
-
-def tiny_model(condition="pixel", image_size=32):
-    return ldm.MaskLDM.from_config({**TINY["unet"], "condition": condition}, image_size, image_size // 4)
 
 
 # --------------------------------------------------------------------------- conditioning
