@@ -141,6 +141,7 @@ def cli(notebook: str, module: str, description: str, out_dir, argv=None, config
         configure(ap)
     a = ap.parse_args(argv)
     P = _params.check_file(notebook, a.params) if a.params else _params.validate(notebook, {})
+    paths.check_profile(P.profile)
     seed_everything(P.seed)
     if main_process is None or main_process(P):
         record(out_dir(P), P, notebook)

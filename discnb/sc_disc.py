@@ -190,17 +190,10 @@ def conditioning(P, n: int = 256) -> pd.DataFrame:
     from .ldm import MaskLDM
     P01 = generators.ldm_params(ldm_dir(P))
     inputs = train_ldm.report_inputs(P01)
-    frames = []
-    for name in ("SD",) + tuple(v for v in VARIANTS if v in P.models):
-        if name != "SD":
-            folder = out_dir(P) / VARIANTS[name] / "best"
-            if not (folder / "ldm.json").exists():
-                continue
-            inputs = inputs | {"model": MaskLDM.from_pretrained(folder)}
-        df = train_ldm.conditioning_report(P01, n, inputs=inputs)
-        df.insert(0, "model", name)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+    folders = {v: out_dir(P) / VARIANTS[v] / "best" for v in VARIANTS if v in P.models}
+    models = {"SD": inputs["model"]} | {v: MaskLDM.from_pretrained(f) for v, f in folders.items()
+                                        if (f / "ldm.json").exists()}
+    return train_ldm.conditioning_report(P01, n, inputs=inputs, models=models)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

@@ -164,16 +164,21 @@ def run(P, progress: bool = True) -> dict:
     return result
 
 
-def load_trained(P, which: str = "best", condition: str | None = None) -> tuple:
-    """(SD, first stage) as trained by :func:`run` for these parameters; ``condition`` other than
-    SD's own: the Fig. 7 ablation SD of that condition."""
-    out = out_dir(P)
-    folder = out / ("sd" if condition in (None, P.condition) else ablation_folder(condition)) / which
+def load_sd(P, which: str = "best", condition: str | None = None) -> ldm.MaskLDM:
+    """SD as trained by :func:`run` for these parameters; ``condition`` other than SD's own: the
+    Fig. 7 ablation SD of that condition."""
+    folder = out_dir(P) / ("sd" if condition in (None, P.condition) else ablation_folder(condition)) / which
     if condition not in (None, P.condition) and not (folder / "ldm.json").exists():
         raise FileNotFoundError(f"{folder}: no {condition}-conditioned SD; add {condition!r} to ablation_conditions in "
                                 f"notebook 01's parameters (profile {P.profile}) and run it again (SD itself is reused)")
-    vq = ae.load_vq(paths.resolve(P.autoencoder["path"])) if P.autoencoder["path"] else ae.load_vq(out / "autoencoder" / "best")
-    return ldm.MaskLDM.from_pretrained(folder), vq
+    return ldm.MaskLDM.from_pretrained(folder)
+
+
+def load_trained(P, which: str = "best", condition: str | None = None) -> tuple:
+    """(SD, first stage): :func:`load_sd` and the first stage it was trained on."""
+    vq = ae.load_vq(paths.resolve(P.autoencoder["path"])) if P.autoencoder["path"] else \
+        ae.load_vq(out_dir(P) / "autoencoder" / "best")
+    return load_sd(P, which, condition), vq
 
 
 def report_inputs(P, which: str = "best") -> dict:
@@ -212,7 +217,7 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
     rows = {"real tile": list(src["imgs"][order]), "mask": [colorize(m) for m in masks],
             "SD seed A": list(a), "SD seed B": list(b)}
     for c in P.ablation_conditions:  # Fig. 7's ablation SDs on the same masks and noise as seed A
-        m_c, _ = load_trained(P, which, condition=c)
+        m_c = load_sd(P, which, condition=c)  # same first stage: only the U-Net is loaded
         g = SDGenerator(m_c, vq, steps=steps, scheduler=scheduler, batch_size=max(1, n), device=gen.device,
                         bf16=gen.bf16)
         rows[f"SD ({c} labels)"] = list(g.generate(masks, [seed * 10_000 + i for i in range(len(masks))],
@@ -221,13 +226,17 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
             "scheduler": scheduler, "device": str(gen.device)}
 
 
-def conditioning_report(P, n: int = 256, which: str = "best", inputs: dict | None = None):
-    """:func:`discnb.ldm.conditioning_gap` of SD on up to ``n`` validation latents: does its noise
-    prediction use the mask? (A relative gap near 0 means SD ignores tau_theta.)"""
+def conditioning_report(P, n: int = 256, which: str = "best", inputs: dict | None = None,
+                        models: dict | None = None):
+    """:func:`discnb.ldm.conditioning_gap` of SD (or of each of ``models``, name -> MaskLDM on SD's
+    latents, e.g. the fine-tuned ones) on the same up to ``n`` validation latents, encoded once:
+    does the noise prediction use the mask? (A relative gap near 0 means it ignores tau_theta.)"""
+    import pandas as pd
     src, model, vq = _inputs(P, inputs, which)
     z = ae.encode(vq, ae.to_tensor(src["imgs"][:n])) * model.latent_scale
-    import pandas as pd
-    return pd.DataFrame(ldm.conditioning_gap(model, z, torch.from_numpy(src["masks"][:n])))
+    masks = torch.from_numpy(src["masks"][:n])
+    return pd.DataFrame([{"model": name, **r} for name, m in (models or {"SD": model}).items()
+                         for r in ldm.conditioning_gap(m, z, masks)])
 
 
 def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed: int = 0, which: str = "best",
