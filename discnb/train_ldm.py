@@ -176,9 +176,10 @@ def load_sd(P, which: str = "best", condition: str | None = None) -> ldm.MaskLDM
 
 def load_trained(P, which: str = "best", condition: str | None = None) -> tuple:
     """(SD, first stage): :func:`load_sd` and the first stage it was trained on."""
+    sd = load_sd(P, which, condition)  # first: a missing ablation SD is the error to report
     vq = ae.load_vq(paths.resolve(P.autoencoder["path"])) if P.autoencoder["path"] else \
         ae.load_vq(out_dir(P) / "autoencoder" / "best")
-    return load_sd(P, which, condition), vq
+    return sd, vq
 
 
 def report_inputs(P, which: str = "best") -> dict:
