@@ -75,7 +75,7 @@ for nb in notebooks/[0-9][0-9]_*.ipynb; do
     pfile="params/$PROFILE/$name.yaml"
     if [ "$PROFILE" != smoke ]; then
         [ -f "$pfile" ] || { echo "[run_all] missing $pfile for profile $PROFILE" >&2; exit 2; }
-        "$PY" -m discnb.params check "$name" "$pfile"
+        "$PY" -m discnb.core.params check "$name" "$pfile"
         args=(-f "$pfile" "${args[@]}")
     fi
     out="$EXEC/$name.ipynb"
@@ -84,7 +84,7 @@ for nb in notebooks/[0-9][0-9]_*.ipynb; do
     if ! "$PY" -m papermill -k python3 --cwd . --log-output --no-progress-bar "$nb" "$out" "${args[@]}" \
             > "$EXEC/$name.log" 2>&1; then
         echo "[run_all] FAILED: $name; executed copy: $out; log: $EXEC/$name.log" >&2
-        if [ -f "$out" ]; then "$PY" -m discnb.notebook failed "$out" >&2 || true; else tail -20 "$EXEC/$name.log" >&2; fi
+        if [ -f "$out" ]; then "$PY" -m discnb.core.notebook failed "$out" >&2 || true; else tail -20 "$EXEC/$name.log" >&2; fi
         exit 1
     fi
     echo "[run_all] $name done in $(( $(date +%s) - start )) s"

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import yaml
 
-from discnb import data, ldm, prep
+from discnb.data import sicap as data
+
+from discnb.generative import ldm
+
+from discnb.pipelines import prep
 from sicap_fixture import write_sicap
 
 TINY = {

@@ -1,4 +1,4 @@
-"""discnb.bench on a tiny trained LDM (seconds): every key is there and every number is positive."""
+"""discnb.pipelines.bench on a tiny trained LDM (seconds): every key is there and every number is positive."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from discnb import bench
-from discnb import carcinonet as cn
-from discnb import params, train_ldm
-from discnb.notebook import record
+from discnb.pipelines import bench
+from discnb.pipelines import carcinonet as cn
+from discnb.core import params
+from discnb.pipelines import train_ldm
+from discnb.core.notebook import record
 from ldm_fixture import prepared
 
 TINY_CN = {"encoder": "resnet18", "encoder_width": 8, "encoder_path": "", "decoder_channels": 16, "pool_grids": [1, 2, 3]}

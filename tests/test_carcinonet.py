@@ -10,7 +10,11 @@ import pytest
 import torch
 import yaml
 
-from discnb import LABELS, K, carcinonet as cn, params
+from discnb import LABELS, K
+
+from discnb.pipelines import carcinonet as cn
+
+from discnb.core import params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -406,7 +410,7 @@ def test_load_data_warns_about_empty_classes_and_missing_ood(tmp_path):
 
 
 def test_first_stage_view_changes_tiles_and_fingerprint(tmp_path):
-    from discnb import autoencoder as ae
+    from discnb.generative import autoencoder as ae
     d = fake_ldm(tmp_path)
     torch.manual_seed(0)
     ae.build_vq([8, 16, 16], 1, 32).save_pretrained(d / "autoencoder" / "best")

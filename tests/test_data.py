@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from discnb import data
+from discnb.data import sicap as data
 from sicap_fixture import SLIDES, TILES_PER_SLIDE, write_sicap
 
 # The real SICAPv2 metadata sample beside the checkout (../shared), or where DISCNB_SICAP_SAMPLE points.

@@ -1,4 +1,4 @@
-"""discnb.demo_data: the procedural SICAPv2-layout dataset (layout, splits, labels, caching)."""
+"""discnb.data.demo: the procedural SICAPv2-layout dataset (layout, splits, labels, caching)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from discnb import demo_data as dd
+from discnb.data import demo as dd
 
 SIZE = 32
 SMALL = dict(n_patients=6, tiles_per_slide=3, tile_size=SIZE, progress=False)

@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from discnb import K, autoencoder as ae, disc, ldm
-from discnb.sampling import SDGenerator
+from discnb import K
+
+from discnb.generative import autoencoder as ae
+
+from discnb.generative import disc
+
+from discnb.generative import ldm
+from discnb.generative.sampling import SDGenerator
 from ldm_fixture import TINY, tiny_model
 
 HERE = Path(__file__).parent
@@ -162,8 +168,8 @@ GEN_SCRIPT = """
 import sys, time, torch
 sys.path.insert(0, {tests!r})
 from test_disc import tiny
-from discnb import disc
-from discnb.sampling import SDGenerator
+from discnb.generative import disc
+from discnb.generative.sampling import SDGenerator
 model, vq = tiny()
 g = SDGenerator(model, vq, steps=2, batch_size=8)
 slow = disc.separated_latents

@@ -8,7 +8,7 @@ import tomllib
 
 import yaml
 
-from discnb import paths
+from discnb.core import paths
 
 
 def _name(req: str) -> str:

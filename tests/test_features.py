@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from discnb import K, features
+from discnb import K
+
+from discnb.grading import features
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""discnb.figures.loss_curves and carcinonet.judge_rows: the plotting helpers the notebooks call."""
+"""discnb.plots.loss_curves and carcinonet.judge_rows: the plotting helpers the notebooks call."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discnb import carcinonet as cn
-from discnb import figures
+from discnb.pipelines import carcinonet as cn
+from discnb import plots as figures
 
 
 def _metrics(folder, n=20, val_every=5):

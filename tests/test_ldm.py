@@ -16,9 +16,14 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from discnb import autoencoder as ae
-from discnb import data, ldm, params, sampling, train, train_ldm
-from discnb.paths import REPO
+from discnb.generative import autoencoder as ae
+from discnb.data import sicap as data
+from discnb.generative import ldm
+from discnb.core import params
+from discnb.generative import sampling
+from discnb.core import train
+from discnb.pipelines import train_ldm
+from discnb.core.paths import REPO
 from ldm_fixture import TINY, prepared, tiny_model
 
 PY = sys.executable
@@ -229,7 +234,7 @@ def test_kill_and_resume_continues_step_and_ema(tmp_path):
     f = prepared(tmp_path, sd={**TINY["sd"], "steps": 60, "grad_accum": 2}, checkpoint_every=2, checkpoints_total_limit=50)
     sd = tmp_path / "ldm" / "sd"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([PY, "-m", "discnb.train_ldm", "--params", str(f), "--no-progress"], cwd=REPO, env=env,
+    proc = subprocess.Popen([PY, "-m", "discnb.pipelines.train_ldm", "--params", str(f), "--no-progress"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and len(train.list_checkpoints(sd)) < 3:
@@ -246,7 +251,7 @@ def test_kill_and_resume_continues_step_and_ema(tmp_path):
     last = json.loads((killed_at[-1] / "trainer_state.json").read_text())["step"]
     done = tmp_path / "ldm" / "autoencoder" / "done.json"
     first_stage_written = done.stat().st_mtime_ns
-    r = _run([PY, "-m", "discnb.train_ldm", "--params", str(f), "--no-progress"], timeout=300)
+    r = _run([PY, "-m", "discnb.pipelines.train_ldm", "--params", str(f), "--no-progress"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "ldm" / "summary.json").read_text())["sd"]
     assert summary["steps"] == 60 and summary["resumed_from"].endswith(f"checkpoint-{last}")
@@ -260,7 +265,7 @@ def test_kill_and_resume_continues_step_and_ema(tmp_path):
 
 def test_two_cpu_processes_match_one(tmp_path):
     f = prepared(tmp_path, sd={**TINY["sd"], "steps": 6})
-    r = _run([PY, "-m", "accelerate.commands.launch", "--config_file", "params/accelerate/cpu_2proc.yaml", "-m", "discnb.train_ldm",
+    r = _run([PY, "-m", "accelerate.commands.launch", "--config_file", "params/accelerate/cpu_2proc.yaml", "-m", "discnb.pipelines.train_ldm",
               "--params", str(f), "--no-progress"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads((tmp_path / "ldm" / "summary.json").read_text())["sd"]
@@ -269,14 +274,14 @@ def test_two_cpu_processes_match_one(tmp_path):
     cfg["output_dir"] = str(tmp_path / "ldm1")
     f1 = tmp_path / "one.yaml"
     f1.write_text(yaml.safe_dump(cfg))
-    r = _run([PY, "-m", "discnb.train_ldm", "--params", str(f1), "--no-progress"], timeout=300)
+    r = _run([PY, "-m", "discnb.pipelines.train_ldm", "--params", str(f1), "--no-progress"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     one = json.loads((tmp_path / "ldm1" / "summary.json").read_text())["sd"]
     assert one["processes"] == 1 and (one["steps"], one["epochs"]) == (two["steps"], two["epochs"])
     # and the two-process run resumes from its own checkpoint
     cfg["output_dir"], cfg["sd"]["steps"] = str(tmp_path / "ldm"), 8
     f.write_text(yaml.safe_dump(cfg))
-    r = _run([PY, "-m", "accelerate.commands.launch", "--config_file", "params/accelerate/cpu_2proc.yaml", "-m", "discnb.train_ldm",
+    r = _run([PY, "-m", "accelerate.commands.launch", "--config_file", "params/accelerate/cpu_2proc.yaml", "-m", "discnb.pipelines.train_ldm",
               "--params", str(f), "--no-progress"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((tmp_path / "ldm" / "summary.json").read_text())["sd"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from discnb import panda
+from discnb.data import panda
 
 # fake slides: id -> (provider, gleason_score, isup)
 SLIDES = {"a01": ("radboud", "negative", 0), "a02": ("radboud", "3+4", 2), "a03": ("karolinska", "4+5", 5),

@@ -1,4 +1,4 @@
-"""discnb.paper_figures on small fake stored results: every figure is drawn and saved, and a missing
+"""discnb.pipelines.paper_figures on small fake stored results: every figure is drawn and saved, and a missing
 input gives a message naming what to run."""
 
 from __future__ import annotations
@@ -11,9 +11,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from discnb import LABELS, figures, params, paths
-from discnb import carcinonet as cn
-from discnb import paper_figures as pf
+from discnb import LABELS
+
+from discnb import plots as figures
+
+from discnb.core import params
+
+from discnb.core import paths
+from discnb.pipelines import carcinonet as cn
+from discnb.pipelines import paper_figures as pf
 from ldm_fixture import prepared
 
 matplotlib.use("Agg")
@@ -76,7 +82,7 @@ def saved(fig, tmp_path, name):
 # ------------------------------------------------------------------------------------ missing
 @pytest.mark.parametrize("name, notebook", [("fig5", "02_sc_disc"), ("adherence", "02_sc_disc"), ("cost", "02_sc_disc"),
                                             ("fig6", "05_transmil_sweep"), ("fig8", "04_carcinonet"),
-                                            ("fig7", "01_train_ldm"), ("bench", "discnb.bench")])
+                                            ("fig7", "01_train_ldm"), ("bench", "discnb.pipelines.bench")])
 def test_missing_inputs_name_what_to_run(outputs, name, notebook):
     assert not pf.inputs_present(name, "smoke")
     loaders = {"fig5": pf.load_fig5, "adherence": pf.load_comparison, "cost": lambda p: pf.require("cost", p),

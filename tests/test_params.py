@@ -7,7 +7,11 @@ import json
 import pytest
 import yaml
 
-from discnb import notebook, params, paths
+from discnb.core import notebook
+
+from discnb.core import params
+
+from discnb.core import paths
 
 NOTEBOOKS = sorted(p.stem for p in paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discnb import data, shapes
+from discnb.data import sicap as data
+
+from discnb.data import shapes
 
 
 def test_freq_relabel_ranks_by_pixel_count():

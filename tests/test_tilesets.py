@@ -14,9 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discnb import K, generators, params, shapes
-from discnb import tilesets as ts
-from discnb.figures import PALETTE
+from discnb import K
+
+from discnb.generative import generators
+
+from discnb.core import params
+
+from discnb.data import shapes
+from discnb.pipelines import tilesets as ts
+from discnb.plots import PALETTE
 
 FOUR = ["SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain"]
 SIZE = 16
@@ -282,7 +288,7 @@ KILL_SCRIPT = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
 import test_tilesets as T
-from discnb import tilesets as ts
+from discnb.pipelines import tilesets as ts
 lib = T.make_library()
 plan = ts.make_plan(T.real_frame({{0: 0, 1: 0, 2: 0, 3: 0}}), 3, 5)
 print("start", flush=True)

@@ -10,8 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from discnb import K, mil, params
-from discnb.transmil import (PPEG, MixedSupervision, NystromAttention, TransMIL, bce_loss, lookahead_radam,
+from discnb import K
+
+from discnb.pipelines import mil
+
+from discnb.core import params
+from discnb.grading.transmil import (PPEG, MixedSupervision, NystromAttention, TransMIL, bce_loss, lookahead_radam,
                              moore_penrose_iter_pinv, param_groups, slide_targets, square_pad)
 
 

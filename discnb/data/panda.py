@@ -27,7 +27,7 @@ out-of-distribution PANDA", tiled with CLAM's tissue detection and tile extracti
 Pyramid levels are read with Pillow (libtiff), one whole level at a time: a PANDA level 0 can be
 several GB of RGB, so memory, not speed, limits this step (openslide would read regions; it is not
 a dependency). Slides are processed one by one and each finished slide is marked, so an
-interrupted run resumes. ``python -m discnb.panda ROOT OUT [--n-per-label N ...]`` runs it.
+interrupted run resumes. ``python -m discnb.data.panda ROOT OUT [--n-per-label N ...]`` runs it.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import K, LABELS, data
+from discnb import K, LABELS
+
+from discnb.data import sicap as data
 
 GRADE_TO_LABEL = data.GRADE_TO_LABEL
 RADBOUD_TO_MASK = np.array([0, 0, 0, 3, 4, 5] + [0] * 250, np.uint8)  # red-channel value -> SICAPv2 mask value
@@ -392,7 +394,7 @@ def tile_coords(names) -> np.ndarray | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m discnb.panda", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m discnb.data.panda", description=__doc__.split("\n\n")[0])
     ap.add_argument("root", help="PANDA folder with train.csv and train_images/")
     ap.add_argument("out", help="output tile folder")
     ap.add_argument("--n-per-label", type=int, default=100)

@@ -5,7 +5,7 @@ CarcinoNet (Lokhande et al., EMBC 2020; no official code, see method-notes §6):
 loaded from a local state dict), a pyramid pooling module over grids {1, 2, 3} on the deepest
 features, and a U-Net-style decoder whose skip connections are *summed*; 4 output classes (NC, GG3,
 GG4, GG5); focal loss (gamma 2) + Dice loss. The cosine-restart schedule of the unofficial code is
-not used: :func:`discnb.train.fit` has warm-up + constant lr.
+not used: :func:`discnb.core.train.fit` has warm-up + constant lr.
 
 Training with synthetic tiles follows Eq. 4 with the balance weight lambda:
 
@@ -15,7 +15,7 @@ every batch holds ``batch`` real tiles and as many synthetic ones, and a synthet
 map is the mask that guided its generation. lambda = 0 *is* the real-only baseline.
 
 Synthetic tiles come from a generator NAME (registry :data:`GENERATORS`; "SD" = notebook 01's
-model via :class:`discnb.sampling.SDGenerator`) with ``generate(masks, seeds) -> uint8 tiles``.
+model via :class:`discnb.generative.sampling.SDGenerator`) with ``generate(masks, seeds) -> uint8 tiles``.
 Masks are shape maps from notebook 00's library with labels assigned to ranks by a seeded RNG; the
 same masks and noise seeds serve every generator, and each generator's tiles are cached in an npz
 keyed by a fingerprint of the generator's weights and the sampling settings.
@@ -25,7 +25,7 @@ generated tiles and scores the segmentation against the guiding masks (per-class
 pixel agreement). It is trained once per parameter set and stored in ``carcinonet/judge/``.
 
 Every run is cached under ``carcinonet/runs/<model>-seed<s>-<hash of its signature>/`` and reused
-when finished. One process only: ``python -m discnb.carcinonet --params FILE`` runs the notebook's
+when finished. One process only: ``python -m discnb.pipelines.carcinonet --params FILE`` runs the notebook's
 pipeline from a terminal, but not under ``accelerate launch`` with several processes (generation,
 evaluation and the judge are not split over processes).
 """
@@ -47,10 +47,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import K, LABELS
-from . import data, paths, prep, shapes
-from .autoencoder import dihedral
-from .train import FitConfig, TensorData, atomic_save_dir, fit
+from discnb import K, LABELS
+from discnb.data import sicap as data
+from discnb.core import paths
+from discnb.pipelines import prep
+from discnb.data import shapes
+from discnb.generative.autoencoder import dihedral
+from discnb.core.train import FitConfig, TensorData, atomic_save_dir, fit
 
 NOTEBOOK = "04_carcinonet"
 STAGE = "carcinonet"
@@ -236,7 +239,7 @@ def balance(l_real: torch.Tensor, l_synth: torch.Tensor, lam: float) -> torch.Te
 
 
 def make_loss(lam: float = 0.0, gamma: float = 2.0, dice_weight: float = 1.0) -> Callable:
-    """``loss(model, batch, generator=None)`` for :func:`discnb.train.fit`.
+    """``loss(model, batch, generator=None)`` for :func:`discnb.core.train.fit`.
 
     A batch with ``syn_image``/``syn_mask`` (and lambda > 0) runs real and synthetic tiles in one
     forward pass and returns Eq. 4; otherwise (validation, lambda = 0) the real loss alone.
@@ -335,7 +338,7 @@ def load_data(P, progress: bool = True) -> dict:
     Rows without a mask are left out (with a warning). A class with no pixel in a split gets a
     warning: the model cannot learn it (train) or its IoU/Dice are undefined (test sets).
     """
-    from .train_ldm import prep_params
+    from discnb.pipelines.train_ldm import prep_params
     ddir = data_dir(P)
     size = int(prep_params(ddir)["image_size"])
     index = prep.read_index(ddir)
@@ -392,7 +395,7 @@ def data_fingerprint(D: dict) -> str:
 def first_stage(D: dict, ldir: Path) -> tuple:
     """Notebook 01's first stage for tiles of ``D`` (checked against its SD) and its domain key
     (a hash of its weights), without touching any tile."""
-    from . import autoencoder as ae
+    from discnb.generative import autoencoder as ae
     P01 = ldm_params(ldir)
     check_ldm(ldir, P01, D["image_size"])
     folder = paths.resolve(P01.autoencoder["path"]) if P01.autoencoder["path"] else Path(ldir) / "autoencoder" / "best"
@@ -410,7 +413,7 @@ def first_stage_view(D: dict, ldir: Path, progress: bool = True) -> dict:
     tiles also penalises what the first stage loses (on CPU-trained first stages, most of the fine
     texture), which says nothing about whether SD, SD-SC or SD-DISC follow the mask.
     """
-    from . import autoencoder as ae
+    from discnb.generative import autoencoder as ae
     folder, domain = first_stage(D, ldir)
     vq = ae.load_vq(folder)
     out = dict(D)
@@ -423,8 +426,8 @@ def first_stage_view(D: dict, ldir: Path, progress: bool = True) -> dict:
 
 
 # ================================================================================ generators
-# The registry lives in discnb.generators; these names stay importable from here.
-from .generators import (GENERATORS, PLANNED, GeneratorContext, build_generator, check_ldm, hash_tree,  # noqa: E402,F401
+# The registry lives in discnb.generative.generators; these names stay importable from here.
+from discnb.generative.generators import (GENERATORS, PLANNED, GeneratorContext, build_generator, check_ldm, hash_tree,  # noqa: E402,F401
                          ldm_params, register_generator)
 
 
@@ -780,7 +783,7 @@ def pick_tiles(masks: np.ndarray, n: int, seed: int) -> np.ndarray:
 def judge_rows(synth: dict[str, dict], judge: Judge, n: int, seed: int) -> dict:
     """Per generator: guiding masks, the synthetic tiles and the judge's segmentation of them
     (``n`` tiles, those with the most labels first): does the judge see the mask in the tile?"""
-    from .figures import colorize
+    from discnb.plots import colorize
     rows = {}
     for g, s in synth.items():
         idx = pick_tiles(s["masks"], n, seed)
@@ -792,7 +795,7 @@ def judge_rows(synth: dict[str, dict], judge: Judge, n: int, seed: int) -> dict:
 
 def figure_rows(P, runs: list[dict], D: dict, test_set: str = "test") -> tuple[dict, list[str]]:
     """Fig. 8 layout: tile | ground truth | baseline | + each generator (seed ``seeds[0]``, each lambda)."""
-    from .figures import colorize
+    from discnb.plots import colorize
     idx = pick_tiles(D[test_set]["masks"], P.figure_tiles, P.seed)
     imgs, masks = D[test_set]["imgs"][idx], D[test_set]["masks"][idx]
     rows = {"tile": list(imgs), "ground truth": [colorize(m) for m in masks]}
@@ -844,7 +847,7 @@ def run(P, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .notebook import cli
+    from discnb.core.notebook import cli
     P, a = cli(NOTEBOOK, "carcinonet", __doc__.split("\n\n")[0], out_dir, argv)
     res = run(P, progress=not a.no_progress)
     print(metric_table(res["summary"]).to_string())

@@ -1,11 +1,11 @@
-"""What the pipeline costs, measured in one run on one machine: ``python -m discnb.bench``.
+"""What the pipeline costs, measured in one run on one machine: ``python -m discnb.pipelines.bench``.
 
-    python -m discnb.bench --profile demo                    # -> outputs/demo/bench.json
-    python -m discnb.bench --profile demo --n-tiles 4 --n-adherence 16 --out /tmp/bench.json
-    python -m discnb.bench --untrained params/paper/01_train_ldm.yaml --image-size 256 --bf16   # GPU, paper-size model
+    python -m discnb.pipelines.bench --profile demo                    # -> outputs/demo/bench.json
+    python -m discnb.pipelines.bench --profile demo --n-tiles 4 --n-adherence 16 --out /tmp/bench.json
+    python -m discnb.pipelines.bench --untrained params/paper/01_train_ldm.yaml --image-size 256 --bf16   # GPU, paper-size model
 
 On the profile's trained SD (notebook 01, ``outputs/<profile>/ldm``), through the generator
-registry (:mod:`discnb.generators`):
+registry (:mod:`discnb.generative.generators`):
 
 - **UNet evaluations / s**: forward passes of SD's U-Net (with tau) on a batch of latents;
 - **seconds per tile** (and UNet evaluations per tile) for SD with DDIM (paper Sec. 2.2: 200 steps),
@@ -40,7 +40,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import K, generators, params, paths, prep
+from discnb import K
+
+from discnb.generative import generators
+
+from discnb.core import params
+
+from discnb.core import paths
+
+from discnb.pipelines import prep
 
 
 @dataclass
@@ -125,9 +133,9 @@ def load_sd(ldir: Path, S: Settings, device: torch.device):
 
 def untrained_sd(params01: str | Path, image_size: int, S: Settings, device: torch.device):
     """A randomly initialised SD (and first stage) of a notebook-01 parameter file's size: costs only."""
-    from . import autoencoder as ae
-    from .sampling import SDGenerator
-    from .train_ldm import build_model
+    from discnb.generative import autoencoder as ae
+    from discnb.generative.sampling import SDGenerator
+    from discnb.pipelines.train_ldm import build_model
     P01 = params.check_file("01_train_ldm", params01)
     A = P01.autoencoder
     if A["path"] and paths.resolve(A["path"]).exists():
@@ -153,8 +161,8 @@ def stripes(n: int, size: int, n_labels: int) -> np.ndarray:
 def validation_masks(P01, n: int, seed: int, latent: int) -> np.ndarray:
     """``n`` held-out validation masks of notebook 01's split, picked as notebook 02 picks its
     comparison masks (three quarters multi-label), fixed by ``seed``."""
-    from .sc_disc import comparison_masks
-    from .train_ldm import held_out, load_split
+    from discnb.pipelines.sc_disc import comparison_masks
+    from discnb.pipelines.train_ldm import held_out, load_split
     src = held_out(load_split(P01, progress=False))
     return src["masks"][comparison_masks(src["masks"], n, seed, latent)]
 
@@ -162,7 +170,7 @@ def validation_masks(P01, n: int, seed: int, latent: int) -> np.ndarray:
 # ==================================================================================== measures
 def unet_evals_per_s(model, latent_shape, image_size: int, batch: int, reps: int, device, bf16: bool) -> dict:
     """Forward passes of eps_theta(z_t, t, tau(m)) per second on a batch of ``batch`` latents."""
-    from .ldm import make_condition
+    from discnb.generative.ldm import make_condition
     g = torch.Generator().manual_seed(0)
     z = torch.randn((batch, *latent_shape), generator=g).to(device)
     masks = torch.randint(0, K, (batch, image_size, image_size), generator=g)
@@ -199,8 +207,8 @@ def _judged(j: dict) -> dict:
 def train_ldm_throughput(P01, image_size: int, latent_shape, S: Settings, device) -> dict:
     """Images / s of a few optimizer steps of Eq. 1 (``train_ldm``'s loss, AdamW) on random latents
     and masks, on a fresh model of notebook 01's size."""
-    from .ldm import noise_scheduler
-    from .train_ldm import build_model, ldm_batch_loss
+    from discnb.generative.ldm import noise_scheduler
+    from discnb.pipelines.train_ldm import build_model, ldm_batch_loss
     torch.manual_seed(S.seed)
     model = build_model(P01, image_size, latent_shape[-1], 1.0).to(device).train()
     B = S.ldm_batch or int(P01.sd["batch"])
@@ -213,7 +221,7 @@ def train_ldm_throughput(P01, image_size: int, latent_shape, S: Settings, device
 
 
 def carcinonet_params(profile: str, path: str | Path | None = None):
-    from . import carcinonet as cn
+    from discnb.pipelines import carcinonet as cn
     f = paths.resolve(path) if path else paths.PARAMS / profile / f"{cn.NOTEBOOK}.yaml"
     if f.exists():
         return params.check_file(cn.NOTEBOOK, f)
@@ -223,7 +231,7 @@ def carcinonet_params(profile: str, path: str | Path | None = None):
 def train_carcinonet_throughput(P04, image_size: int, S: Settings, device) -> dict:
     """Images / s of a few optimizer steps of CarcinoNet (notebook 04's model; Eq. 4 with a real and a
     synthetic half per step, as its augmented runs train; augmentation included) on random tiles."""
-    from . import carcinonet as cn
+    from discnb.pipelines import carcinonet as cn
     torch.manual_seed(S.seed)
     cfg = dict(P04.model, encoder_path="")  # weights do not change the cost
     model = cn.build_model(cfg).to(device).train()
@@ -276,8 +284,8 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
     """Measure everything listed in the module docstring; returns the JSON-ready dict."""
     from tqdm.auto import tqdm
 
-    from .disc import SCGenerator, disc_dir
-    from .sampling import SDGenerator
+    from discnb.generative.disc import SCGenerator, disc_dir
+    from discnb.generative.sampling import SDGenerator
     S = S or Settings()
     if S.n_tiles < 1:
         raise ValueError("n_tiles must be >= 1")
@@ -308,7 +316,7 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
         if len(masks) < S.n_tiles:
             raise ValueError(f"only {len(masks)} validation masks; lower --n-tiles")
         if S.n_adherence:
-            from . import carcinonet as cn
+            from discnb.pipelines import carcinonet as cn
             try:
                 judge = cn.load_judge(profile, judge_dir, device=str(device))
             except FileNotFoundError as e:
@@ -432,7 +440,7 @@ def save(b: dict, path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m discnb.bench", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m discnb.pipelines.bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = Settings()
     ap.add_argument("--profile", default="smoke", choices=paths.PROFILES, help="whose trained models to time")

@@ -11,12 +11,12 @@ figure         reads                                       written by
 ``fig6``       ``mil/results.csv``, ``results.json``        notebook 05 (λ sweep, Fig. 6)
 ``fig7``       ``ablation/...`` (see :func:`load_ablation`)  notebooks 01, 03, 05 per condition
 ``fig8``       ``carcinonet/results.json`` + runs/best      notebook 04 (Fig. 8 layout)
-``bench``      ``bench.json``                              ``python -m discnb.bench``
+``bench``      ``bench.json``                              ``python -m discnb.pipelines.bench``
 =============  ==========================================  ====================================
 
 A missing input raises :class:`MissingInput`, whose message names what to run; notebook 06
 prints it and goes on. Colours: seaborn's colour-blind-safe palette, one fixed colour per
-generator / condition in every figure; label maps use :data:`discnb.figures.PALETTE` (Fig. 5).
+generator / condition in every figure; label maps use :data:`discnb.plots.PALETTE` (Fig. 5).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import LABELS, paths
+from discnb import LABELS
+
+from discnb.core import paths
 
 NOTEBOOK = "06_figures"
 FIGURES = ("fig5", "adherence", "cost", "fig6", "fig7", "fig8", "bench")
@@ -44,7 +46,7 @@ REQUIRES = {
     "cost": (["disc/comparison.csv", "disc/sc_cost.csv"], "notebooks/02_sc_disc.ipynb"),
     "fig6": (["mil/results.csv"], "notebooks/05_transmil_sweep.ipynb"),
     "fig8": (["carcinonet/results.json", "carcinonet/params.resolved.yaml"], "notebooks/04_carcinonet.ipynb"),
-    "bench": (["bench.json"], "python -m discnb.bench --profile {profile}"),
+    "bench": (["bench.json"], "python -m discnb.pipelines.bench --profile {profile}"),
 }
 
 
@@ -105,13 +107,13 @@ def load_comparison(profile: str) -> pd.DataFrame:
 
 
 def load_fig5(profile: str) -> dict:
-    from .sc_disc import load_samples
+    from discnb.pipelines.sc_disc import load_samples
     return load_samples(require("fig5", profile) / "disc")
 
 
 def load_mil(profile: str) -> tuple[pd.DataFrame, str]:
     """Notebook 05's summary (mean ± std over folds and seeds) and the OOD set's name."""
-    from . import mil
+    from discnb.pipelines import mil
     root = require("fig6", profile) / "mil"
     js = root / "results.json"
     ood = json.loads(js.read_text()).get("ood", "OOD") if js.exists() else "OOD"
@@ -122,7 +124,7 @@ def load_mil(profile: str) -> tuple[pd.DataFrame, str]:
 def fig5_rows(cmp: dict, n: int) -> tuple[dict, list[str]]:
     """Fig. 5 layout: one row per guiding mask; columns real | mask | SD | SD-SC | SD-DISC | SD-DISC-CoTrain
     (and any other stored model, e.g. SD-SC-step)."""
-    from .figures import colorize
+    from discnb.plots import colorize
     models = order(cmp["samples"])
     n = min(n, len(cmp["masks"]))
     cols = ["real", "mask"] + models
@@ -132,7 +134,7 @@ def fig5_rows(cmp: dict, n: int) -> tuple[dict, list[str]]:
 
 
 def fig5(cmp: dict, n: int = 4):
-    from .figures import image_grid
+    from discnb.plots import image_grid
     rows, cols = fig5_rows(cmp, n)
     return image_grid(rows, cols, size=1.5)
 
@@ -182,7 +184,7 @@ def fig_adherence(df: pd.DataFrame):
 
 def adherence_table(df: pd.DataFrame) -> pd.DataFrame:
     """Notebook 02's table (IoU per class, mean IoU, KID, s/tile, UNet evals/tile as 'mean ± std')."""
-    from .sc_disc import summarize, table
+    from discnb.pipelines.sc_disc import summarize, table
     return table(summarize(df), order(df.model[df.model != CHANCE]))
 
 
@@ -298,7 +300,7 @@ def _shared_legend(fig, axes):
 
 
 def best_lambda_table(summary: pd.DataFrame) -> pd.DataFrame:
-    from .mil import best_lambda_table as t
+    from discnb.pipelines.mil import best_lambda_table as t
     return t(summary)
 
 
@@ -397,8 +399,8 @@ def carcinonet_params(profile: str):
     """Notebook 04's parameters as it ran for this profile (its ``params.resolved.yaml``)."""
     import yaml
 
-    from . import params
-    from .carcinonet import NOTEBOOK as NB04
+    from discnb.core import params
+    from discnb.pipelines.carcinonet import NOTEBOOK as NB04
     p = require("fig8", profile) / "carcinonet" / "params.resolved.yaml"
     return params.validate(NB04, yaml.safe_load(p.read_text()) or {})
 
@@ -406,7 +408,7 @@ def carcinonet_params(profile: str):
 def carcinonet_runs(P04) -> list[dict]:
     """Notebook 04's runs (``results.json``), their folders re-rooted under this checkout's
     ``carcinonet/runs`` when the stored absolute path is elsewhere (a moved clone)."""
-    from . import carcinonet as cn
+    from discnb.pipelines import carcinonet as cn
     out = cn.out_dir(P04)
     runs = json.loads((out / "results.json").read_text())["runs"]
     fixed = []
@@ -425,7 +427,7 @@ def carcinonet_data(P04) -> dict:
     """Notebook 04's tiles (``carcinonet.load_data``), without its per-split class warnings."""
     import warnings
 
-    from . import carcinonet as cn
+    from discnb.pipelines import carcinonet as cn
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return cn.load_data(P04, progress=False)
@@ -436,8 +438,8 @@ def fig8_rows(profile: str, n_tiles: int = 4, test_set: str = "test", D: dict | 
     """Fig. 8 layout from notebook 04's stored models: tile | ground truth | baseline | + each generator
     (seed ``seeds[0]`` of notebook 04; tiles with the most labels first). Loads the models and
     predicts; trains nothing. ``D``: notebook 04's data, if already loaded."""
-    from . import carcinonet as cn
-    from .params import Params
+    from discnb.pipelines import carcinonet as cn
+    from discnb.core.params import Params
     P04 = carcinonet_params(profile)
     runs = carcinonet_runs(P04)
     D = D if D is not None else carcinonet_data(P04)
@@ -451,7 +453,7 @@ def fig8_rows(profile: str, n_tiles: int = 4, test_set: str = "test", D: dict | 
 def fig8(profile: str, n_tiles: int = 4, test_sets=("test",)) -> dict:
     """Fig. 8 grids, one per test set (``test``: in-distribution, ``ood``), the data loaded once.
     A test set without tiles is left out (with a message) when another one has tiles."""
-    from .figures import image_grid
+    from discnb.plots import image_grid
     D = carcinonet_data(carcinonet_params(profile))
     out, errors = {}, []
     for ts in test_sets:
@@ -471,7 +473,7 @@ def fig8(profile: str, n_tiles: int = 4, test_sets=("test",)) -> dict:
 
 def carcinonet_table(profile: str) -> pd.DataFrame:
     """Notebook 04's metric table (mean ± std over seeds) from its ``results.csv``."""
-    from . import carcinonet as cn
+    from discnb.pipelines import carcinonet as cn
     root = require("fig8", profile) / "carcinonet"
     return cn.metric_table(cn.summarize(pd.read_csv(root / "results.csv")))
 
@@ -560,5 +562,5 @@ class Report:
                               or self.missing.get(n, "")} for n in self.wanted]).set_index("figure")
 
     def save(self, path: Path) -> Path:
-        from .prep import write_json
+        from discnb.pipelines.prep import write_json
         return write_json(Path(path), {"made": self.made, "missing": self.missing})

@@ -1,13 +1,13 @@
 """Slide-level grading with synthetic slides: the λ sweep of Eq. 4 (paper Sec. 2.4, Sec. 3, Fig. 6-7).
 
-Pipeline of notebook 05 (``python -m discnb.mil --params FILE`` runs the same from a terminal):
+Pipeline of notebook 05 (``python -m discnb.pipelines.mil --params FILE`` runs the same from a terminal):
 
-1. **Tile features** (:mod:`discnb.features`) of the real tiles (notebook 00's ``index.csv``), the
+1. **Tile features** (:mod:`discnb.grading.features`) of the real tiles (notebook 00's ``index.csv``), the
    out-of-distribution slides (notebook 00's ``ood_index.csv``, a generic tile folder, or PANDA
-   prepared by :mod:`discnb.panda`) and each generator's synthetic slides (notebook 03), cached per
+   prepared by :mod:`discnb.data.panda`) and each generator's synthetic slides (notebook 03), cached per
    (source, extractor).
 2. **Bags**: one per slide, its tiles in name order (TransMIL is order-sensitive, see
-   :mod:`discnb.transmil`), with the multi-label target of :func:`discnb.transmil.slide_targets`
+   :mod:`discnb.grading.transmil`), with the multi-label target of :func:`discnb.grading.transmil.slide_targets`
    (label i = 1 when it is the slide's primary or secondary pattern).
 3. **Runs**, for every CV fold (train = official train minus fold k, validation = fold k, patient-
    wise as SICAPv2's Val1..4) and seed: TransMIL on real slides (the baseline, λ = 0), Mixed
@@ -28,8 +28,8 @@ Pipeline of notebook 05 (``python -m discnb.mil --params FILE`` runs the same fr
    per generator chosen on validation** (plus, flagged, the λ that is best on each test set, which
    is how the paper's text reads its Fig. 6).
 
-Why not :func:`discnb.train.fit`: slides are bags of different sizes (20-100 synthetic tiles,
-any number of real ones), which :class:`~discnb.train.TensorData` cannot hold, and the official
+Why not :func:`discnb.core.train.fit`: slides are bags of different sizes (20-100 synthetic tiles,
+any number of real ones), which :class:`~discnb.core.train.TensorData` cannot hold, and the official
 recipe needs Lookahead(RAdam) and early stopping on a validation loss; so this module has a small
 plain loop (:func:`train_model`). Bags of equal size in one step are stacked into one forward pass
 (the only batching TransMIL allows without masks); with ``batch: 1`` it is the official
@@ -53,9 +53,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import K, LABELS
-from . import data, features, panda, paths, prep
-from .transmil import MixedSupervision, TransMIL, bce_loss, lookahead_radam, slide_targets
+from discnb import K, LABELS
+from discnb.data import sicap as data
+from discnb.grading import features
+from discnb.data import panda
+from discnb.core import paths
+from discnb.pipelines import prep
+from discnb.grading.transmil import MixedSupervision, TransMIL, bce_loss, lookahead_radam, slide_targets
 
 NOTEBOOK = "05_transmil_sweep"
 STAGE = "mil"
@@ -201,14 +205,14 @@ def _folder_fp(folder: Path) -> str:
 
 
 def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
-    """The extractor named by ``P.extractor['name']`` (see :mod:`discnb.features`)."""
+    """The extractor named by ``P.extractor['name']`` (see :mod:`discnb.grading.features`)."""
     E = P.extractor
     dev = str(device_of(P))
     if E["name"] in features.PRETRAINED:
         return features.pretrained_extractor(E["name"], E["path"], E.get("eval_batch", 64), dev)
     if E["name"] != "tilecnn":
         raise ValueError(f"extractor.name {E['name']!r} is not one of {list(features.EXTRACTORS)}")
-    from .train_ldm import prep_params
+    from discnb.pipelines.train_ldm import prep_params
     size = int(E.get("input_size") or prep_params(S["data_dir"])["image_size"])
     train = S["index"][(S["index"].split == "train") & S["index"].mask_path.astype(bool)]
     if train.empty:
@@ -731,7 +735,7 @@ def run(P, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .notebook import cli
+    from discnb.core.notebook import cli
     P, a = cli(NOTEBOOK, "mil", __doc__.split("\n\n")[0], out_dir, argv)
     res = run(P, progress=not a.no_progress)
     print(baseline_table(res["summary"]).to_string())

@@ -51,7 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import K, LABELS
+from discnb import K, LABELS
 
 # ================================================================================ Nyström attention
 

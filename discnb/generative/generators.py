@@ -4,8 +4,8 @@ tiles, tile sets, the SC/DISC comparison, the benchmark).
 A generator NAME maps to ``builder(ctx) -> (generator, fingerprint)``. The generator has
 ``generate(masks, seeds) -> (N,H,W,3) uint8`` (and ``latents``/``decode``, ``nfe``); the fingerprint
 changes whenever its weights or sampling settings do, and keys every cache of its tiles.
-"SD" is notebook 01's model (:class:`discnb.sampling.SDGenerator`); "SD-SC", "SD-DISC" and
-"SD-DISC-CoTrain" are registered by :mod:`discnb.disc` (notebook 02).
+"SD" is notebook 01's model (:class:`discnb.generative.sampling.SDGenerator`); "SD-SC", "SD-DISC" and
+"SD-DISC-CoTrain" are registered by :mod:`discnb.generative.disc` (notebook 02).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import params, paths
+from discnb.core import params
+
+from discnb.core import paths
 
 
 @dataclass
@@ -112,8 +114,8 @@ def check_ldm(ldir: Path, P01, image_size: int) -> dict:
 
 
 def _sd_like(ctx: GeneratorContext, name: str, condition: str | None) -> tuple:
-    from .sampling import SDGenerator
-    from .train_ldm import ablation_folder, load_trained
+    from discnb.generative.sampling import SDGenerator
+    from discnb.pipelines.train_ldm import ablation_folder, load_trained
     P01 = ldm_params(ctx.ldm_dir)
     check_ldm(ctx.ldm_dir, P01, ctx.image_size)
     model, vq = load_trained(P01, condition=condition)
@@ -153,7 +155,7 @@ def available() -> list[str]:
 def _load_plugins() -> None:
     """Generators defined in other modules register on import."""
     import importlib
-    for mod in ("discnb.disc",):
+    for mod in ("discnb.generative.disc",):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -68,7 +68,7 @@ another generator fingerprint (retrained weights, other steps) is *stale*: with 
 files are deleted and it is generated afresh, otherwise it is an error that names the folder. One
 process per generator folder at a time.
 
-From a terminal: ``python -m discnb.tilesets --params params/demo/03_tile_sets.yaml``.
+From a terminal: ``python -m discnb.pipelines.tilesets --params params/demo/03_tile_sets.yaml``.
 """
 
 from __future__ import annotations
@@ -88,8 +88,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import K, LABELS, params, paths, prep, shapes
-from .generators import GeneratorContext, build_generator, hash_tree
+from discnb import K, LABELS
+
+from discnb.core import params
+
+from discnb.core import paths
+
+from discnb.pipelines import prep
+
+from discnb.data import shapes
+from discnb.generative.generators import GeneratorContext, build_generator, hash_tree
 
 NOTEBOOK = "03_tile_sets"
 STAGE = "tilesets"
@@ -597,7 +605,7 @@ def out_dir(P) -> Path:
 
 def load_inputs(P) -> dict:
     """Notebook 00's index, shape-map library (+ its fingerprint) and tile size."""
-    from .train_ldm import prep_params
+    from discnb.pipelines.train_ldm import prep_params
     ddir = data_dir(P)
     lib_path = ddir / "shape_maps.npz"
     lib = library_info(shapes.load_library(lib_path))
@@ -684,7 +692,7 @@ def mosaic(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndar
 def figure_rows(P, generators, n_slides: int, max_tiles: int) -> tuple[dict, list[str]]:
     """Rows for the figure: per slide (columns) its mask mosaic, then each generator's tile mosaic.
     Slides are the plan's first ones with distinct primary grades where possible."""
-    from .figures import colorize
+    from discnb.plots import colorize
     m0, load0 = load_tileset(out_dir(P), generators[0])
     picks = m0.drop_duplicates("primary").slide_id.tolist()
     picks = (picks + [s for s in m0.slide_id if s not in picks])[:n_slides]
@@ -713,7 +721,7 @@ def run(P, progress: bool = True) -> dict:
 
 
 def main(argv=None) -> int:
-    from .notebook import cli
+    from discnb.core.notebook import cli
     P, a = cli(NOTEBOOK, "tilesets", "Generate synthetic tile sets (notebook 03) from a terminal.", out_dir, argv)
     out = run(P, progress=not a.no_progress)
     print(out["plan"].table.to_string())

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 @torch.no_grad()
 def encoder_features(model, imgs: np.ndarray, batch_size: int = 64, device="cpu") -> np.ndarray:
     """(N,H,W,3) uint8 -> (N, D) features from a CarcinoNet's encoder (two deepest levels, GAP)."""
-    from .carcinonet import to_chw, to_unit
+    from discnb.pipelines.carcinonet import to_chw, to_unit
     model = model.eval().to(device)
     out = []
     for s in range(0, len(imgs), batch_size):

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .data import GRADE_TO_LABEL, MASK_VALUES
+from discnb.data.sicap import GRADE_TO_LABEL, MASK_VALUES
 
 __all__ = [
     "make_demo_sicap",
@@ -960,7 +960,7 @@ def _write_partition(root, train_rows, test_rows, folds):
 
 # --------------------------------------------------------------------------- make dataset
 def _params(n_patients, tiles_per_slide, tile_size, seed, domain, test_fraction):
-    return {"generator": "discnb.demo_data", "version": GENERATOR_VERSION,
+    return {"generator": "discnb.data.demo", "version": GENERATOR_VERSION,
             "n_patients": int(n_patients), "tiles_per_slide": int(tiles_per_slide),
             "tile_size": int(tile_size), "seed": int(seed), "domain": str(domain),
             "test_fraction": float(test_fraction)}

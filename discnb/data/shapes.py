@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import K
-from .data import load_mask
+from discnb import K
+from discnb.data.sicap import load_mask
 
 
 def freq_relabel(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

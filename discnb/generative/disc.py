@@ -21,10 +21,10 @@ only on its number, so a resumed run writes exactly what an uninterrupted one wo
 
 where each batch item takes a stored set and a random mask (a shape map of notebook 00's library
 with random distinct labels on its ranks) and fuses z_0^mixed with Eq. 2. SD-DISC-CoTrain
-averages L_LDM on real tiles and L_DISC. Both run through :func:`discnb.train.fit` (accelerate,
+averages L_LDM on real tiles and L_DISC. Both run through :func:`discnb.core.train.fit` (accelerate,
 EMA, checkpoints, resume): there is no second training loop.
 
-The generators "SD-SC", "SD-DISC" and "SD-DISC-CoTrain" register in :mod:`discnb.generators`.
+The generators "SD-SC", "SD-DISC" and "SD-DISC-CoTrain" register in :mod:`discnb.generative.generators`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import K, generators
-from .ldm import check_mask, ldm_loss, make_condition
-from .sampling import SDGenerator, denoise, initial_noise
-from .train import TensorData
+from discnb import K
+
+from discnb.generative import generators
+from discnb.generative.ldm import check_mask, ldm_loss, make_condition
+from discnb.generative.sampling import SDGenerator, denoise, initial_noise
+from discnb.core.train import TensorData
 
 
 # ================================================================================ Eq. 2
@@ -278,7 +280,7 @@ def _sc_generator(ctx: generators.GeneratorContext) -> tuple:
 
 def _finetuned(name: str, sub: str):
     def builder(ctx: generators.GeneratorContext) -> tuple:
-        from .ldm import MaskLDM
+        from discnb.generative.ldm import MaskLDM
         sd, key = generators.build_generator("SD", ctx)
         folder = disc_dir(ctx.ldm_dir) / sub / "best"
         if not (folder / "ldm.json").exists():

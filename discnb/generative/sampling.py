@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from .autoencoder import decode, to_uint8
-from .ldm import BETA_END, BETA_SCHEDULE, BETA_START, T_TRAIN, MaskLDM, check_mask, make_condition
+from discnb.generative.autoencoder import decode, to_uint8
+from discnb.generative.ldm import BETA_END, BETA_SCHEDULE, BETA_START, T_TRAIN, MaskLDM, check_mask, make_condition
 
 SCHEDULERS = ("ddim", "dpm++")
 

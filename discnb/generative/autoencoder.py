@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import VQModel
 
-from .ldm import _groups
+from discnb.generative.ldm import _groups
 
 LDM_VQ_F4 = {"channels": [128, 256, 512], "layers_per_block": 2, "n_embed": 8192}
 

@@ -1,7 +1,7 @@
 """SICAPv2 on disk -> a tile index (paper Sec. 3, "Training Latent Diffusion Models").
 
 Reads the real SICAPv2 folder or the built-in demo one (same layout; see
-``discnb.demo_data``)::
+``discnb.data.demo``)::
 
     root/images/<name>.jpg        root/masks/<stem>.png (v2) or .jpg (v1, lossy)
     root/wsi_labels.xlsx          slide_id, patient_id, Gleason_primary, Gleason_secondary
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from . import LABELS
+from discnb import LABELS
 
 log = logging.getLogger(__name__)
 

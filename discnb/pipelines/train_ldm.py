@@ -1,7 +1,7 @@
-"""Train the first stage and SD (paper Sec. 2.1, Eq. 1): ``python -m discnb.train_ldm``.
+"""Train the first stage and SD (paper Sec. 2.1, Eq. 1): ``python -m discnb.pipelines.train_ldm``.
 
-    python -m discnb.train_ldm --params params/demo/01_train_ldm.yaml
-    accelerate launch --config_file params/accelerate/multi_gpu.yaml -m discnb.train_ldm --params params/paper/01_train_ldm.yaml
+    python -m discnb.pipelines.train_ldm --params params/demo/01_train_ldm.yaml
+    accelerate launch --config_file params/accelerate/multi_gpu.yaml -m discnb.pipelines.train_ldm --params params/paper/01_train_ldm.yaml
 
 Notebook 01 calls :func:`run` in-process with the same parameters. Every stage resumes: a
 finished first stage is reused, SD continues from its latest checkpoint (``resume: latest``).
@@ -17,9 +17,13 @@ import numpy as np
 import torch
 import yaml
 
-from . import autoencoder as ae
-from . import data, ldm, params, paths, prep
-from .train import FitConfig, TensorData, fit
+from discnb.generative import autoencoder as ae
+from discnb.data import sicap as data
+from discnb.generative import ldm
+from discnb.core import params
+from discnb.core import paths
+from discnb.pipelines import prep
+from discnb.core.train import FitConfig, TensorData, fit
 
 NOTEBOOK = "01_train_ldm"
 
@@ -201,8 +205,8 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
                   inputs: dict | None = None) -> dict:
     """SD samples for ``n`` validation masks (two seeds each), timed: rows for a figure + numbers."""
     import time
-    from .figures import colorize
-    from .sampling import SDGenerator
+    from discnb.plots import colorize
+    from discnb.generative.sampling import SDGenerator
     src, model, vq = _inputs(P, inputs, which)
     rng = np.random.default_rng(seed)
     n_labels = np.array([len(np.unique(m)) for m in src["masks"]])
@@ -229,7 +233,7 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
 
 def conditioning_report(P, n: int = 256, which: str = "best", inputs: dict | None = None,
                         models: dict | None = None):
-    """:func:`discnb.ldm.conditioning_gap` of SD (or of each of ``models``, name -> MaskLDM on SD's
+    """:func:`discnb.generative.ldm.conditioning_gap` of SD (or of each of ``models``, name -> MaskLDM on SD's
     latents, e.g. the fine-tuned ones) on the same up to ``n`` validation latents, encoded once:
     does the noise prediction use the mask? (A relative gap near 0 means it ignores tau_theta.)"""
     import pandas as pd
@@ -246,7 +250,7 @@ def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed:
     ``n`` sampled latents (validation masks, seeded noise) next to those of the real validation
     latents. A model whose DDIM trajectories drift (the demo's eps-U-Net: ~4x the std) decodes to
     flat or saturated tiles whatever the mask; see README "Does SD follow the mask?"."""
-    from .sampling import SDGenerator
+    from discnb.generative.sampling import SDGenerator
     src, model, vq = _inputs(P, inputs, which)
     real = ae.encode(vq, ae.to_tensor(src["imgs"][:max(n, 64)])) * model.latent_scale
     gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=n)
@@ -259,8 +263,8 @@ def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .notebook import cli
-    from .train import process_state
+    from discnb.core.notebook import cli
+    from discnb.core.train import process_state
 
     def is_main(P):
         return process_state(P.device == "cpu").is_main_process

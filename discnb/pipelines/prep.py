@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import data, paths, shapes
+from discnb.data import sicap as data
+
+from discnb.core import paths
+
+from discnb.data import shapes
 
 
 def dataset_root(spec: str, out: Path, *, name: str, domain: str, seed: int, patients: int,
@@ -16,7 +20,7 @@ def dataset_root(spec: str, out: Path, *, name: str, domain: str, seed: int, pat
     """``spec`` "demo" -> the built-in procedural SICAPv2-layout dataset (made once, cached under
     ``out/name``); anything else is a path to a real SICAPv2-layout folder."""
     if spec == "demo":
-        from .demo_data import make_demo_sicap
+        from discnb.data.demo import make_demo_sicap
         return make_demo_sicap(out / name, n_patients=patients, tiles_per_slide=tiles_per_slide,
                                tile_size=tile_size, seed=seed, domain=domain, progress=progress)
     return data.check_layout(paths.resolve(spec))
@@ -53,7 +57,7 @@ def overview_rows(index: pd.DataFrame, lib: dict, n: int, size: int, seed: int) 
 
     Picks a spread of tiles: every majority label, multi-label masks first.
     """
-    from .figures import overlay
+    from discnb.plots import overlay
     rng = np.random.default_rng(seed)
     tr = index[(index.split == "train") & index.mask_path.astype(bool)]
     n_labels = (tr[list(data.FRACTION_COLUMNS)] > 0).sum(1)

@@ -1,14 +1,14 @@
 """Notebook 02's pipeline: DISC data, SD-DISC / SD-DISC-CoTrain fine-tuning, and the measured
 comparison of SD, SD-SC, SD-DISC and SD-DISC-CoTrain (paper Sec. 2.3, Fig. 4-5).
 
-    python -m discnb.sc_disc --params params/demo/02_sc_disc.yaml
-    accelerate launch --config_file params/accelerate/multi_gpu.yaml -m discnb.sc_disc --params ... --stage finetune
+    python -m discnb.pipelines.sc_disc --params params/demo/02_sc_disc.yaml
+    accelerate launch --config_file params/accelerate/multi_gpu.yaml -m discnb.pipelines.sc_disc --params ... --stage finetune
 
 The paper shows pictures only; we measure, on fixed held-out validation masks (real annotation
 shapes, multi-label ones first) with the same seeds for every model:
 - mask adherence: the pattern judge's (notebook 04's real-only CarcinoNet) segmentation of each
   tile against its guiding mask, IoU per class and mean;
-- realism: KID to real validation tiles on the judge encoder's features (:mod:`discnb.realism`);
+- realism: KID to real validation tiles on the judge encoder's features (:mod:`discnb.grading.realism`);
 - cost: UNet evaluations and wall time per tile.
 Mean ± std over seeds. Outputs go to ``outputs/<profile>/disc/``.
 """
@@ -24,8 +24,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import LABELS, carcinonet as cn, disc, generators, params, paths, prep, realism, shapes
-from .train import TensorData, fit
+from discnb import LABELS
+
+from discnb.pipelines import carcinonet as cn
+
+from discnb.generative import disc
+
+from discnb.generative import generators
+
+from discnb.core import params
+
+from discnb.core import paths
+
+from discnb.pipelines import prep
+
+from discnb.grading import realism
+
+from discnb.data import shapes
+from discnb.core.train import TensorData, fit
 
 NOTEBOOK = "02_sc_disc"
 MODELS = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain")
@@ -75,8 +91,9 @@ def make_disc_data(P, progress: bool = True) -> dict:
 def finetune(P, variant: str, data: dict, progress: bool = True) -> dict:
     """SD-DISC (Eq. 3 only) or SD-DISC-CoTrain (mean of L_LDM on real tiles and L_DISC), both
     starting from SD's best weights, through the project's one training loop."""
-    from . import autoencoder as ae
-    from . import ldm, train_ldm
+    from discnb.generative import autoencoder as ae
+    from discnb.generative import ldm
+    from discnb.pipelines import train_ldm
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
     P01 = generators.ldm_params(ldm_dir(P))
@@ -141,7 +158,7 @@ def load_judge(P):
 
 def compare(P, progress: bool = True) -> dict:
     """Sample every model on the same masks and seeds; judge, KID, cost. Returns tidy rows + samples."""
-    from . import train_ldm
+    from discnb.pipelines import train_ldm
     from tqdm.auto import tqdm
     P01 = generators.ldm_params(ldm_dir(P))
     split = train_ldm.load_split(P01, progress=False)
@@ -184,10 +201,10 @@ def compare(P, progress: bool = True) -> dict:
 
 
 def conditioning(P, n: int = 256) -> pd.DataFrame:
-    """:func:`discnb.train_ldm.conditioning_report` of SD and of each fine-tuned model on the same
+    """:func:`discnb.pipelines.train_ldm.conditioning_report` of SD and of each fine-tuned model on the same
     real validation latents: how much each model's noise prediction depends on the mask at all."""
-    from . import train_ldm
-    from .ldm import MaskLDM
+    from discnb.pipelines import train_ldm
+    from discnb.generative.ldm import MaskLDM
     P01 = generators.ldm_params(ldm_dir(P))
     inputs = train_ldm.report_inputs(P01)
     folders = {v: out_dir(P) / VARIANTS[v] / "best" for v in VARIANTS if v in P.models}
@@ -266,7 +283,7 @@ def load_samples(folder: str | Path) -> dict:
 
 def figure_rows(cmp: dict, n: int) -> tuple[dict, list]:
     """Fig. 5 layout as columns: real | mask | SD | SD-SC | SD-DISC | SD-DISC-CoTrain (one row per mask)."""
-    from .figures import colorize
+    from discnb.plots import colorize
     cols = {"real": list(cmp["real"][:n]), "mask": [colorize(m) for m in cmp["masks"][:n]]}
     cols |= {m: list(t[:n]) for m, t in cmp["samples"].items()}
     # image_grid wants rows: one per mask
@@ -275,8 +292,8 @@ def figure_rows(cmp: dict, n: int) -> tuple[dict, list]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .notebook import cli
-    from .train import process_state
+    from discnb.core.notebook import cli
+    from discnb.core.train import process_state
 
     def is_main(P):
         return process_state(P.device == "cpu").is_main_process

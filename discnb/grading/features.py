@@ -18,7 +18,7 @@ and, because none of those can be downloaded on the project's machines, an offli
                        (w, 2w, 4w, 8w)) trained **here, on the official training split only**
                        (never the test split or the out-of-distribution set), to predict each
                        tile's mask label fractions (soft cross-entropy), with
-                       :func:`discnb.train.fit`; its features are the 8w-d global-pooled
+                       :func:`discnb.core.train.fit`; its features are the 8w-d global-pooled
                        penultimate layer. It sees the tiles of the CV validation folds (tile
                        labels only; the slide labels the MIL models learn are never used), so
                        validation numbers are slightly optimistic; test and OOD numbers are not
@@ -43,7 +43,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import K, paths
+from discnb import K
+
+from discnb.core import paths
 
 LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
 LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
@@ -203,8 +205,8 @@ def tilecnn_extractor(cfg: dict, out: Path, train_tiles: Callable[[], tuple[np.n
     in ``<out>/extractors/tilecnn-<hash>/`` (``final/model.safetensors`` + ``done.json``)."""
     from safetensors.torch import load_file, save_file
 
-    from .autoencoder import dihedral
-    from .train import FitConfig, TensorData, fit
+    from discnb.generative.autoencoder import dihedral
+    from discnb.core.train import FitConfig, TensorData, fit
 
     sig = {"version": TILECNN_VERSION, "width": int(cfg.get("width", 16)), "epochs": int(cfg.get("epochs", 3)),
            "batch": int(cfg.get("batch", 32)), "lr": float(cfg.get("lr", 1e-3)), "seed": int(cfg.get("seed", 0)),
@@ -303,7 +305,7 @@ def cached_features(ext: Extractor, out: Path, source: str, fingerprint: str,
 def index_chunks(index, size: int, chunk: int = 256) -> Callable[[], Iterator[tuple[list[str], np.ndarray]]]:
     """Chunks of (image names, tiles) of a tile index (prep.read_index / the generic tile folder),
     loaded at ``size`` px so that all of them are never in memory at once."""
-    from . import data
+    from discnb.data import sicap as data
 
     def gen():
         for s in range(0, len(index), chunk):

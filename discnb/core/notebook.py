@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import params as _params
-from . import paths
+from discnb.core import params as _params
+from discnb.core import paths
 
 # Notebook -> its folder under outputs/<profile>/ (see the architecture table in README).
 STAGES = {
@@ -123,7 +123,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "failed":
         print(failed_cell(sys.argv[2]))
     else:
-        print("usage: python -m discnb.notebook failed EXECUTED.ipynb", file=sys.stderr)
+        print("usage: python -m discnb.core.notebook failed EXECUTED.ipynb", file=sys.stderr)
         sys.exit(2)
 
 

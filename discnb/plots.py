@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import LABELS
+from discnb import LABELS
 
 # The paper's label colours (Fig. 5): NC green, GG3 blue, GG4 yellow, GG5 red.
 PALETTE = np.array([[46, 160, 67], [31, 119, 230], [240, 200, 30], [220, 40, 40]], np.uint8)
@@ -67,7 +67,7 @@ def loss_curves(panels: dict[str, str | Path], smooth: int = 1, ylabel: str = "l
     (panel title -> run folder), or one shared panel when ``title`` is given. Folders without a
     ``metrics.csv`` (a first stage loaded from ``autoencoder.path``) are left out."""
     import matplotlib.pyplot as plt
-    from .train import read_metrics
+    from discnb.core.train import read_metrics
     panels = {k: v for k, v in panels.items() if (Path(v) / "metrics.csv").exists()}
     if not panels:
         raise FileNotFoundError("no metrics.csv in any of the run folders: nothing was trained here")

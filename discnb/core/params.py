@@ -3,7 +3,7 @@
 Each notebook's cell tagged ``parameters`` holds the smoke defaults as plain literals, one per
 line with a comment. That cell is the schema: ``params/<profile>/NN_name.yaml`` may only override
 keys it defines, with values of the same type. papermill only *warns* about unknown parameters,
-so the check happens here, both before a notebook runs (``python -m discnb.params check``, used
+so the check happens here, both before a notebook runs (``python -m discnb.core.params check``, used
 by ``run_all.sh``) and inside the notebook's setup cell (:func:`from_globals`).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from . import paths
+from discnb.core import paths
 
 
 class ParamError(ValueError):
@@ -173,7 +173,7 @@ def from_globals(name: str, g: dict) -> Params:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m discnb.params",
+    ap = argparse.ArgumentParser(prog="python -m discnb.core.params",
                                  description="Check parameter files against notebooks' parameters cells.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="validate NOTEBOOK_NAME against a YAML file")

@@ -21,7 +21,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from . import K
+from discnb import K
 
 T_TRAIN = 1000
 BETA_START, BETA_END, BETA_SCHEDULE = 0.0015, 0.0195, "scaled_linear"
