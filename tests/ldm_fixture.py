@@ -19,14 +19,16 @@ TINY = {
     "autoencoder": {"path": "", "channels": [8, 16, 16], "layers_per_block": 1, "n_embed": 32, "steps": 4,
                     "batch": 4, "lr": 0.001, "scale_lr": False},
     "unet": {"channels": [16, 32], "attention": [True, True], "layers_per_block": 1, "head_channels": 16,
-             "transformer_layers": 1, "context_dim": 16, "token_side": 4, "tau_channels": [8, 16]},
+             "transformer_layers": 1, "context_dim": 16, "token_side": 4, "tau_channels": [8, 16],
+             "concat_mask": False, "prediction": "eps"},
     "sd": {"steps": 6, "batch": 4, "grad_accum": 1, "lr": 0.001, "scale_lr": False, "ema_decay": 0.99},
+    "ablation_steps": 0,
     "sample_steps": 3, "n_samples": 2,
 }
 
 
 def tiny_model(condition: str = "pixel", image_size: int = 32, **options) -> ldm.MaskLDM:
-    """An untrained MaskLDM of TINY's U-Net for f = 4 latents (``options``: pos_channels, concat_mask, prediction)."""
+    """An untrained MaskLDM of TINY's U-Net for f = 4 latents (``options``: concat_mask, prediction)."""
     return ldm.MaskLDM.from_config({**TINY["unet"], "condition": condition, **options}, image_size, image_size // 4)
 
 

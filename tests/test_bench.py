@@ -8,14 +8,16 @@ import shutil
 import numpy as np
 import pytest
 
-from discnb.pipelines import bench
-from discnb.pipelines import carcinonet as cn
+from discnb.pipelines import bench, sc_disc
 from discnb.core import params
 from discnb.pipelines import train_ldm
 from discnb.core.notebook import record
 from ldm_fixture import prepared
 
 TINY_CN = {"encoder": "resnet18", "encoder_width": 8, "encoder_path": "", "decoder_channels": 16, "pool_grids": [1, 2, 3]}
+TINY_JUDGE = {"seed": 0, "input": "first_stage", "model": TINY_CN,
+              "train": {"steps": 2, "batch": 4, "lr": 0.001, "weight_decay": 0.0001, "warmup_steps": 0, "ema_decay": 0.0,
+                        "validate_every": 0, "focal_gamma": 2.0, "dice_weight": 1.0, "jitter": 0.05}}
 pytestmark = pytest.mark.filterwarnings("ignore:.*sampled latents are far out of range")
 
 FAST = bench.Settings(n_tiles=2, n_adherence=3, steps=3, dpm_steps=2, sc_labels=(1, 2, 4), batch_size=4,
@@ -24,15 +26,13 @@ FAST = bench.Settings(n_tiles=2, n_adherence=3, steps=3, dpm_steps=2, sc_labels=
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny trained LDM folder (as notebook 01 leaves it), an SD-DISC beside it, a pattern judge and
-    notebook-04 parameters with a tiny CarcinoNet."""
+    """A tiny trained LDM folder and pattern judge (as notebook 01's training steps leave them), an
+    SD-DISC beside them and notebook-04 parameters with a tiny CarcinoNet."""
     tmp = tmp_path_factory.mktemp("bench")
-    P = params.check_file("01_train_ldm", prepared(tmp))
+    P = params.check_file("01_train_ldm", prepared(tmp, judge=TINY_JUDGE))
     record(tmp / "ldm", P, "01_train_ldm")
-    train_ldm.run(P, progress=False)
+    train_ldm.train(P, progress=False)
     shutil.copytree(tmp / "ldm" / "sd" / "best", tmp / "disc" / "sd-disc" / "best")  # stands in for notebook 02's
-    cn.save_model(cn.build_model(TINY_CN), tmp / "judge" / "model")
-    (tmp / "judge" / "judge.json").write_text(json.dumps({"input": "real", "scored_on": "val"}))
     p04 = tmp / "04.yaml"
     p04.write_text(json.dumps({"model": TINY_CN, "lams": [0.5]}))
     return tmp
@@ -84,3 +84,10 @@ def test_cli_untrained_writes_json_and_skips_adherence(trained, tmp_path):
 def test_missing_ldm_names_notebook_01(tmp_path):
     with pytest.raises(FileNotFoundError, match="01_train_ldm"):
         bench.run("smoke", FAST, ldm_dir=tmp_path / "nothing", progress=False)
+
+
+def test_a_missing_judge_says_run_notebook_01(tmp_path):
+    """Notebook 02 (and the benchmark) read the judge notebook 01 stored; none there names notebook 01."""
+    P02 = params.validate("02_sc_disc", {"ldm_dir": str(tmp_path / "ldm")})
+    with pytest.raises(FileNotFoundError, match="01_train_ldm"):
+        sc_disc.load_judge(P02)

@@ -1,4 +1,5 @@
-"""CarcinoNet (Sec. 2.4): model, losses, Eq. 4, metrics, the pattern judge, synthetic-tile plumbing."""
+"""CarcinoNet (Sec. 2.4): model, losses, Eq. 4 in the training loss, augmentation, one training run,
+and notebook 04's pipeline (synthetic-tile plumbing, run cache, evaluation, the Fig. 8 file)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,22 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+import timm
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from discnb import LABELS, K
-
+from discnb.core import params, paths
+from discnb.generative import generators
+from discnb.generative.checkpoints import check_ldm, ldm_params
+from discnb.grading import carcinonet as gc
+from discnb.grading.eq4 import check_lam
+from discnb.grading.metrics import confusion, metrics_from_confusion
 from discnb.pipelines import carcinonet as cn
-
-from discnb.core import params
+from ldm_fixture import prepared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +32,7 @@ TINY_MODEL = {"encoder": "resnet18", "encoder_width": 8, "encoder_path": "", "de
 
 def tiny():
     torch.manual_seed(0)
-    return cn.build_model(TINY_MODEL)
+    return gc.build_model(TINY_MODEL)
 
 
 class Stub(torch.nn.Module):
@@ -36,7 +44,7 @@ class Stub(torch.nn.Module):
         self.conv = torch.nn.Conv2d(3, K, 1)
 
     def forward(self, x):
-        return self.conv(cn.to_unit(x))
+        return self.conv(gc.to_unit(x))
 
 
 def toy_batch(n=2, size=16, seed=0):
@@ -67,57 +75,55 @@ def test_architecture_parts():
     assert m.encoder.feature_info.channels() == [8, 8, 16, 32, 64]  # width 8: deep stem 8, stages 8..64
     assert len(m.lateral) == len(m.blocks) == 4
     with pytest.raises(ValueError, match="encoder_width"):
-        cn.build_model({**TINY_MODEL, "encoder_width": 7})
+        gc.build_model({**TINY_MODEL, "encoder_width": 7})
     with pytest.raises(ValueError, match="cannot build encoder 'resnet_nope'"):
-        cn.build_model({**TINY_MODEL, "encoder": "resnet_nope"})
+        gc.build_model({**TINY_MODEL, "encoder": "resnet_nope"})
 
 
 def test_save_load_roundtrip(tmp_path):
     m = tiny().eval()
-    cn.save_model(m, tmp_path / "m")
-    m2 = cn.load_model(tmp_path / "m")
+    gc.save_model(m, tmp_path / "m")
+    m2 = gc.load_model(tmp_path / "m")
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
     with pytest.raises(FileNotFoundError, match="04_carcinonet"):
-        cn.load_model(tmp_path / "absent")
+        gc.load_model(tmp_path / "absent")
 
 
 def test_encoder_weights_from_a_local_file(tmp_path):
-    import timm
-    from safetensors.torch import save_file
     full = timm.create_model("resnet18", pretrained=False, channels=(8, 16, 32, 64), stem_type="deep", stem_width=4)
     save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(tmp_path / "enc.safetensors"))
-    m = cn.build_model({**TINY_MODEL, "encoder_path": str(tmp_path / "enc.safetensors")})
+    m = gc.build_model({**TINY_MODEL, "encoder_path": str(tmp_path / "enc.safetensors")})
     assert torch.equal(m.encoder.state_dict()["conv1.0.weight"], full.state_dict()["conv1.0.weight"])
     other = timm.create_model("resnet18", pretrained=False)
     torch.save(other.state_dict(), tmp_path / "other.pth")
     with pytest.raises(ValueError, match="does not fit the encoder"):
-        cn.build_model({**TINY_MODEL, "encoder_path": str(tmp_path / "other.pth")})
+        gc.build_model({**TINY_MODEL, "encoder_path": str(tmp_path / "other.pth")})
     with pytest.raises(FileNotFoundError, match="encoder_path"):
-        cn.build_model({**TINY_MODEL, "encoder_path": str(tmp_path / "missing.pth")})
+        gc.build_model({**TINY_MODEL, "encoder_path": str(tmp_path / "missing.pth")})
 
 
 # ------------------------------------------------------------------------------------ losses
 def test_focal_loss_known_values():
     y = torch.zeros(1, 2, 2, dtype=torch.long)
     uniform = torch.zeros(1, K, 2, 2)
-    assert cn.focal_loss(uniform, y, gamma=2.0).item() == pytest.approx(0.75 ** 2 * math.log(4), rel=1e-6)
-    assert cn.focal_loss(uniform, y, gamma=0.0).item() == pytest.approx(math.log(4), rel=1e-6)  # = cross-entropy
+    assert gc.focal_loss(uniform, y, gamma=2.0).item() == pytest.approx(0.75 ** 2 * math.log(4), rel=1e-6)
+    assert gc.focal_loss(uniform, y, gamma=0.0).item() == pytest.approx(math.log(4), rel=1e-6)  # = cross-entropy
     perfect = 30 * torch.nn.functional.one_hot(y, K).permute(0, 3, 1, 2).float()
-    assert cn.focal_loss(perfect, y).item() < 1e-12
+    assert gc.focal_loss(perfect, y).item() < 1e-12
 
 
 def test_dice_loss_known_values():
     y = torch.randint(0, K, (2, 8, 8))
     perfect = 30 * torch.nn.functional.one_hot(y, K).permute(0, 3, 1, 2).float()
-    assert cn.dice_loss(perfect, y).item() < 1e-4
+    assert gc.dice_loss(perfect, y).item() < 1e-4
     # everything predicted as class 1 where the truth is class 0: Dice ~ 1/17 for classes 0 and 1,
     # 1 for the classes in neither (smoothing eps = 1)
     t = torch.zeros(1, 4, 4, dtype=torch.long)
     wrong = 30 * torch.nn.functional.one_hot(torch.ones_like(t), K).permute(0, 3, 1, 2).float()
     expected = 1 - (2 / 17 + 2) / 4
-    assert cn.dice_loss(wrong, t).item() == pytest.approx(expected, abs=1e-4)
+    assert gc.dice_loss(wrong, t).item() == pytest.approx(expected, abs=1e-4)
 
 
 def test_one_batch_overfit_reaches_near_zero_loss():
@@ -129,7 +135,7 @@ def test_one_batch_overfit_reaches_near_zero_loss():
     y[1, :, 20:] = 2
     m = tiny()
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    loss_fn = cn.make_loss(0.0)
+    loss_fn = gc.make_loss(0.0)
     first = None
     for _ in range(120):
         loss = loss_fn(m, {"image": x, "mask": y})
@@ -140,36 +146,52 @@ def test_one_batch_overfit_reaches_near_zero_loss():
     assert first > 1.0 and loss.item() < 0.05, (first, loss.item())
 
 
-# ------------------------------------------------------------------------------------ Eq. 4
-def test_balance_is_exactly_eq4():
-    a, b = torch.tensor(2.0, dtype=torch.float64), torch.tensor(10.0, dtype=torch.float64)
-    for lam in (0.0, 0.25, 0.9):
-        assert cn.balance(a, b, lam).item() == pytest.approx((1 - lam) * 2 + lam * 10, abs=0)
-
-
-def test_loss_weighting_real_and_synthetic():
+# --------------------------------------------------------------------- Eq. 4 in the training loss
+def test_training_loss_is_eq4_of_its_real_and_synthetic_parts():
+    """make_loss (what fit minimises) on a batch drawn by MixedData, the training data of a run with
+    lambda > 0, against its real and synthetic parts computed through the model."""
     model = Stub()
-    x, y = toy_batch(2, 16, 0)
-    xs, ys = toy_batch(3, 16, 1)
-    a = cn.seg_loss(model(x), y)
-    b = cn.seg_loss(model(xs), ys)
-    batch = {"image": x, "mask": y, "syn_image": xs, "syn_mask": ys}
+    x, y = toy_batch(4, 16, 0)
+    xs, _ = toy_batch(3, 16, 1)
+    ys = torch.full((3, 16, 16), 2, dtype=torch.uint8)  # synthetic tiles all GG4: a loss unlike the real one
+    d = gc.MixedData({"image": x, "mask": y}, {"image": xs, "mask": ys})
+    torch.manual_seed(3)
+    batch = d.batch(torch.tensor([0, 2]))
+    a = gc.seg_loss(model(batch["image"]), batch["mask"])
+    b = gc.seg_loss(model(batch["syn_image"]), batch["syn_mask"])
+    assert abs(a.item() - b.item()) > 0.05  # the two parts differ, so a wrong weighting shows
     for lam in (0.1, 0.5, 0.9):
-        got = cn.make_loss(lam)(model, batch)
+        got = gc.make_loss(lam)(model, batch)
         assert got.item() == pytest.approx(((1 - lam) * a + lam * b).item(), rel=1e-6, abs=1e-7)
     # lambda = 0 ignores the synthetic half entirely (even NaN images would not reach the loss)
-    nan_batch = dict(batch, syn_image=torch.full((3, 3, 16, 16), float("nan")))
-    assert cn.make_loss(0.0)(model, nan_batch).item() == pytest.approx(a.item(), rel=1e-7)
+    nan_batch = dict(batch, syn_image=torch.full((2, 3, 16, 16), float("nan")))
+    assert gc.make_loss(0.0)(model, nan_batch).item() == pytest.approx(a.item(), rel=1e-7)
     # no synthetic keys (validation): the real loss
-    assert cn.make_loss(0.5)(model, {"image": x, "mask": y}).item() == pytest.approx(a.item(), rel=1e-7)
+    assert gc.make_loss(0.5)(model, {"image": batch["image"], "mask": batch["mask"]}).item() == \
+        pytest.approx(a.item(), rel=1e-7)
+
+
+def test_training_run_uses_synthetic_tiles_exactly_when_lambda_positive(tmp_path):
+    """Synthetic masks with an impossible label: harmless at lambda = 0 (never drawn), an error at
+    lambda > 0 (the training loss reads them)."""
+    D = tiny_data(4)
+    bad = (D["train"]["imgs"][:2], np.full((2, 32, 32), 200, np.uint8))
+    recipe = {"model": TINY_MODEL, "train": dict(tiny_params(tmp_path).train, steps=1)}
+    tiles = (D["train"]["imgs"], D["train"]["masks"]), (D["val"]["imgs"], D["val"]["masks"])
+    fit = gc.train_carcinonet(tmp_path / "a", recipe, *tiles, 0, synth=bad, lam=0.0, progress=False)
+    assert fit["steps"] == 1
+    with pytest.raises((RuntimeError, IndexError)):
+        gc.train_carcinonet(tmp_path / "b", recipe, *tiles, 0, synth=bad, lam=0.5, progress=False)
+    with pytest.raises(ValueError, match="synthetic tiles"):
+        gc.train_carcinonet(tmp_path / "c", recipe, *tiles, 0, lam=0.5, progress=False)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), float("inf"), True, "0.5", None])
 def test_lambda_outside_0_1_is_rejected(bad):
     with pytest.raises(ValueError, match=r"lambda \(balance weight of Eq. 4\)"):
-        cn.check_lam(bad)
+        check_lam(bad)
     with pytest.raises(ValueError, match="balance weight"):
-        cn.make_loss(bad)
+        gc.make_loss(bad)
     with pytest.raises(ValueError, match="balance weight"):
         cn.spec("SD", bad, 0)
 
@@ -177,7 +199,7 @@ def test_lambda_outside_0_1_is_rejected(bad):
 def test_lambda_zero_is_the_baseline_run():
     assert cn.spec("SD", 0.0, 3) == cn.spec(None, 0.0, 3)
     assert cn.spec("SD", 0.3, 3).tag == "SD-lam0.3" and cn.spec(None, 0, 1).tag == "real"
-    assert cn.check_lam(0) == 0.0 and cn.check_lam(0.95) == 0.95
+    assert check_lam(0) == 0.0 and check_lam(0.95) == 0.95
 
 
 # ------------------------------------------------------------------------------ augmentation
@@ -187,61 +209,39 @@ def test_augmentation_keeps_tiles_and_masks_aligned():
     m = torch.zeros(4, 16, 16, dtype=torch.uint8)
     x[:, :, :4, :8] = 255  # a bright block where the mask says 3
     m[:, :4, :8] = 3
-    out = cn.augment_fn(0.0)({"image": x, "mask": m})
+    out = gc.augment_fn(0.0)({"image": x, "mask": m})
     assert out["image"].dtype == torch.float32 and out["image"].max() <= 1
     assert torch.equal(out["image"][:, 0] > 0.5, out["mask"] == 3)
-    j = cn.color_jitter(torch.rand(8, 3, 16, 16), 0.3)
+    j = gc.color_jitter(torch.rand(8, 3, 16, 16), 0.3)
     assert j.min() >= 0 and j.max() <= 1
     same = torch.rand(2, 3, 4, 4)
-    assert torch.equal(cn.color_jitter(same, 0.0), same)
+    assert torch.equal(gc.color_jitter(same, 0.0), same)
 
 
 def test_mixed_data_batches_hold_a_real_and_a_synthetic_half():
     x, y = toy_batch(6, 16, 0)
     xs, ys = toy_batch(4, 16, 1)
-    d = cn.MixedData({"image": x, "mask": y}, {"image": xs, "mask": ys}, augment=cn.augment_fn(0.05))
+    d = gc.MixedData({"image": x, "mask": y}, {"image": xs, "mask": ys}, augment=gc.augment_fn(0.05))
     assert len(d) == 6
     b = d.batch(torch.tensor([0, 2, 5]))
     assert b["image"].shape == b["syn_image"].shape == (3, 3, 16, 16)
     assert b["mask"].shape == b["syn_mask"].shape == (3, 16, 16)
     with pytest.raises(ValueError, match="keys"):
-        cn.MixedData({"image": x, "mask": y}, {"image": xs})
+        gc.MixedData({"image": x, "mask": y}, {"image": xs})
 
 
-# ----------------------------------------------------------------------------------- metrics
-def test_metrics_match_sklearn():
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, jaccard_score, precision_score, recall_score
-    rng = np.random.default_rng(0)
-    t = rng.integers(0, K, (5, 12, 12))
-    p = np.where(rng.random(t.shape) < 0.6, t, rng.integers(0, K, t.shape))
-    cm = cn.confusion(t, p)
-    labels = list(range(K))
-    assert np.array_equal(cm, confusion_matrix(t.ravel(), p.ravel(), labels=labels))
-    m = cn.metrics_from_confusion(cm)
-    np.testing.assert_allclose(m["precision"], precision_score(t.ravel(), p.ravel(), labels=labels, average=None))
-    np.testing.assert_allclose(m["recall"], recall_score(t.ravel(), p.ravel(), labels=labels, average=None))
-    np.testing.assert_allclose(m["iou"], jaccard_score(t.ravel(), p.ravel(), labels=labels, average=None))
-    np.testing.assert_allclose(m["dice"], f1_score(t.ravel(), p.ravel(), labels=labels, average=None))
-    assert m["pixel_accuracy"] == pytest.approx(accuracy_score(t.ravel(), p.ravel()))
-    assert m["mean_iou"] == pytest.approx(jaccard_score(t.ravel(), p.ravel(), labels=labels, average="macro"))
-    gg = p.ravel() > 0
-    assert m["gg_precision_pooled"] == pytest.approx((p.ravel()[gg] == t.ravel()[gg]).mean())
-
-
-def test_undefined_metrics_are_nan_and_left_out_of_means():
+# ---------------------------------------------------------------------------------- tables
+def test_tidy_rows_leave_nc_out_of_precision():
     t = np.array([[0, 0, 1, 1]])
     p = np.array([[0, 1, 1, 1]])
-    m = cn.metrics_from_confusion(cn.confusion(t, p))
-    assert np.isnan(m["iou"][2]) and np.isnan(m["precision"][3])  # GG4/GG5: in neither truth nor prediction
-    assert m["mean_iou"] == pytest.approx((1 / 2 + 2 / 3) / 2)
-    rows = cn.tidy_rows(m, model="CarcinoNet", generator="none", lam=0.0, seed=0, test_set="test")
+    rows = cn.tidy_rows(metrics_from_confusion(confusion(t, p)), model="CarcinoNet", generator="none", lam=0.0, seed=0,
+                        test_set="test")
     assert not [r for r in rows if r["metric"] == "precision" and r["label"] == "NC"]  # NC omitted from precision
     assert {r["label"] for r in rows if r["metric"] == "iou"} == set(LABELS) | {"mean"}
     assert all(set(r) == {"model", "generator", "lam", "seed", "test_set", "metric", "label", "value"} for r in rows)
 
 
 def test_summary_mean_and_std_over_seeds():
-    import pandas as pd
     rows = []
     for seed, v in ((0, 0.4), (1, 0.6)):
         rows.append({"model": "CarcinoNet", "generator": "none", "lam": 0.0, "seed": seed, "test_set": "test",
@@ -249,36 +249,6 @@ def test_summary_mean_and_std_over_seeds():
     s = cn.summarize(pd.DataFrame(rows))
     assert s["mean"].item() == pytest.approx(0.5) and s["std"].item() == pytest.approx(0.1) and s["n_seeds"].item() == 2
     assert cn.metric_table(s).loc[("test", "none", 0.0), "iou mean"] == "0.500 ± 0.100"
-
-
-# ------------------------------------------------------------------------------------- judge
-def test_judge_on_matching_and_wrong_masks():
-    rng = np.random.default_rng(0)
-    masks = rng.integers(0, K, (3, 16, 16)).astype(np.uint8)
-    tiles = np.zeros((3, 16, 16, 3), np.uint8)
-    truth = {"m": masks}
-    judge = cn.Judge(lambda t: truth["m"])  # a stub segmenter that draws exactly the guiding masks
-    good = judge(tiles, masks)
-    assert good["mean_iou"] == 1.0 and good["pixel_agreement"] == 1.0
-    assert all(v == 1.0 for v in good["iou"].values())
-    bad = judge(tiles, ((masks + 1) % K).astype(np.uint8))  # every pixel asks for another label
-    assert bad["mean_iou"] == 0.0 and bad["pixel_agreement"] == 0.0
-    half = masks.copy()
-    half[:, :8] = (half[:, :8] + 1) % K
-    mid = judge(tiles, half)
-    assert 0 < mid["mean_iou"] < 1 and mid["pixel_agreement"] == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="do not match"):
-        judge(tiles[:2], masks)
-
-
-def test_judge_from_a_frozen_model():
-    model = tiny()
-    j = cn.judge_from_model(model, {"scored_on": "val"})
-    assert not model.training and not any(p.requires_grad for p in model.parameters())
-    tiles = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
-    r = j(tiles, np.zeros((2, 32, 32), np.uint8))
-    assert set(r["iou"]) == set(LABELS) and r["n_tiles"] == 2 and j.info["scored_on"] == "val"
-    assert np.array_equal(np.asarray(r["confusion"]).sum(), 2 * 32 * 32)
 
 
 # ------------------------------------------------------------------------- synthetic plumbing
@@ -306,14 +276,14 @@ def test_synthetic_masks_are_seeded_and_use_distinct_labels():
 
 
 def test_unknown_and_not_yet_available_generators():
-    ctx = cn.GeneratorContext(ldm_dir=cn.paths.REPO / "nowhere", image_size=32)
+    ctx = generators.GeneratorContext(ldm_dir=paths.REPO / "nowhere", image_size=32)
     with pytest.raises(ValueError, match=r"unknown generator 'XYZ'; available: \['SD', 'SD-DISC', 'SD-DISC-CoTrain', 'SD-SC', "
                                          r"'SD-tile', 'SD-tile\+slide'\]"):
-        cn.build_generator("XYZ", ctx)
+        generators.build_generator("XYZ", ctx)
     with pytest.raises(FileNotFoundError, match="01_train_ldm.ipynb"):
-        cn.build_generator("SD", ctx)
+        generators.build_generator("SD", ctx)
     with pytest.raises(FileNotFoundError, match="01_train_ldm.ipynb"):  # SC needs SD first
-        cn.build_generator("SD-SC", ctx)
+        generators.build_generator("SD-SC", ctx)
 
 
 def fake_ldm(tmp_path, image_size=32, ae_sig_channels=(8, 16, 16)):
@@ -332,22 +302,22 @@ def fake_ldm(tmp_path, image_size=32, ae_sig_channels=(8, 16, 16)):
 
 def test_ldm_checks_name_what_to_run(tmp_path):
     d = fake_ldm(tmp_path)
-    P01 = cn.ldm_params(d)
-    assert cn.check_ldm(d, P01, 32)["image_size"] == 32
+    P01 = ldm_params(d)
+    assert check_ldm(d, P01, 32)["image_size"] == 32
     # Fig. 7's ablation SDs: asking for one that notebook 01 did not train says which parameter to set
     with pytest.raises(FileNotFoundError, match="sd-tile-slide.*ablation_conditions.*01"):
-        cn.build_generator("SD-tile+slide", cn.GeneratorContext(ldm_dir=d, image_size=32))
+        generators.build_generator("SD-tile+slide", generators.GeneratorContext(ldm_dir=d, image_size=32))
     with pytest.raises(ValueError, match="32-px tiles .* 64 px; re-run notebooks/01_train_ldm.ipynb"):
-        cn.check_ldm(d, P01, 64)
+        check_ldm(d, P01, 64)
     # the first stage was retrained after SD: SD's latents belong to another autoencoder
     (d / "autoencoder" / "done.json").write_text(json.dumps({"signature": {"kind": "vq", "channels": [1]}, "fit": {}}))
     with pytest.raises(ValueError, match="another first stage.*01_train_ldm.ipynb"):
-        cn.check_ldm(d, P01, 32)
+        check_ldm(d, P01, 32)
     (d / "summary.json").unlink()
     with pytest.raises(FileNotFoundError, match="did not finish"):
-        cn.check_ldm(d, P01, 32)
+        check_ldm(d, P01, 32)
     with pytest.raises(FileNotFoundError, match="01_train_ldm.ipynb"):
-        cn.ldm_params(tmp_path / "empty")
+        ldm_params(tmp_path / "empty")
 
 
 # --------------------------------------------------------------------- training through fit
@@ -395,7 +365,6 @@ def test_train_run_caches_resumes_and_rejects_another_architecture(tmp_path):
 
 
 def test_load_data_warns_about_empty_classes_and_missing_ood(tmp_path):
-    from ldm_fixture import prepared
     prepared(tmp_path)  # data dir with a 32-px index (test split: slides 4+3 and 0+0: no GG5)
     P = tiny_params(tmp_path, data_dir=str(tmp_path / "data"), ood_split="")
     with pytest.warns(UserWarning) as rec:
@@ -409,19 +378,21 @@ def test_load_data_warns_about_empty_classes_and_missing_ood(tmp_path):
         cn.load_data(tiny_params(tmp_path, data_dir=str(tmp_path / "data"), ood_split="all"), progress=False)
 
 
-def test_first_stage_view_changes_tiles_and_fingerprint(tmp_path):
-    from discnb.generative import autoencoder as ae
-    d = fake_ldm(tmp_path)
-    torch.manual_seed(0)
-    ae.build_vq([8, 16, 16], 1, 32).save_pretrained(d / "autoencoder" / "best")
-    rng = np.random.default_rng(0)
-    D = {"image_size": 32}
-    for k in ("train", "val"):
-        D[k] = {"imgs": rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8), "masks": np.zeros((3, 32, 32), np.uint8),
-                "names": np.array([f"{k}{i}" for i in range(3)])}
-    V = cn.first_stage_view(D, d, progress=False)
-    assert V["train"]["imgs"].shape == D["train"]["imgs"].shape and V["train"]["imgs"].dtype == np.uint8
-    assert not np.array_equal(V["train"]["imgs"], D["train"]["imgs"])
-    assert V["train"]["masks"] is D["train"]["masks"]
-    assert cn.data_fingerprint(V) != cn.data_fingerprint(D)  # a judge on reconstructions is another run
-    assert cn.first_stage_view(D, d, progress=False)["domain"] == V["domain"]
+def test_fig8_file_holds_what_the_figure_shows(tmp_path):
+    """fig8.npz: per test set the shown tiles, their truth and each shown run's label maps (what
+    notebook 06 draws without running a model)."""
+    P, D = tiny_params(tmp_path, figure_tiles=2, seeds=[0, 1]), tiny_data()
+    runs = [cn.train_run(P, D, cn.spec(None, 0.0, s), progress=False) for s in (0, 1)]
+    f8 = cn.fig8_arrays(P, runs, D)
+    assert f8["test_sets"].tolist() == ["test"] and f8["runs"].tolist() == ["baseline"]  # seed seeds[0] only
+    assert f8["test_tiles"].shape == (2, 32, 32, 3) and f8["test_pred"].shape == (1, 2, 32, 32)
+    model = gc.load_model(runs[0]["dir"] + "/best")
+    assert np.array_equal(f8["test_pred"][0], gc.predict(model, f8["test_tiles"]))
+    i = [list(D["test"]["names"]).index(n) for n in f8["test_names"]]
+    assert np.array_equal(f8["test_truth"], D["test"]["masks"][i])
+    back = cn.load_fig8(cn.save_fig8(P, f8))
+    assert set(back) == set(f8) and all(np.array_equal(back[k], f8[k]) for k in f8)
+    rows, titles = cn.fig8_rows(back, "test")
+    assert list(rows) == ["tile", "ground truth", "baseline"] and len(titles) == 2
+    with pytest.raises(KeyError, match="ood"):
+        cn.fig8_rows(back, "ood")

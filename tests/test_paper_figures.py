@@ -18,9 +18,7 @@ from discnb import plots as figures
 from discnb.core import params
 
 from discnb.core import paths
-from discnb.pipelines import carcinonet as cn
 from discnb.pipelines import paper_figures as pf
-from ldm_fixture import prepared
 
 matplotlib.use("Agg")
 MODELS = ["SD-DISC", "SD", "SD-SC", "SD-DISC-CoTrain"]  # stored out of order on purpose
@@ -30,6 +28,7 @@ MODELS = ["SD-DISC", "SD", "SD-SC", "SD-DISC-CoTrain"]  # stored out of order on
 def outputs(tmp_path, monkeypatch):
     """An empty outputs/ root: paths.output_dir(profile) points into tmp_path."""
     monkeypatch.setattr(paths, "OUTPUTS", tmp_path / "outputs")
+    monkeypatch.setattr(paths, "FIGURES", tmp_path / "figures")
     return tmp_path / "outputs" / "smoke"
 
 
@@ -45,7 +44,7 @@ def fake_comparison(root, seeds=(0, 1)):
                      b | {"metric": "kid", "label": "all", "value": 0.01},
                      b | {"metric": "sec_per_tile", "label": "all", "value": (2.5 if m == "SD-SC" else 1.0) + 0.1 * s},
                      b | {"metric": "nfe_per_tile", "label": "all", "value": 125.0 if m == "SD-SC" else 50.0}]
-    rows.append({"model": pf.CHANCE, "seed": 0, "metric": "mean_iou", "label": "all", "value": 0.15})
+    rows.append({"model": figures.CHANCE, "seed": 0, "metric": "mean_iou", "label": "all", "value": 0.15})
     (root / "disc").mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(root / "disc" / "comparison.csv", index=False)
     pd.DataFrame({"labels": [1, 2, 3, 4], "sd_sec_per_tile": 1.0, "sc_sec_per_tile": [1.0, 1.9, 2.8, 3.7],
@@ -86,21 +85,45 @@ def saved(fig, tmp_path, name):
 def test_missing_inputs_name_what_to_run(outputs, name, notebook):
     assert not pf.inputs_present(name, "smoke")
     loaders = {"fig5": pf.load_fig5, "adherence": pf.load_comparison, "cost": lambda p: pf.require("cost", p),
-               "fig6": pf.load_mil, "fig8": pf.carcinonet_params, "fig7": pf.load_ablation, "bench": pf.load_bench}
+               "fig6": pf.load_mil, "fig8": pf.load_fig8, "fig7": pf.load_ablation, "bench": pf.load_bench}
     with pytest.raises(pf.MissingInput, match=notebook) as e:
         loaders[name]("smoke")
     assert "run " in str(e.value) and "smoke" in str(e.value)
 
 
+def P06(**kw):
+    return params.validate("06_figures", {"profile": "smoke", **kw})
+
+
 def test_report_lists_made_and_missing(tmp_path):
-    R = pf.Report(["fig5", "fig6"])
+    R = pf.Report(P06(figures_wanted=["fig5", "fig6"]), tmp_path)
     R.add("fig5", tmp_path / "a.png")
     R.skip("fig6", pf.MissingInput("run notebooks/05_transmil_sweep.ipynb"))
     t = R.frame()
     assert t.loc["fig5", "made"] and not t.loc["fig6", "made"] and "05_transmil" in t.loc["fig6", "files / what to run"]
-    assert json.loads(R.save(tmp_path / "r.json").read_text())["missing"]["fig6"].startswith("run")
+    assert json.loads(R.save().read_text())["missing"]["fig6"].startswith("run")
     with pytest.raises(ValueError, match="unknown figure"):
-        pf.Report(["fig9"])
+        pf.Report(P06(figures_wanted=["fig9"]), tmp_path)
+
+
+def test_one_draw_helper_saves_records_and_skips(outputs, tmp_path):
+    """Report.draw is notebook 06's one try/skip block: a figure with inputs is saved (PNG + PDF) and
+    recorded with its table; one without is recorded with what to run; Report.check holds both."""
+    fake_comparison(outputs)
+    out = tmp_path / "tables"
+    out.mkdir()
+    R = pf.Report(P06(figures_wanted=["adherence", "fig6", "bench"]), out)
+    assert R.draw("fig5") is None and "fig5" not in R.made  # not wanted: nothing drawn
+    t = R.draw("adherence")
+    assert "IoU GG5" in t.columns and (out / "adherence_table.csv").exists()
+    png = paths.figures_dir("smoke") / "06_adherence_per_class.png"
+    assert R.made["adherence"] == [str(png)] and png.with_suffix(".pdf").exists()
+    assert R.draw("fig6") is None and "05_transmil_sweep" in R.missing["fig6"]
+    R.draw("bench")
+    R.check()
+    R.made.pop("adherence")  # a figure whose inputs exist but was not made fails the check
+    with pytest.raises(AssertionError, match="adherence"):
+        R.check()
 
 
 # --------------------------------------------------------------------------- Fig. 5, adherence, cost
@@ -109,17 +132,17 @@ def test_fig5_adherence_cost_from_notebook_02_outputs(outputs, tmp_path):
     for name in ("fig5", "adherence", "cost"):
         assert pf.inputs_present(name, "smoke")
     cmp = pf.load_fig5("smoke")
-    rows, cols = pf.fig5_rows(cmp, 2)
+    rows, cols = figures.fig5_rows(cmp, 2)
     assert cols == ["real", "mask", "SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain"]  # the paper's order
     assert len(rows) == 2 and all(len(r) == 6 for r in rows.values())
     assert np.array_equal(rows["mask 1"][2], cmp["samples"]["SD"][0])
     saved(pf.fig5(cmp, 2), tmp_path, "fig5")
 
     df = pf.load_comparison("smoke")
-    a = pf.adherence_frame(df)
+    a = figures.adherence_frame(df)
     assert set(a.model) == set(MODELS) and len(a) == len(MODELS) * 2 * (len(LABELS) + 1)
-    assert pf.chance_level(df) == pytest.approx(0.15)
-    saved(pf.fig_adherence(df), tmp_path, "adherence")
+    assert figures.chance_level(df) == pytest.approx(0.15)
+    saved(figures.fig_adherence(df), tmp_path, "adherence")
     c = pf.cost_frame(df)
     assert list(c.index) == ["SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain"]
     assert c.loc["SD-SC", "sec_per_tile_mean"] == pytest.approx(2.55) and c.loc["SD", "nfe_per_tile_mean"] == 50
@@ -188,40 +211,42 @@ def test_fig7_one_csv_with_condition_column(outputs, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- Fig. 8
-TINY_CN = {"encoder": "resnet18", "encoder_width": 8, "encoder_path": "", "decoder_channels": 16, "pool_grids": [1, 2, 3]}
-
-
-def test_fig8_loads_stored_models_from_a_moved_clone(outputs, tmp_path):
-    P01 = yaml.safe_load(prepared(tmp_path).read_text())
-    P04 = params.validate("04_carcinonet", {"profile": "smoke", "data_dir": P01["data_dir"], "ood_split": "",
-                                            "model": TINY_CN, "generators": ["SD"], "seeds": [0]})
-    root = outputs / "carcinonet"
-    (root).mkdir(parents=True)
-    (root / "params.resolved.yaml").write_text(yaml.safe_dump(dict(P04)))
-    runs = []
-    for tag, gen, lam in (("real", "none", 0.0), ("SD-lam0.5", "SD", 0.5)):
-        name = f"{tag}-seed0-abc"
-        cn.save_model(cn.build_model(TINY_CN), root / "runs" / name / "best")
-        runs.append({"dir": f"/elsewhere/outputs/smoke/carcinonet/runs/{name}", "tag": tag, "generator": gen,
-                     "lam": lam, "seed": 0})
-    (root / "results.json").write_text(json.dumps({"runs": runs}))
+def fake_fig8(root, test_sets=("test",), n=3, size=16):
+    """notebook 04's fig8.npz (the layout its save_fig8 writes) and results.csv."""
+    rng = np.random.default_rng(0)
+    runs = ["baseline", "+SD (λ=0.5)"]
+    arrays = {"test_sets": np.array(test_sets), "runs": np.array(runs), "run_tags": np.array(["real", "SD-lam0.5"]),
+              "run_seeds": np.array([0, 0])}
+    for ts in test_sets:
+        arrays |= {f"{ts}_tiles": rng.integers(0, 255, (n, size, size, 3)).astype(np.uint8),
+                   f"{ts}_truth": rng.integers(0, 4, (n, size, size)).astype(np.uint8),
+                   f"{ts}_names": np.array([f"{ts}-tile-{i}" for i in range(n)]),
+                   f"{ts}_pred": rng.integers(0, 4, (len(runs), n, size, size)).astype(np.uint8)}
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(root / "fig8.npz", **arrays)
     pd.DataFrame([{"model": "CarcinoNet", "generator": g, "lam": lam, "seed": 0, "test_set": "test", "metric": "iou",
                    "label": "mean", "value": v} for g, lam, v in (("none", 0.0, 0.3), ("SD", 0.5, 0.4))]
                  ).to_csv(root / "results.csv", index=False)
+    return arrays
+
+
+def test_fig8_from_the_stored_predictions_only(outputs, tmp_path):
+    stored = fake_fig8(outputs / "carcinonet")
     assert pf.inputs_present("fig8", "smoke")
-    rows, titles = pf.fig8_rows("smoke", 2, "test")
-    assert list(rows) == ["tile", "ground truth", "baseline", "+SD (λ=0.5)"] and len(titles) == 2
-    assert all(len(v) == 2 and v[0].shape == (32, 32, 3) for v in rows.values())
-    figs = pf.fig8("smoke", 2, ["test", "ood"])  # ood_split "": no OOD tiles, left out with a message
+    f8 = pf.load_fig8("smoke")
+    figs = pf.fig8(f8, 2, ["test", "ood"])  # no OOD tiles stored: left out with a message
     assert list(figs) == ["test"]
+    ax = figs["test"].axes
+    assert len(ax) == 4 * 2  # tile, ground truth, baseline, +SD; two of the three stored tiles
+    assert np.array_equal(ax[0].images[0].get_array(), stored["test_tiles"][0])  # the stored tile, not a prediction
+    assert np.array_equal(ax[4].images[0].get_array(), figures.colorize(stored["test_pred"][0, 0]))  # the stored one
     saved(figs["test"], tmp_path, "fig8")
     with pytest.raises(pf.MissingInput, match="'ood'"):
-        pf.fig8("smoke", 2, ["ood"])
+        pf.fig8(f8, 2, ["ood"])
     assert pf.carcinonet_table("smoke").loc[("test", "SD", 0.5), "iou mean"] == "0.400"
-    import shutil
-    shutil.rmtree(root / "runs" / "real-seed0-abc")
+    (outputs / "carcinonet" / "fig8.npz").unlink()
     with pytest.raises(pf.MissingInput, match="04_carcinonet"):
-        pf.fig8_rows("smoke", 2, "test")
+        pf.load_fig8("smoke")
 
 
 # ------------------------------------------------------------------------------------ benchmark

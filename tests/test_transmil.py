@@ -1,4 +1,6 @@
-"""TransMIL, Mixed Supervision, slide targets, Eq. 4, AUROC and the λ-sweep pipeline (Sec. 2.4, Sec. 3)."""
+"""TransMIL (with the nystrom-attention package, checked against our earlier copy as the oracle),
+Mixed Supervision, slide targets, Eq. 4 in the slide training loss, λ* chosen on validation only,
+and the λ-sweep pipeline (Sec. 2.4, Sec. 3)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,22 @@ import pandas as pd
 import pytest
 import torch
 
-from discnb import K
+import torch.nn as nn
+import torch.nn.functional as F
+from nystrom_attention import NystromAttention
+from nystrom_attention.nystrom_attention import moore_penrose_iter_pinv
+from safetensors.torch import load_file, save_file
+from timm.optim import Lookahead
 
+from discnb import K, plots
+from discnb.core import params, paths
+from discnb.grading import mil as gm
+from discnb.grading.eq4 import check_lam
+from discnb.grading.metrics import auroc_scores
+from discnb.grading.transmil import (PPEG, MixedSupervision, TransMIL, bce_loss, lookahead_radam, param_groups,
+                                     slide_targets, square_pad)
 from discnb.pipelines import mil
-
-from discnb.core import params
-from discnb.grading.transmil import (PPEG, MixedSupervision, NystromAttention, TransMIL, bce_loss, lookahead_radam,
-                             moore_penrose_iter_pinv, param_groups, slide_targets, square_pad)
+from ldm_fixture import prepared
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,6 +36,74 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny(in_dim=16, dim=32, **kw):
     torch.manual_seed(0)
     return TransMIL(in_dim, dim=dim, **kw).eval()
+
+
+# ------------------------------------------------------------------- Nyström attention: the oracle
+def oracle_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
+    """Our own earlier Newton-Schulz pseudo-inverse (Nyströmformer eq. 16), initialised with
+    x^T / (max row sum * max column sum) over the whole batch."""
+    abs_x = x.abs()
+    z = x.transpose(-1, -2) / (abs_x.sum(-1).max() * abs_x.sum(-2).max())
+    eye = torch.eye(x.shape[-1], dtype=x.dtype)
+    for _ in range(iters):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - (xz @ (15 * eye - (xz @ (7 * eye - xz)))))
+    return z
+
+
+class OracleNystrom(nn.Module):
+    """Our own Nyström attention as discnb had it before it took the nystrom-attention package
+    (written from Nyströmformer and the official TransMIL): zeros padded in front to a multiple of
+    the landmarks, landmarks = means of ceil(n / m) consecutive tokens, a depth-wise residual
+    convolution over the values, the last n rows kept."""
+
+    def __init__(self, dim, dim_head=64, heads=8, num_landmarks=256, pinv_iterations=6, residual=True,
+                 residual_conv_kernel=33, dropout=0.0):
+        super().__init__()
+        self.heads, self.num_landmarks, self.pinv_iterations = heads, num_landmarks, pinv_iterations
+        self.scale = dim_head ** -0.5
+        self.to_qkv = nn.Linear(dim, heads * dim_head * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(dropout))
+        self.residual = residual
+        if residual:
+            k = residual_conv_kernel
+            self.res_conv = nn.Conv2d(heads, heads, (k, 1), padding=(k // 2, 0), groups=heads, bias=False)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        h, m = self.heads, self.num_landmarks
+        pad = (m - n % m) % m
+        if pad:
+            x = F.pad(x, (0, 0, pad, 0), value=0.0)
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.reshape(b, -1, h, t.shape[-1] // h).transpose(1, 2) for t in (q, k, v))
+        q = q * self.scale
+        seg = math.ceil(n / m)
+        N = q.shape[2]
+        q_l = q.reshape(b, h, N // seg, seg, -1).sum(3) / seg
+        k_l = k.reshape(b, h, N // seg, seg, -1).sum(3) / seg
+        attn1 = (q @ k_l.transpose(-1, -2)).softmax(-1)
+        attn2 = (q_l @ k_l.transpose(-1, -2)).softmax(-1)
+        attn3 = (q_l @ k.transpose(-1, -2)).softmax(-1)
+        out = (attn1 @ oracle_pinv(attn2, self.pinv_iterations)) @ (attn3 @ v)
+        if self.residual:
+            out = out + self.res_conv(v)
+        return self.to_out(out.transpose(1, 2).reshape(b, N, -1))[:, -n:]
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_the_package_equals_our_oracle_on_the_same_weights(residual):
+    """Same parameter names and shapes (stored state dicts load unchanged, strictly) and the same
+    output for sequence lengths below, at and above multiples of the landmarks (front padding)."""
+    torch.manual_seed(0)
+    ours = OracleNystrom(dim=16, dim_head=4, heads=4, num_landmarks=8, residual=residual, residual_conv_kernel=5).eval()
+    pkg = NystromAttention(dim=16, dim_head=4, heads=4, num_landmarks=8, residual=residual, residual_conv_kernel=5).eval()
+    assert {k: v.shape for k, v in pkg.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    pkg.load_state_dict(ours.state_dict(), strict=True)
+    with torch.no_grad():
+        for n in (1, 5, 8, 9, 17, 64, 70):
+            x = torch.randn(2, n, 16)
+            assert torch.allclose(pkg(x), ours(x), atol=1e-6, rtol=1e-5), n
 
 
 # ------------------------------------------------------------------------------------ TransMIL
@@ -66,11 +145,28 @@ def test_official_sizes_and_no_cuda_call():
         m.to("cpu").eval()(torch.randn(5, 384))
 
 
+def test_state_dict_round_trip(tmp_path):
+    """A TransMIL saved as safetensors (what ``save_models`` writes) loads strictly into a new model
+    and gives the same slide logits; its Nyström weights have the names our earlier copy stored."""
+    m = tiny(16, 32)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "m.safetensors"))
+    torch.manual_seed(1)
+    m2 = TransMIL(16, dim=32).eval()
+    x = torch.randn(23, 16)
+    with torch.no_grad():
+        assert not torch.allclose(m(x), m2(x))
+        m2.load_state_dict(load_file(str(tmp_path / "m.safetensors")), strict=True)
+        assert torch.equal(m(x), m2(x))
+    assert {k for k in m.state_dict() if k.startswith("layer1.attn.")} == \
+        {"layer1.attn.to_qkv.weight", "layer1.attn.to_out.0.weight", "layer1.attn.to_out.0.bias", "layer1.attn.res_conv.weight"}
+
+
 def test_pinv_iterations_converge_to_the_pseudo_inverse():
     torch.manual_seed(0)
     a = torch.softmax(torch.randn(2, 3, 8, 8), -1)
     z = moore_penrose_iter_pinv(a, iters=30)
     assert torch.allclose(a @ z @ a, a, atol=1e-4)
+    assert torch.allclose(z, oracle_pinv(a, 30), atol=1e-6)
 
 
 def test_nystrom_is_exact_with_one_token_per_landmark():
@@ -149,7 +245,6 @@ def test_targets_reject_grades_and_bce_matches_formula():
 def test_lookahead_radam_and_weight_decay_groups():
     m = tiny()
     opt = lookahead_radam(m, lr=2e-4, weight_decay=1e-5)
-    from timm.optim import Lookahead
     assert isinstance(opt, Lookahead) and isinstance(opt._base_optimizer, torch.optim.RAdam)
     assert {(g["lookahead_k"], g["lookahead_alpha"], g["lr"]) for g in opt.param_groups} == {(6, 0.5, 2e-4)}
     no_decay, decay = param_groups(m, 1e-5)
@@ -157,13 +252,12 @@ def test_lookahead_radam_and_weight_decay_groups():
     assert sum(p.numel() for g in (no_decay, decay) for p in g["params"]) == sum(p.numel() for p in m.parameters())
 
 
-# -------------------------------------------------------------------------------- Eq. 4, AUROC
-def test_eq4_and_lambda_range():
-    assert float(mil.eq4(torch.tensor(2.0), torch.tensor(4.0), 0.25)) == pytest.approx(2.5)
+# ------------------------------------------------------------------------- Eq. 4 in training
+def test_lambda_range():
     for bad in (1.0, -0.1, True, float("nan"), "0.5"):
         with pytest.raises(ValueError, match="lambda"):
-            mil.check_lam(bad)
-    assert mil.check_lam(0) == 0.0
+            check_lam(bad)
+    assert check_lam(0) == 0.0
 
 
 def toy_bags(n, seed, d=8, sizes=(5, 5, 6), nan=False):
@@ -178,7 +272,7 @@ def toy_bags(n, seed, d=8, sizes=(5, 5, 6), nan=False):
         x[:, :K] += 3 * y
         if nan:
             x[:] = float("nan")
-        out.append(mil.Bag(f"s{seed}_{i}", x, y, torch.full((k,), int(p)), torch.from_numpy(mil.grid_coords([None] * k)), p, s))
+        out.append(gm.Bag(f"s{seed}_{i}", x, y, torch.full((k,), int(p)), torch.from_numpy(gm.grid_coords([None] * k)), p, s))
     return out
 
 
@@ -189,59 +283,83 @@ T = {"max_epochs": 12, "patience": 4, "batch": 2, "synth_batch": 1, "lr": 3e-3, 
 def test_lambda_weighting_uses_synthetic_slides_only_when_lambda_positive():
     """NaN synthetic slides: harmless at λ = 0 (never read), a non-finite loss at λ > 0."""
     train, val, poison = toy_bags(8, 0), toy_bags(4, 1), toy_bags(3, 2, nan=True)
-    fit = mil.train_model(tiny(8), train, val, {**T, "max_epochs": 2}, 0, "cpu", poison, 0.0)
+    fit = gm.train_model(tiny(8), train, val, {**T, "max_epochs": 2}, 0, "cpu", poison, 0.0)
     assert fit["epochs"] == 2
     with pytest.raises(FloatingPointError, match="loss became nan"):
-        mil.train_model(tiny(8), train, val, {**T, "max_epochs": 2}, 0, "cpu", poison, 0.3)
+        gm.train_model(tiny(8), train, val, {**T, "max_epochs": 2}, 0, "cpu", poison, 0.3)
     with pytest.raises(ValueError, match="synthetic"):
-        mil.train_model(tiny(8), train, val, T, 0, "cpu", None, 0.3)
-    # the step loss is exactly (1 - λ) L_real + λ L_synth
+        gm.train_model(tiny(8), train, val, T, 0, "cpu", None, 0.3)
+
+
+def test_step_loss_is_eq4_of_its_real_and_synthetic_slide_losses():
+    """The loss train_model minimises at each step (step_loss) against the real and the synthetic
+    slides' BCE computed through the model (one synthetic slide in the pool: the draw is known)."""
     m, real, syn = tiny(8), toy_bags(2, 3), toy_bags(1, 4)
     with torch.no_grad():
-        lr, ls = mil.slide_loss(m, real, "cpu"), mil.slide_loss(m, syn, "cpu")
-    assert float(mil.eq4(lr, ls, 0.3)) == pytest.approx(0.7 * float(lr) + 0.3 * float(ls))
+        a = float(bce_loss(m(torch.stack([b.feats for b in real])), torch.stack([b.y for b in real])))
+        b = float(bce_loss(m(syn[0].feats), syn[0].y))
+        assert abs(a - b) > 0.05  # the parts differ, so a wrong weighting shows
+        for lam in (0.1, 0.5, 0.9):
+            got = gm.step_loss(m, real, syn, lam, "cpu", torch.Generator().manual_seed(0), synth_batch=1)
+            assert float(got) == pytest.approx((1 - lam) * a + lam * b, rel=1e-5)
+        assert float(gm.step_loss(m, real, None, 0.0, "cpu")) == pytest.approx(a, rel=1e-6)
 
 
 def test_training_learns_separable_bags_and_stops_early():
     train, val = toy_bags(16, 0), toy_bags(8, 1)
     m = tiny(8)
-    fit = mil.train_model(m, train, val, {**T, "max_epochs": 15, "batch": 4, "lr": 5e-3}, 0, "cpu", toy_bags(4, 5), 0.2)
+    fit = gm.train_model(m, train, val, {**T, "max_epochs": 15, "batch": 4, "lr": 5e-3}, 0, "cpu", toy_bags(4, 5), 0.2)
     h = fit["history"]
     assert h[-1]["train_loss"] < h[0]["train_loss"]
     assert 1 <= fit["best_epoch"] <= fit["epochs"] and fit["epochs"] - fit["best_epoch"] <= T["patience"]
     best = min(r["val_loss"] for r in h)
-    assert mil.eval_loss(m, val, "cpu") == pytest.approx(best, rel=1e-5)  # the best epoch's weights are restored
+    assert gm.eval_loss(m, val, "cpu") == pytest.approx(best, rel=1e-5)  # the best epoch's weights are restored
     Y = np.stack([b.y.numpy() for b in val])
-    assert mil.auroc_scores(Y, mil.predict(m, val, "cpu"))["macro"] > 0.9
+    assert auroc_scores(Y, gm.predict(m, val, "cpu"))["macro"] > 0.9
     ms = MixedSupervision(8, dim=12, heads=6)
-    fit = mil.train_model(ms, train, val, T, 0, "cpu", select="auroc")
+    fit = gm.train_model(ms, train, val, T, 0, "cpu", select="auroc")
     assert fit["history"][fit["best_epoch"] - 1]["val_auroc"] == max(np.nan_to_num(r["val_auroc"], nan=-1) for r in fit["history"])
 
 
 def test_equal_size_bags_share_a_forward_pass():
     m, bags = tiny(8), toy_bags(4, 0, sizes=(6,))
     with torch.no_grad():
-        stacked = mil.slide_loss(m, bags, "cpu")
-        single = sum(float(mil.slide_loss(m, [b], "cpu")) for b in bags) / 4
+        stacked = gm.slide_loss(m, bags, "cpu")
+        single = sum(float(gm.slide_loss(m, [b], "cpu")) for b in bags) / 4
     # equal within the pseudo-inverse's batch-wide initialisation (official code: the same quirk)
     assert float(stacked) == pytest.approx(single, rel=1e-3)
 
 
-def test_auroc_matches_sklearn():
-    from sklearn.metrics import roc_auc_score
-    assert mil.auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        y = rng.integers(0, 2, 40)
-        s = rng.integers(0, 6, 40) / 5  # many ties
-        assert mil.auroc(y, s) == pytest.approx(roc_auc_score(y, s))
-    Y = rng.integers(0, 2, (30, K))
-    Y[:, 0] = 0  # one class only: undefined, left out of the macro mean
-    S = rng.random((30, K))
-    sc = mil.auroc_scores(Y, S)
-    assert math.isnan(sc["NC"])
-    assert sc["macro"] == pytest.approx(np.mean([roc_auc_score(Y[:, i], S[:, i]) for i in (1, 2, 3)]))
-    assert sc["macro"] == pytest.approx(roc_auc_score(Y[:, 1:], S[:, 1:], average="macro"))
+# ------------------------------------------------------------------------- λ* on validation only
+def sweep_summary(val_auroc: dict, test_auroc: dict, val_bce: dict | None = None) -> pd.DataFrame:
+    """A notebook-05 summary for TransMIL + SD over several λ (and the λ = 0 baseline)."""
+    rows = [("TransMIL", "none", 0.0, ts, "auroc", lab, 0.70) for ts in ("val", "test") for lab in ("macro", "GG5")]
+    for lam in val_auroc:
+        for lab in ("macro", "GG5"):
+            rows += [("TransMIL", "SD", lam, "val", "auroc", lab, val_auroc[lam]),
+                     ("TransMIL", "SD", lam, "test", "auroc", lab, test_auroc[lam])]
+        rows.append(("TransMIL", "SD", lam, "val", "bce", "all", (val_bce or {}).get(lam, 0.5)))
+    df = pd.DataFrame(rows, columns=["model", "generator", "lam", "test_set", "metric", "label", "value"])
+    return mil.summarize(df.assign(fold=1, seed=0))
+
+
+def test_lambda_star_is_chosen_on_validation_and_test_numbers_do_not_leak():
+    """Best λ on validation (0.3) is not the best on test (0.5): λ* must be 0.3, and the test AUROC
+    reported at λ* is the one of λ = 0.3; the optimistic column names the test's own best."""
+    s = sweep_summary({0.1: 0.80, 0.3: 0.90, 0.5: 0.85}, {0.1: 0.60, 0.3: 0.75, 0.5: 0.95})
+    assert mil.select_lambda(s, "SD") == (0.3, "val AUROC")
+    best = mil.best_lambda_table(s)
+    assert best.loc["SD", "λ* (val)"] == 0.3 and best.loc["SD", "selected on"] == "val AUROC"
+    assert best.loc["SD", "test macro @λ*"] == "75.00" and best.loc["SD", "test macro Δ"] == "+5.00"
+    assert best.loc["SD", "best λ on test (optimistic)"] == "0.5: 95.00"
+    # ties on validation go to the smaller λ, whatever the test set says
+    tie = sweep_summary({0.1: 0.8, 0.3: 0.9, 0.5: 0.9}, {0.1: 0.6, 0.3: 0.6, 0.5: 0.99})
+    assert mil.select_lambda(tie, "SD")[0] == 0.3
+    # validation AUROC undefined everywhere (single-class folds): the lowest validation BCE
+    nan = sweep_summary(dict.fromkeys((0.1, 0.3, 0.5), float("nan")), {0.1: 0.9, 0.3: 0.6, 0.5: 0.7},
+                        val_bce={0.1: 0.6, 0.3: 0.4, 0.5: 0.5})
+    assert mil.select_lambda(nan, "SD") == (0.3, "val BCE")
+    assert mil.select_lambda(s[s.test_set != "val"], "SD")[1] == "no validation"
 
 
 # ---------------------------------------------------------------------------- the sweep pipeline
@@ -277,11 +395,10 @@ def test_manifest_labels_or_grades(tmp_path):
 
 
 def sweep_params(tmp_path, **over):
-    from ldm_fixture import prepared
     if not (tmp_path / "data").exists():
         prepared(tmp_path)  # 6 slides x 3 tiles (32 px): train slides in folds 1..4, 2 test slides
     base = {"data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "mil"), "tilesets_dir": str(tmp_path / "ts"),
-            "folds": [1, 2], "seeds": [0], "generators": ["SD", "SD-DISC"], "lams": [0.0, 0.5], "ood_split": "",
+            "folds": [1, 2], "seeds": [0], "generators": ["SD", "SD-DISC"], "lams": [0.0, 0.25, 0.5], "ood_split": "",
             "device": "cpu", "extractor": {"name": "tilecnn", "path": "", "width": 4, "epochs": 1, "batch": 4,
                                            "lr": 0.002, "seed": 0, "input_size": 0, "eval_batch": 8},
             "transmil": {"dim": 16, "heads": 8, "landmarks": 0, "dropout": 0.1},
@@ -293,19 +410,25 @@ def sweep_params(tmp_path, **over):
 def test_sweep_end_to_end_skips_missing_generators_and_reuses_runs(tmp_path, capsys):
     fake_tileset(tmp_path / "ts", "SD")  # SD-DISC missing: skipped with a note
     P = sweep_params(tmp_path)
+    fig6 = paths.figures_dir("smoke") / "05_transmil_sweep.png"
+    fig6.unlink(missing_ok=True)
     res = mil.run(P, progress=False)
     assert "SD-DISC: no tile set" in capsys.readouterr().out
     assert list(res["bags"]["synth"]) == ["SD"]
     runs = res["runs"]
-    assert len(runs) == 2 * (1 + 1 + 1)  # folds x (TransMIL, Mixed Supervision, TransMIL + SD at λ 0.5)
+    assert len(runs) == 2 * (1 + 1 + 2)  # folds x (TransMIL, Mixed Supervision, TransMIL + SD at λ 0.25 and 0.5)
     df = res["results"]
     assert set(df.test_set) == {"val", "test"} and set(df.generator) == {"none", "SD"}
     assert set(df.model) == {"TransMIL", "MixedSupervision"} and df.value.dropna().between(0, 1).all()
     assert (tmp_path / "mil" / "results.csv").exists()
     best = mil.best_lambda_table(res["summary"])
-    assert list(best.index) == ["SD"] and best.loc["SD", "λ* (val)"] == 0.5
+    assert list(best.index) == ["SD"] and best.loc["SD", "λ* (val)"] in (0.25, 0.5)
+    assert best.loc["SD", "λ* (val)"] == mil.select_lambda(res["summary"], "SD")[0]
+    js = json.loads((tmp_path / "mil" / "results.json").read_text())  # what the notebook writes too
+    assert set(js) == {"summary", "extractor", "ood", "notes", "generators", "runs"} and len(js["runs"]) == len(runs)
+    assert fig6.exists()
     assert set(mil.baseline_table(res["summary"]).columns) >= {"test macro", "val macro"}
-    fig = mil.plot_sweep(res["summary"])
+    fig = plots.plot_sweep(res["summary"])
     assert len(fig.axes) == 2
     # second run: features and runs come from the caches
     again = mil.run(P, progress=False)

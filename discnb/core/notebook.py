@@ -8,12 +8,14 @@ versions, machine), so any artifact can be traced to the code and settings that 
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
 import platform
 import random
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -23,7 +25,8 @@ import yaml
 from discnb.core import params as _params
 from discnb.core import paths
 
-# Notebook -> its folder under outputs/<profile>/ (see the architecture table in README).
+# Notebook -> its folder under outputs/<profile>/; each later notebook reads the folders of the ones before it
+# (the data flow of the paper's Fig. 2: data -> LDM -> DISC -> tile sets -> CarcinoNet -> TransMIL -> figures).
 STAGES = {
     "00_data_prep": "data",
     "01_train_ldm": "ldm",
@@ -118,22 +121,12 @@ def failed_cell(nb_path: str | Path) -> str:
     return "no cell with an error output (the kernel may have died: out of memory?)"
 
 
-if __name__ == "__main__":
-    import sys
-    if len(sys.argv) == 3 and sys.argv[1] == "failed":
-        print(failed_cell(sys.argv[2]))
-    else:
-        print("usage: python -m discnb.core.notebook failed EXECUTED.ipynb", file=sys.stderr)
-        sys.exit(2)
-
-
 def cli(notebook: str, module: str, description: str, out_dir, argv=None, configure=None, main_process=None):
     """The command line of a notebook's module (``python -m discnb.<module> --params FILE``):
     ``--params`` (default: the notebook's parameters cell) and ``--no-progress``, plus whatever
     ``configure(parser)`` adds. Validates the parameters, seeds, and records params + provenance
     in ``out_dir(P)`` (under several processes only where ``main_process(P)`` is true).
     Returns (P, args)."""
-    import argparse
     ap = argparse.ArgumentParser(prog=f"python -m discnb.{module}", description=description)
     ap.add_argument("--params", help=f"YAML file of notebook {notebook}'s parameters (defaults: its parameters cell)")
     ap.add_argument("--no-progress", action="store_true")
@@ -146,3 +139,11 @@ def cli(notebook: str, module: str, description: str, out_dir, argv=None, config
     if main_process is None or main_process(P):
         record(out_dir(P), P, notebook)
     return P, a
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "failed":
+        print(failed_cell(sys.argv[2]))
+    else:
+        print("usage: python -m discnb.core.notebook failed EXECUTED.ipynb", file=sys.stderr)
+        sys.exit(2)

@@ -7,13 +7,16 @@ location of this file.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 PARAMS = REPO / "params"
-OUTPUTS = REPO / "outputs"
-DATA = REPO / "data"
+# DISCNB_OUTPUTS / DISCNB_FIGURES move every stage's outputs and figures elsewhere (a second run of the
+# same profile that must not touch the first: tests/test_stage_files.py runs the modules that way).
+OUTPUTS = Path(os.environ["DISCNB_OUTPUTS"]).resolve() if os.environ.get("DISCNB_OUTPUTS") else REPO / "outputs"
+FIGURES = Path(os.environ["DISCNB_FIGURES"]).resolve() if os.environ.get("DISCNB_FIGURES") else REPO / "figures"
 
 PROFILES = ("smoke", "demo", "paper")
 
@@ -51,7 +54,7 @@ def figures_dir(profile: str, create: bool = True) -> Path:
     ``figures/paper/`` and smoke runs (tests, CI) to ``figures/smoke/`` (git-ignored), so they
     never overwrite the committed figures.
     """
-    d = REPO / "figures" if check_profile(profile) == "demo" else REPO / "figures" / profile
+    d = FIGURES if check_profile(profile) == "demo" else FIGURES / profile
     if create:
         d.mkdir(parents=True, exist_ok=True)
     return d

@@ -25,9 +25,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import torch
 import torch.nn as nn
+from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from discnb.core.io import atomic_dir
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -54,7 +61,7 @@ class FitConfig:
     validate_every: int = 0             # optimizer steps; 0 = once per epoch
     resume: str | None = None           # None/"" | "latest" | path to a checkpoint-N folder
     seed: int = 0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0   # clip the gradients' global norm; 0 or None = no clipping
     log_every: int = 10
     progress: bool = True
     desc: str = "train"
@@ -86,7 +93,11 @@ class TensorData:
 
 class EMA:
     """Exponential moving average of trainable weights, with LDM's warm-up
-    (decay_n = min(decay, (1 + n) / (10 + n))) so short runs are not dominated by the init."""
+    (decay_n = min(decay, (1 + n) / (10 + n))) so short runs are not dominated by the init.
+
+    Our own rather than ``diffusers.training_utils.EMAModel`` or ``torch.optim.swa_utils``: its
+    state is saved inside each checkpoint folder before that folder is renamed into place (so a
+    kill never pairs weights with another step's EMA), and the resume test checks it bit for bit."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay, self.num_updates = decay, 0
@@ -121,7 +132,6 @@ class EMA:
                   metadata={"num_updates": str(self.num_updates), "decay": str(self.decay)})
 
     def load(self, path: Path) -> None:
-        from safetensors import safe_open
         with safe_open(str(path), "pt") as f:
             self.num_updates = int(f.metadata()["num_updates"])
         loaded = load_file(str(path))
@@ -154,20 +164,17 @@ def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
     return p
 
 
-def atomic_save_dir(save: Callable[[Path], None], final: Path) -> Path:
-    """Write a folder under a temporary name, then swap it into place."""
-    final = Path(final)
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(tmp)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
 # ------------------------------------------------------------------------------------ loop
+def pick_device(name: str) -> torch.device:
+    """The device a stage's ``device`` parameter names: "auto" (CUDA when visible, else the CPU),
+    "cuda" (an error when no GPU is visible) or "cpu"."""
+    if name not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda': no GPU is visible to torch (use 'auto' or 'cpu')")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 def use_cpu(force: bool) -> bool:
     """Run on the CPU when asked or when no GPU is visible. accelerate only sets up multi-process
     CPU training (gloo) when told ``cpu=True``; otherwise each process thinks it is alone."""
@@ -175,7 +182,6 @@ def use_cpu(force: bool) -> bool:
 
 
 def process_state(force_cpu: bool = False):
-    from accelerate import PartialState
     return PartialState(cpu=use_cpu(force_cpu))
 
 
@@ -197,10 +203,6 @@ def fit(model: nn.Module, loss_fn: Callable, train: TensorData, cfg: FitConfig, 
     with EMA weights (when EMA is on) for ``best/`` (lowest validation loss) and ``final/``.
     Returns a summary (steps, best step/val loss, throughput, where it resumed from).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
@@ -243,6 +245,10 @@ def fit(model: nn.Module, loss_fn: Callable, train: TensorData, cfg: FitConfig, 
     metrics_path = out / "metrics.csv"
     _truncate_metrics(metrics_path, state["step"], acc.is_main_process)
 
+    # Our own rotation rather than accelerate's (ProjectConfiguration(automatic_checkpoint_naming=True,
+    # total_limit=N)): that one writes checkpoint_N in place, so a kill mid-save leaves a folder that
+    # looks complete. Here a checkpoint is complete only once renamed from *.tmp, with
+    # trainer_state.json written last, and the oldest go only after the new one exists.
     def save_checkpoint() -> Path:
         final = out / f"checkpoint-{state['step']}"
         tmp = final.with_name(final.name + ".tmp")
@@ -266,7 +272,7 @@ def fit(model: nn.Module, loss_fn: Callable, train: TensorData, cfg: FitConfig, 
             return
         ctx = ema.applied(raw) if ema is not None else contextlib.nullcontext(raw)
         with ctx as m:
-            atomic_save_dir(lambda d: save_fn(m, d), out / name)
+            atomic_dir(lambda d: save_fn(m, d), out / name)
 
     @torch.no_grad()
     def validate() -> float:
@@ -388,8 +394,7 @@ def _log(acc, path: Path, row: dict) -> None:
             w.writerow(row)
 
 
-def read_metrics(out_dir: str | Path):
-    import pandas as pd
+def read_metrics(out_dir: str | Path) -> pd.DataFrame:
     p = Path(out_dir) / "metrics.csv"
     if not p.exists():
         raise FileNotFoundError(f"{p}: no training log")

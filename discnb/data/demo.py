@@ -40,10 +40,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -51,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from discnb.core.io import atomic_dir
 from discnb.data.sicap import GRADE_TO_LABEL, MASK_VALUES
 
 __all__ = [
@@ -414,6 +412,22 @@ class _Tex:
         self.cribriform = False
         self.stromal_nuc = None
 
+    def set_glands(self, glands, n):
+        """Epithelium and lumen from the glands' depth fields; returns the outer depth field."""
+        t_out, t_lum = glands.fields(n)
+        self.epi = _aa(t_out)
+        self.lum = _aa(t_lum)
+        return t_out
+
+    def nuclei_ring(self, rng, glands, at, spread, side, a, b, lo, hi, keep=None):
+        """Nuclei (ellipses of half-axes a, b, intensity U(lo, hi)) along the glands' ``side`` ring;
+        ``keep(x, y)`` selects among the ring's points."""
+        x, y, ang = glands.ring_points(rng, at, spread, side)
+        if keep is not None:
+            sel = keep(x, y)
+            x, y, ang = x[sel], y[sel], ang[sel]
+        _splat_ellipses(self.nuc, x, y, np.full(len(x), a), np.full(len(x), b), ang, rng.uniform(lo, hi, len(x)))
+
 
 def _stroma(rng, n, s):
     """Shared fibromuscular stroma: (E, H, nuclei map)."""
@@ -477,19 +491,12 @@ def _tex_nc(rng, n, s, ang_field):
                      lph=np.zeros((g, 1)), rim=rim,
                      pap_amp=rng.uniform(0.2, 0.35, g), pap_k=rng.integers(5, 10, g).astype(float),
                      pap_ph=rng.uniform(0, 2 * np.pi, g))
-    t_out, t_lum = glands.fields(n)
-    t.epi = _aa(t_out)
-    t.lum = _aa(t_lum)
+    t_out = t.set_glands(glands, n)
     # outer (basal) layer: flat dark nuclei along the outline
-    x, y, ang = glands.ring_points(rng, 1.7 * s, 0.45 * s, "out")
-    _splat_ellipses(t.nuc, x, y, np.full(len(x), 0.85 * s), np.full(len(x), 0.33 * s), ang,
-                    rng.uniform(0.75, 1.0, len(x)))
+    t.nuclei_ring(rng, glands, 1.7 * s, 0.45 * s, "out", 0.85 * s, 0.33 * s, 0.75, 1.0)
     # inner (luminal, columnar) layer: rounder nuclei a little away from the lumen
-    x, y, ang = glands.ring_points(rng, 1.25 * s, 1.9 * s, "lum")
-    inside = t_out[np.clip(y.astype(int), 0, n - 1), np.clip(x.astype(int), 0, n - 1)] > 0.6 * s
-    x, y, ang = x[inside], y[inside], ang[inside]
-    _splat_ellipses(t.nuc, x, y, np.full(len(x), 0.5 * s), np.full(len(x), 0.62 * s), ang,
-                    rng.uniform(0.6, 0.85, len(x)))
+    t.nuclei_ring(rng, glands, 1.25 * s, 1.9 * s, "lum", 0.5 * s, 0.62 * s, 0.6, 0.85,
+                  keep=lambda x, y: t_out[np.clip(y.astype(int), 0, n - 1), np.clip(x.astype(int), 0, n - 1)] > 0.6 * s)
     return t
 
 
@@ -509,12 +516,8 @@ def _tex_gg3(rng, n, s):
     lamp, lk, lph = _harmonics(rng, g, [2, 3], 0.02, 0.10)
     glands = _Glands(x, y, r, amp, kk, ph, lum_frac=rng.uniform(0.46, 0.58, g), lamp=lamp, lk=lk,
                      lph=lph, rim=np.full(g, 1.4 * s))
-    t_out, t_lum = glands.fields(n)
-    t.epi = _aa(t_out)
-    t.lum = _aa(t_lum)
-    px, py, ang = glands.ring_points(rng, 1.45 * s, 0.75 * s, "out")
-    _splat_ellipses(t.nuc, px, py, np.full(len(px), 0.7 * s), np.full(len(px), 0.55 * s), ang,
-                    rng.uniform(0.7, 1.0, len(px)))
+    t.set_glands(glands, n)
+    t.nuclei_ring(rng, glands, 1.45 * s, 0.75 * s, "out", 0.7 * s, 0.55 * s, 0.7, 1.0)
     return t
 
 
@@ -1013,23 +1016,12 @@ def make_demo_sicap(root, *, n_patients: int = 24, tiles_per_slide: int = 12, ti
             raise ValueError(f"{root} exists, is not empty and is not a demo dataset (no demo_params.json); "
                              f"refusing to write there. Choose another folder or remove it.")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        os.chmod(tmp, 0o755)
+
+    def build(tmp: Path) -> None:
+        tmp.mkdir()
         summary = _generate(tmp, params, progress)
-        params_out = dict(params, summary=summary)
-        (tmp / "demo_params.json").write_text(json.dumps(params_out, indent=2) + "\n")
-        if root.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, trash / "old")
-            os.replace(tmp, root)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+        (tmp / "demo_params.json").write_text(json.dumps(dict(params, summary=summary), indent=2) + "\n")
+    return atomic_dir(build, root)
 
 
 def _generate(out, params, progress):

@@ -41,8 +41,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy.ndimage import median_filter
+from tqdm.auto import tqdm
 
 from discnb import K, LABELS
+from discnb.core.io import atomic_file
 
 from discnb.data import sicap as data
 
@@ -162,7 +165,6 @@ def otsu_threshold(values: np.ndarray) -> float:
 def tissue_mask(rgb: np.ndarray, median: int = 7, sthresh: float | None = None) -> np.ndarray:
     """CLAM's tissue segmentation on a low-resolution level: saturation channel of HSV, median
     filter, threshold (Otsu when ``sthresh`` is None). Returns (H, W) bool."""
-    from scipy.ndimage import median_filter
     sat = np.asarray(Image.fromarray(np.asarray(rgb, np.uint8)).convert("HSV"))[..., 1]
     sat = median_filter(sat, size=median) if median > 1 else sat
     t = otsu_threshold(sat) if sthresh is None else sthresh
@@ -234,7 +236,6 @@ def prepare_panda(root: str | Path, out: str | Path, *, n_per_label: int = 100, 
     Finished slides (``tiles/<id>/done.json``) are not redone. Slides without tissue tiles are
     reported in ``skipped.csv`` and left out of ``slides.csv``.
     """
-    from tqdm.auto import tqdm
     root, out = Path(root), Path(out)
     df = read_train_csv(root)
     if providers:
@@ -284,9 +285,7 @@ def prepare_panda(root: str | Path, out: str | Path, *, n_per_label: int = 100, 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_file(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 # ============================================================================= generic folder
@@ -331,7 +330,6 @@ def read_tile_folder(root: str | Path, progress: bool = False) -> pd.DataFrame:
     ``gleason_score`` column as PANDA's) when present, else from the masks
     (:func:`labels_from_masks`); a slide with neither is an error.
     """
-    from tqdm.auto import tqdm
     root = Path(root)
     files = _tile_files(root)
     if not files:

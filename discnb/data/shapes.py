@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from discnb import K
+from discnb.core.io import atomic_file
 from discnb.data.sicap import load_mask
 
 
@@ -74,11 +75,7 @@ def build_library(index: pd.DataFrame, size: int, progress: bool = True) -> dict
 
 def save_library(path: str | Path, lib: dict[str, np.ndarray]) -> Path:
     """Write atomically: a crash leaves the old library or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(tmp, **lib)
-    tmp.replace(path)
-    return path
+    return atomic_file(path, lambda tmp: np.savez_compressed(tmp, **lib))
 
 
 def load_library(path: str | Path) -> dict[str, np.ndarray]:
@@ -96,3 +93,11 @@ def load_library(path: str | Path) -> dict[str, np.ndarray]:
 def rank_histogram(lib: dict[str, np.ndarray]) -> pd.Series:
     """How many shape maps have 1, 2, 3, 4 ranks (labels)."""
     return pd.Series(lib["n_ranks"]).value_counts().reindex(range(1, K + 1), fill_value=0).rename("shape_maps")
+
+
+def most_labels_first(masks: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of ``n`` masks, those with the most distinct labels first (ties broken at random
+    with ``seed``): the tiles every figure shows, so that mixed patterns are seen."""
+    rng = np.random.default_rng(seed)
+    n_labels = np.array([len(np.unique(m)) for m in masks])
+    return np.argsort(-n_labels + rng.random(len(masks)) * 0.5, kind="stable")[:n]

@@ -22,9 +22,7 @@ import torch.nn.functional as F
 from diffusers import VQModel
 
 from discnb.generative.ldm import _groups
-
-LDM_VQ_F4 = {"channels": [128, 256, 512], "layers_per_block": 2, "n_embed": 8192}
-
+from discnb.grading.metrics import psnr, ssim
 
 def build_vq(channels: list[int], layers_per_block: int, n_embed: int, latent_channels: int = 3) -> VQModel:
     """A VQModel whose downsampling factor is 2^(levels-1) (3 levels: f = 4)."""
@@ -100,25 +98,6 @@ def decode(vq: VQModel, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     vq.eval()
     dev = next(vq.parameters()).device
     return torch.cat([vq.decode(z[i:i + batch_size].to(dev)).sample.float().cpu() for i in range(0, len(z), batch_size)])
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image PSNR (dB) of uint8 images."""
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
-    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
-
-
-def ssim(a: np.ndarray, b: np.ndarray, win: int = 7) -> np.ndarray:
-    """Per-image SSIM (Wang et al. 2004) on grey levels with a uniform ``win`` window."""
-    def grey(x):
-        return torch.from_numpy(x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[:, None]
-    x, y = grey(a), grey(b)
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu = lambda t: F.avg_pool2d(t, win, 1)  # noqa: E731
-    mx, my = mu(x), mu(y)
-    sxx, syy, sxy = mu(x * x) - mx ** 2, mu(y * y) - my ** 2, mu(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
-    return s.mean((1, 2, 3)).numpy()
 
 
 def reconstruction_metrics(vq: VQModel, imgs: np.ndarray, batch_size: int = 64) -> dict:

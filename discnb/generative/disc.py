@@ -24,26 +24,25 @@ with random distinct labels on its ranks) and fuses z_0^mixed with Eq. 2. SD-DIS
 averages L_LDM on real tiles and L_DISC. Both run through :func:`discnb.core.train.fit` (accelerate,
 EMA, checkpoints, resume): there is no second training loop.
 
-The generators "SD-SC", "SD-DISC" and "SD-DISC-CoTrain" register in :mod:`discnb.generative.generators`.
+The generators "SD-SC", "SD-DISC" and "SD-DISC-CoTrain" are registered in :mod:`discnb.generative.generators`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from discnb import K
-
-from discnb.generative import generators
+from discnb.core.io import atomic_file, write_text
+from discnb.core.train import TensorData
 from discnb.generative.ldm import check_mask, ldm_loss, make_condition
 from discnb.generative.sampling import SDGenerator, denoise, initial_noise
-from discnb.core.train import TensorData
 
 
 # ================================================================================ Eq. 2
@@ -74,7 +73,6 @@ class SCGenerator(SDGenerator):
     def __init__(self, *args, all_labels: bool = False, fuse_every_step: bool = False, **kw):
         super().__init__(*args, **kw)
         self.all_labels, self.fuse_every_step = all_labels, fuse_every_step
-        self.branches = 0  # branches denoised so far (cost = branches x steps UNet evaluations)
 
     def branch_plan(self, masks_lat: torch.Tensor) -> list[list[int]]:
         """The labels to denoise for each tile: those present on the latent grid (or all K)."""
@@ -95,7 +93,6 @@ class SCGenerator(SDGenerator):
         zb = z[tile.to(z.device)].clone()
         cond = make_condition(label.view(-1, 1, 1).expand(-1, H, H).contiguous(), "pixel").to(self.device)
         self.nfe += self.steps * len(label)
-        self.branches += len(label)
         callback = None
         if self.fuse_every_step:
             def callback(i, t, zs):
@@ -136,12 +133,6 @@ def separated_latents(gen: SDGenerator, seeds, batch_size: int | None = None) ->
 
 
 # ================================================================================ DISC data store
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def shard_seeds(seed: int, shard: int, shard_size: int) -> list[int]:
     """The z_T seeds of one shard: a function of (seed, shard) only, so resuming never shifts them."""
     return [seed * 10_000_000 + shard * shard_size + i for i in range(shard_size)]
@@ -152,11 +143,9 @@ def generate_disc_data(gen: SDGenerator, out: str | Path, n: int, seed: int, sha
     """Write ``n`` sets of separated latents to ``out/shard-XXXXX.safetensors`` + ``manifest.json``.
 
     Each shard is written to a temporary file and renamed, then the manifest is rewritten (also
-    atomically): a kill leaves finished shards and at most a stray ``*.tmp`` that the next run
+    atomically): a kill leaves finished shards and at most a stray ``*.tmp.*`` that the next run
     overwrites. A folder made by another generator (``fingerprint``) or plan is an error.
     """
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = {"n": int(n), "seed": int(seed), "shard_size": int(shard_size), "generator": fingerprint, "K": K,
@@ -170,23 +159,20 @@ def generate_disc_data(gen: SDGenerator, out: str | Path, n: int, seed: int, sha
     n_shards = -(-n // shard_size)
     todo = [s for s in range(n_shards) if str(s) not in manifest["shards"] or
             not (out / manifest["shards"][str(s)]["file"]).exists()]
-    import time
     for s in tqdm(todo, desc="DISC data (shards)", disable=not progress):
         seeds = shard_seeds(seed, s, shard_size)[: min(shard_size, n - s * shard_size)]
         t0 = time.perf_counter()
         z = separated_latents(gen, seeds)
         name = f"shard-{s:05d}.safetensors"
-        tmp = out / (name + ".tmp")
-        save_file({"z0": z.contiguous(), "seeds": torch.tensor(seeds, dtype=torch.int64)}, str(tmp))
-        os.replace(tmp, out / name)
+        atomic_file(out / name, lambda tmp: save_file({"z0": z.contiguous(), "seeds": torch.tensor(seeds, dtype=torch.int64)},
+                                                      str(tmp)))
         manifest["shards"][str(s)] = {"file": name, "n": len(seeds), "seconds": round(time.perf_counter() - t0, 3)}
-        _atomic_write_text(mpath, json.dumps(manifest, indent=1))
+        write_text(mpath, json.dumps(manifest, indent=1))
     return manifest
 
 
 def load_disc_data(out: str | Path) -> dict:
     """All stored sets: ``z0`` (N,K,C,h,w), ``seeds`` (N,), and the manifest; checks completeness."""
-    from safetensors.torch import load_file
     out = Path(out)
     mpath = out / "manifest.json"
     if not mpath.exists():
@@ -264,39 +250,5 @@ def disc_loss(alphas_cumprod: torch.Tensor, cotrain: bool = False):
     return loss
 
 
-# ================================================================================ registry
-def disc_dir(ldm_dir: Path) -> Path:
-    """Where notebook 02 writes: ``outputs/<profile>/disc`` beside ``ldm``."""
-    return Path(ldm_dir).parent / "disc"
-
-
-@generators.register_generator("SD-SC")
-def _sc_generator(ctx: generators.GeneratorContext) -> tuple:
-    sd, key = generators.build_generator("SD", ctx)
-    gen = SCGenerator(sd.model, sd.vq, steps=ctx.steps, scheduler=ctx.scheduler, batch_size=ctx.batch_size,
-                      device=ctx.device, bf16=ctx.bf16)
-    return gen, hashlib.sha1(f"SC/{key}".encode()).hexdigest()[:16]
-
-
-def _finetuned(name: str, sub: str):
-    def builder(ctx: generators.GeneratorContext) -> tuple:
-        from discnb.generative.ldm import MaskLDM
-        sd, key = generators.build_generator("SD", ctx)
-        folder = disc_dir(ctx.ldm_dir) / sub / "best"
-        if not (folder / "ldm.json").exists():
-            raise FileNotFoundError(f"{folder}: no {name} model; run notebooks/02_sc_disc.ipynb for this profile first")
-        model = MaskLDM.from_pretrained(folder)
-        h = hashlib.sha1(f"{name}/{key}".encode())
-        generators.hash_tree(h, folder)
-        gen = SDGenerator(model, sd.vq, steps=ctx.steps, scheduler=ctx.scheduler, batch_size=ctx.batch_size,
-                          device=ctx.device, bf16=ctx.bf16)
-        gen.name = name
-        return gen, h.hexdigest()[:16]
-    return builder
-
-
-generators.register_generator("SD-DISC")(_finetuned("SD-DISC", "sd-disc"))
-generators.register_generator("SD-DISC-CoTrain")(_finetuned("SD-DISC-CoTrain", "sd-disc-cotrain"))
-
 __all__ = ["SCGenerator", "fuse", "downsample_mask", "separated_latents", "generate_disc_data", "load_disc_data",
-           "random_masks", "DISCData", "disc_loss", "disc_dir"]
+           "random_masks", "DISCData", "disc_loss"]

@@ -12,6 +12,7 @@ with LDM's "linear" schedule (diffusers "scaled_linear", beta 0.0015 -> 0.0195, 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -68,34 +69,17 @@ def make_condition(mask: torch.Tensor, condition: str = "pixel", slide_labels: t
     return torch.cat(planes, 1).float()[:, :, None, None].expand(B, -1, H, W).contiguous()
 
 
-def sincos_2d(channels: int, side: int) -> torch.Tensor:
-    """A fixed 2-D position code (channels, side, side): sin/cos of pi*f*x and pi*f*y for
-    f = 1, 2, 4, ... over pixel centres x, y in (-1, 1). The same coordinates at any resolution,
-    so a latent position and the token that covers it get similar codes."""
-    if channels % 4:
-        raise ValueError(f"position channels must be a multiple of 4, got {channels}")
-    c = (torch.arange(side, dtype=torch.float32) + 0.5) / side * 2 - 1
-    y, x = torch.meshgrid(c, c, indexing="ij")
-    out = []
-    for i in range(channels // 4):
-        f = torch.pi * 2 ** i
-        out += [torch.sin(f * x), torch.cos(f * x), torch.sin(f * y), torch.cos(f * y)]
-    return torch.stack(out)
-
-
 class MaskEncoder(ModelMixin, ConfigMixin):
     """tau_theta: the condition image -> cross-attention tokens.
 
     Strided convs bring the mask to a ``token_side`` x ``token_side`` grid; a learned 2-D
     position embedding tells the U-Net *where* each token is (without it, cross-attention is
-    permutation-invariant over tokens and learns the layout very slowly). ``pos_init="sincos"``
-    starts that embedding from :func:`sincos_2d` (still learned), which pairs with the U-Net's
-    position channels (``MaskLDM.pos_channels``).
+    permutation-invariant over tokens and learns the layout very slowly).
     """
 
     @register_to_config
     def __init__(self, in_channels: int = K, image_size: int = 64, token_side: int = 8,
-                 channels: tuple[int, ...] = (32, 64), width: int = 64, pos_init: str = "random"):
+                 channels: tuple[int, ...] = (32, 64), width: int = 64):
         super().__init__()
         n_down = (image_size // token_side).bit_length() - 1
         if token_side << n_down != image_size:
@@ -107,13 +91,7 @@ class MaskEncoder(ModelMixin, ConfigMixin):
             c_in = c
         layers += [nn.Conv2d(c_in, width, 1)]
         self.net = nn.Sequential(*layers)
-        pos = torch.randn(1, token_side * token_side, width) * 0.02
-        if pos_init == "sincos":
-            n = min(width, 4 * 4) // 4 * 4
-            pos[0, :, :n] = sincos_2d(n, token_side).flatten(1).T
-        elif pos_init != "random":
-            raise ValueError(f"pos_init must be 'random' or 'sincos', got {pos_init!r}")
-        self.pos = nn.Parameter(pos)
+        self.pos = nn.Parameter(torch.randn(1, token_side * token_side, width) * 0.02)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         h = self.net(cond)  # (B, width, s, s)
@@ -141,14 +119,8 @@ def build_unet(sample_size: int, block_out_channels: list[int], attention: list[
 
 def _groups(channels) -> int:
     """The largest GroupNorm group count <= 32 that divides every level's channels."""
-    import math
     g = math.gcd(*channels)
     return max(d for d in range(1, min(32, g) + 1) if g % d == 0)
-
-
-# Options beyond the paper's U-Net, with the values that give the paper's model (Eq. 1, cross-attention only).
-# A config leaving them out (models saved before the option existed) means these values.
-OPTION_DEFAULTS = {"pos_channels": 0, "concat_mask": False, "prediction": "eps"}
 
 
 class MaskLDM(nn.Module):
@@ -160,52 +132,38 @@ class MaskLDM(nn.Module):
     and DISC do not change. Why: an under-trained eps-U-Net's small errors at high t are amplified
     1/sqrt(abar)-fold (~60x at t = 950) in DDIM's x_0 estimate, and the eps loss puts almost no
     weight on low-noise-to-signal steps, where the layout (and so the mask) is decided; on the CPU
-    demo this made samples drift to ~4x the latents' std and ignore their masks (README).
+    demo this made samples drift to ~4x the latents' std and ignore their masks (docs/demo-results.md).
 
     ``concat_mask`` (beyond the paper's Sec. 2.1; off in the paper profile) is LDM's "hybrid"
     conditioning: the condition image, area-averaged to the latent grid (label fractions per latent
     pixel), is also concatenated to z_t, as LDM does for its own semantic-map-to-image f4 model
     (Rombach et al. 2022, Sec. 4.3.2). Cross-attention to tau_theta's tokens stays. On the CPU demo
-    a cross-attention-only SD learns the layout too slowly to follow its masks (README, "Does SD
+    a cross-attention-only SD learns the layout too slowly to follow its masks (docs/demo-results.md, "Does SD
     follow the mask?"); the concatenated mask gives every latent pixel its own label directly.
-
-    ``pos_channels`` > 0 (beyond the paper; 0 in the paper profile) appends a fixed
-    :func:`sincos_2d` code to the U-Net's input. It carries no mask information (the mask still
-    enters only through cross-attention, as in Sec. 2.1); it gives the U-Net's queries an absolute
-    position to match against the tokens' positions. Conv U-Nets otherwise know where they are only
-    through zero padding, and on a CPU budget cross-attention then learns the layout too slowly to
-    follow the mask (see README, "mask adherence").
     """
 
     def __init__(self, unet: UNet2DConditionModel, tau: MaskEncoder, condition: str = "pixel",
-                 latent_scale: float = 1.0, pos_channels: int = 0, concat_mask: bool = False,
-                 prediction: str = "eps"):
+                 latent_scale: float = 1.0, concat_mask: bool = False, prediction: str = "eps"):
         super().__init__()
         self.unet, self.tau = unet, tau
         self.condition = check_condition(condition)
         self.latent_scale = float(latent_scale)
-        self.pos_channels = int(pos_channels)
         self.concat_mask = bool(concat_mask)
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.prediction = prediction
         self.register_buffer("alphas_cumprod", noise_scheduler().alphas_cumprod.clone().float(), persistent=False)
-        if self.pos_channels:
-            self.register_buffer("pos_code", sincos_2d(self.pos_channels, unet.config.sample_size)[None], persistent=False)
 
     @classmethod
     def from_config(cls, cfg: dict, image_size: int, latent_size: int, latent_scale: float = 1.0) -> "MaskLDM":
-        condition = cfg.get("condition", "pixel")
-        pos = int(cfg.get("pos_channels", OPTION_DEFAULTS["pos_channels"]))
-        concat = bool(cfg.get("concat_mask", OPTION_DEFAULTS["concat_mask"]))
-        prediction = cfg.get("prediction", OPTION_DEFAULTS["prediction"])
+        """SD from notebook 01's ``unet`` parameters (every key given) and its ``condition``."""
+        condition, concat = cfg["condition"], bool(cfg["concat_mask"])
         tau = MaskEncoder(in_channels=cond_channels(condition), image_size=image_size,
-                          token_side=cfg["token_side"], channels=tuple(cfg["tau_channels"]), width=cfg["context_dim"],
-                          pos_init="sincos" if pos else "random")
+                          token_side=cfg["token_side"], channels=tuple(cfg["tau_channels"]), width=cfg["context_dim"])
         unet = build_unet(latent_size, cfg["channels"], cfg["attention"], cfg["layers_per_block"],
-                          cfg["context_dim"], cfg.get("head_channels", 32), cfg.get("transformer_layers", 1),
-                          extra_in_channels=pos + (cond_channels(condition) if concat else 0))
-        return cls(unet, tau, condition, latent_scale, pos, concat, prediction)
+                          cfg["context_dim"], cfg["head_channels"], cfg["transformer_layers"],
+                          extra_in_channels=cond_channels(condition) if concat else 0)
+        return cls(unet, tau, condition, latent_scale, concat, cfg["prediction"])
 
     @property
     def latent_channels(self) -> int:
@@ -233,13 +191,8 @@ class MaskLDM(nn.Module):
 
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The U-Net's raw output (eps or v, see ``prediction``)."""
-        extra = []
-        if self.pos_channels:
-            extra.append(self.pos_code.to(z_t.dtype).expand(len(z_t), -1, -1, -1))
         if self.concat_mask:
-            extra.append(F.adaptive_avg_pool2d(cond, z_t.shape[-2:]).to(z_t.dtype))
-        if extra:
-            z_t = torch.cat([z_t, *extra], 1)
+            z_t = torch.cat([z_t, F.adaptive_avg_pool2d(cond, z_t.shape[-2:]).to(z_t.dtype)], 1)
         return self.unet(z_t, t, encoder_hidden_states=self.tau(cond)).sample
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -247,7 +200,6 @@ class MaskLDM(nn.Module):
         self.unet.save_pretrained(path / "unet")
         self.tau.save_pretrained(path / "mask_encoder")
         (path / "ldm.json").write_text(json.dumps({"condition": self.condition, "latent_scale": self.latent_scale,
-                                                   "pos_channels": self.pos_channels,
                                                    "concat_mask": self.concat_mask, "prediction": self.prediction},
                                                   indent=2))
 
@@ -258,8 +210,7 @@ class MaskLDM(nn.Module):
             raise FileNotFoundError(f"{path}: not a saved MaskLDM (no ldm.json); train it with notebooks/01_train_ldm.ipynb")
         meta = json.loads((path / "ldm.json").read_text())
         return cls(UNet2DConditionModel.from_pretrained(path / "unet"), MaskEncoder.from_pretrained(path / "mask_encoder"),
-                   meta["condition"], meta["latent_scale"], meta.get("pos_channels", 0),
-                   meta.get("concat_mask", False), meta.get("prediction", "eps"))
+                   meta["condition"], meta["latent_scale"], meta["concat_mask"], meta["prediction"])
 
 
 def noise_scheduler() -> DDPMScheduler:

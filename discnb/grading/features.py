@@ -31,21 +31,27 @@ while the extractor and the source are unchanged and rebuilt otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from discnb import K
-
 from discnb.core import paths
+from discnb.core.io import atomic_file, fingerprint, load_state_dict, write_json
+from discnb.core.train import FitConfig, TensorData, fit
+from discnb.data import sicap as data
+from discnb.generative.autoencoder import dihedral
 
 LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
 LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
@@ -103,51 +109,17 @@ class Extractor:
 
 
 # ====================================================================== pretrained (local files)
-def load_state_dict(path: str | Path) -> dict:
-    """A local state dict (.safetensors, or a torch file read with ``weights_only=True``); the
-    wrappers of common checkpoints (``state_dict``, ``model``, ``teacher``) and prefixes
-    (``module.``, ``backbone.``) are stripped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file. Download it yourself (e.g. from lunit-io/"
-                                "benchmark-ssl-pathology releases) and set extractor.path to it; or use extractor "
-                                "name 'tilecnn' (trained here, offline)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "teacher"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    out = {}
-    for k, v in sd.items():
-        for pre in ("module.", "backbone.", "encoder."):
-            k = k.removeprefix(pre)
-        out[k] = v
-    return out
-
-
-def file_fingerprint(path: Path) -> str:
-    """sha1 of a file's bytes (weights files are read once per process; cheap next to extraction)."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
-
-
 def pretrained_extractor(name: str, path: str | Path, batch_size: int = 64, device: str = "cpu") -> Extractor:
     """One of :data:`PRETRAINED`, its weights from the local file ``path`` (every backbone weight
     must be there; a classifier head in the file is ignored)."""
-    import timm
     if name not in PRETRAINED:
         raise ValueError(f"unknown pretrained extractor {name!r}; known: {sorted(PRETRAINED)} (or 'tilecnn')")
     arch, size, mean, std, what = PRETRAINED[name]
     path = paths.resolve(path) if path else None
     if path is None:
         raise ValueError(f"extractor {name!r} needs extractor.path: a local file with the {what}")
-    sd = load_state_dict(path)
+    sd = load_state_dict(path, hint="Download it yourself (e.g. from lunit-io/benchmark-ssl-pathology releases) and "
+                         "set extractor.path to it; or use extractor name 'tilecnn' (trained here, offline)")
     model = timm.create_model(arch, pretrained=False, num_classes=0)
     own = model.state_dict()
     sd = {k: v for k, v in sd.items() if k in own}
@@ -158,7 +130,7 @@ def pretrained_extractor(name: str, path: str | Path, batch_size: int = 64, devi
                          f"(e.g. {missing[:3]}), {len(bad)} of another shape (e.g. {bad[:3]})")
     model.load_state_dict(sd)
     model.eval()
-    return Extractor(name, model, size, mean, std, model.num_features, f"{name}-{file_fingerprint(path)}",
+    return Extractor(name, model, size, mean, std, model.num_features, f"{name}-{fingerprint(path, n=12)}",
                      {"weights": str(path), "what": what}, batch_size, device)
 
 
@@ -169,7 +141,6 @@ class TileCNN(nn.Module):
 
     def __init__(self, width: int = 16):
         super().__init__()
-        import timm
         if width < 2 or width % 2:
             raise ValueError(f"tilecnn width must be an even number >= 2, got {width}")
         self.config = {"width": int(width)}
@@ -203,15 +174,12 @@ def tilecnn_extractor(cfg: dict, out: Path, train_tiles: Callable[[], tuple[np.n
     """The offline default: trained once on the training split (``train_tiles() -> (tiles uint8
     (N,S,S,3), label fractions (N,K))``, called only when no finished model matches) and stored
     in ``<out>/extractors/tilecnn-<hash>/`` (``final/model.safetensors`` + ``done.json``)."""
-    from safetensors.torch import load_file, save_file
 
-    from discnb.generative.autoencoder import dihedral
-    from discnb.core.train import FitConfig, TensorData, fit
 
     sig = {"version": TILECNN_VERSION, "width": int(cfg.get("width", 16)), "epochs": int(cfg.get("epochs", 3)),
            "batch": int(cfg.get("batch", 32)), "lr": float(cfg.get("lr", 1e-3)), "seed": int(cfg.get("seed", 0)),
            "input_size": int(input_size), "train": train_key}
-    key = hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:12]
+    key = fingerprint(sig, n=12)
     folder = out / "extractors" / f"tilecnn-{key}"
     done = folder / "done.json"
     torch.manual_seed(sig["seed"])
@@ -243,14 +211,11 @@ def tilecnn_extractor(cfg: dict, out: Path, train_tiles: Callable[[], tuple[np.n
                             checkpoint_every=10**9, checkpoints_total_limit=1, seed=sig["seed"],
                             desc="tilecnn feature extractor", signature=sig, progress=progress, log_every=20)
         summary = fit(cnn, loss_fn, data, cfg_fit, save_fn=save_fn)
-        import shutil
         for extra in [*folder.glob("checkpoint-*"), folder / "best"]:  # the weights are in final/
             shutil.rmtree(extra, ignore_errors=True)
         cnn.load_state_dict(load_file(str(folder / "final" / "model.safetensors")))
         info = {"signature": sig, "fit": summary, "n_train_tiles": int(len(tiles))}
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2, default=float))
-        tmp.replace(done)
+        write_json(done, info)
     cnn.eval()
     dim = 8 * sig["width"]
     return Extractor("tilecnn", _Features(cnn), input_size, IMAGENET_MEAN, IMAGENET_STD, dim, f"tilecnn-{key}",
@@ -279,7 +244,6 @@ def cached_features(ext: Extractor, out: Path, source: str, fingerprint: str,
                             "path": str(path), "cached": True}
         except (OSError, ValueError, KeyError) as e:
             warnings.warn(f"{path}: unreadable feature file ({e}); extracting again")
-    from tqdm.auto import tqdm
     feats, keys = [], []
     bar = tqdm(total=total, desc=f"features {source} ({ext.name})", disable=not progress, mininterval=2)
     for k, tiles in chunks():
@@ -294,9 +258,7 @@ def cached_features(ext: Extractor, out: Path, source: str, fingerprint: str,
     if len(set(keys)) != len(keys):
         raise ValueError(f"source {source}: tile keys are not unique")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, feats=feats, keys=np.array(keys, dtype=str), meta=np.array(json.dumps(meta)))
-    tmp.replace(path)
+    atomic_file(path, lambda tmp: np.savez(tmp, feats=feats, keys=np.array(keys, dtype=str), meta=np.array(json.dumps(meta))))
     keys_a = np.array(keys, dtype=str)
     return {"feats": feats, "keys": keys_a, "index": {k: i for i, k in enumerate(keys)}, "path": str(path),
             "cached": False}
@@ -305,7 +267,6 @@ def cached_features(ext: Extractor, out: Path, source: str, fingerprint: str,
 def index_chunks(index, size: int, chunk: int = 256) -> Callable[[], Iterator[tuple[list[str], np.ndarray]]]:
     """Chunks of (image names, tiles) of a tile index (prep.read_index / the generic tile folder),
     loaded at ``size`` px so that all of them are never in memory at once."""
-    from discnb.data import sicap as data
 
     def gen():
         for s in range(0, len(index), chunk):
@@ -313,17 +274,3 @@ def index_chunks(index, size: int, chunk: int = 256) -> Callable[[], Iterator[tu
             imgs, _ = data.load_tiles(part, size, progress=False)
             yield part.image_name.astype(str).tolist(), imgs
     return gen
-
-
-def bytes_fingerprint(*parts) -> str:
-    """sha1 over strings/bytes/files (a file contributes its bytes)."""
-    h = hashlib.sha1()
-    for p in parts:
-        if isinstance(p, Path):
-            h.update(p.read_bytes())
-        elif isinstance(p, bytes):
-            h.update(p)
-        else:
-            h.update(str(p).encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]

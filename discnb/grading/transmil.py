@@ -26,11 +26,14 @@ convolution runs along the sequence. The official code feeds tiles in the order 
 file; discnb feeds each slide's tiles sorted by tile name (SICAPv2 names carry the tile's
 position), so the order is deterministic.
 
-**Nyström attention** follows lucidrains/nystrom-attention (MIT), which the official TransMIL
-imports: the sequence is zero-padded *at the front* to a multiple of the landmark count, landmarks
-are means of ``ceil(n / m)`` consecutive queries/keys, softmax(Q K_l^T) · pinv(softmax(Q_l K_l^T)) ·
-softmax(Q_l K^T) V, the pseudo-inverse by 6 Newton-Schulz iterations initialised with the global
-(batch-wide) max row/column sums, the first ``n`` padded rows are dropped at the end.
+**Nyström attention** is the ``nystrom-attention`` package (lucidrains, MIT), which the official
+TransMIL imports: the sequence is zero-padded *at the front* to a multiple of the landmark count,
+landmarks are means of ``ceil(n / m)`` consecutive queries/keys, softmax(Q K_l^T) ·
+pinv(softmax(Q_l K_l^T)) · softmax(Q_l K^T) V, the pseudo-inverse by 6 Newton-Schulz iterations
+initialised with the global (batch-wide) max row/column sums, plus a depth-wise convolution
+(kernel 33) over the values; the first ``n`` padded rows are dropped at the end. (Its parameter
+names, ``to_qkv``, ``to_out.0``, ``res_conv``, are those of our earlier copy, so stored state dicts
+load unchanged; tests/test_transmil.py keeps that copy as the oracle.)
 
 **Mixed Supervision** (Bian et al., MICCAI 2022; bianhao123/Mixed_supervision; method notes §8):
 no TransMIL inside: 2 pre-LN transformer blocks (6 heads, mlp ratio 3, residual branches scaled by
@@ -50,71 +53,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from nystrom_attention import NystromAttention
+from timm.optim import Lookahead
 
 from discnb import K, LABELS
-
-# ================================================================================ Nyström attention
-
-
-def moore_penrose_iter_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
-    """Iterative Moore-Penrose pseudo-inverse of a batch of square matrices (Nyströmformer eq. 16).
-
-    Initialised with x^T / (max row sum * max column sum) over the whole batch, as the reference code.
-    """
-    abs_x = x.abs()
-    col, row = abs_x.sum(-1), abs_x.sum(-2)
-    z = x.transpose(-1, -2) / (col.max() * row.max())
-    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
-    for _ in range(iters):
-        xz = x @ z
-        z = 0.25 * z @ (13 * eye - (xz @ (15 * eye - (xz @ (7 * eye - xz)))))
-    return z
-
-
-class NystromAttention(nn.Module):
-    """Multi-head self-attention approximated with ``num_landmarks`` Nyström landmarks.
-
-    Input/output (B, n, dim). With ``n`` a multiple of ``num_landmarks`` and one token per landmark
-    (``n == num_landmarks``) the approximation is exact up to the pseudo-inverse iterations.
-    """
-
-    def __init__(self, dim: int, dim_head: int = 64, heads: int = 8, num_landmarks: int = 256,
-                 pinv_iterations: int = 6, residual: bool = True, residual_conv_kernel: int = 33,
-                 dropout: float = 0.0):
-        super().__init__()
-        if num_landmarks < 1 or heads < 1 or dim_head < 1:
-            raise ValueError(f"num_landmarks, heads and dim_head must be >= 1, got {num_landmarks}, {heads}, {dim_head}")
-        inner = heads * dim_head
-        self.heads, self.num_landmarks, self.pinv_iterations = heads, num_landmarks, pinv_iterations
-        self.scale = dim_head ** -0.5
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
-        self.residual = residual
-        if residual:
-            k = residual_conv_kernel
-            self.res_conv = nn.Conv2d(heads, heads, (k, 1), padding=(k // 2, 0), groups=heads, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        h, m = self.heads, self.num_landmarks
-        pad = (m - n % m) % m
-        if pad:
-            x = F.pad(x, (0, 0, pad, 0), value=0.0)  # zeros in front, as the reference
-        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
-        q, k, v = (t.reshape(b, -1, h, t.shape[-1] // h).transpose(1, 2) for t in (q, k, v))  # b h N d
-        q = q * self.scale
-        seg = math.ceil(n / m)  # consecutive tokens per landmark
-        N = q.shape[2]
-        q_l = q.reshape(b, h, N // seg, seg, -1).sum(3) / seg
-        k_l = k.reshape(b, h, N // seg, seg, -1).sum(3) / seg
-        attn1 = (q @ k_l.transpose(-1, -2)).softmax(-1)
-        attn2 = (q_l @ k_l.transpose(-1, -2)).softmax(-1)
-        attn3 = (q_l @ k.transpose(-1, -2)).softmax(-1)
-        out = (attn1 @ moore_penrose_iter_pinv(attn2, self.pinv_iterations)) @ (attn3 @ v)
-        if self.residual:
-            out = out + self.res_conv(v)
-        out = out.transpose(1, 2).reshape(b, N, -1)
-        return self.to_out(out)[:, -n:]
 
 
 # ====================================================================================== TransMIL
@@ -346,5 +288,4 @@ def lookahead_radam(model: nn.Module, lr: float = 2e-4, weight_decay: float = 1e
     """Lookahead(RAdam), the official TransMIL/Mixed Supervision optimizer (``lookahead_radam``,
     lr 2e-4, weight decay 1e-5). RAdam is torch's; Lookahead is timm's (already a dependency), with
     timm's default k = 6 slow-weight sync period and alpha = 0.5, which the official factory uses."""
-    from timm.optim import Lookahead
     return Lookahead(torch.optim.RAdam(param_groups(model, weight_decay), lr=lr), alpha=alpha, k=k)

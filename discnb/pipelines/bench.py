@@ -12,7 +12,7 @@ registry (:mod:`discnb.generative.generators`):
   SD-SC (Sec. 2.3, Eq. 2) on masks with 1, 2, 3 and 4 labels, SD-DISC (when notebook 02 trained it)
   and SD with DPM-Solver++ at 20 steps, all on the same masks and seeds;
 - **DPM-Solver++-20 vs DDIM-200**: speed ratio, and the mask-adherence difference measured with
-  notebook 04's pattern judge on a fixed set of held-out validation masks, same seeds for both;
+  notebook 01's pattern judge on a fixed set of held-out validation masks, same seeds for both;
 - **training images / s**: a few optimizer steps of Eq. 1 (``train_ldm``'s loss) on random
   latents at the profile's model size, and of CarcinoNet's Eq. 4 loss (real + synthetic halves)
   with notebook 04's parameters;
@@ -39,16 +39,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from discnb import K
-
+from discnb.core import io, params, paths
+from discnb.core.train import pick_device
+from discnb.generative import autoencoder as ae
+from discnb.generative import checkpoints as ck
 from discnb.generative import generators
-
-from discnb.core import params
-
-from discnb.core import paths
-
-from discnb.pipelines import prep
+from discnb.generative.disc import SCGenerator
+from discnb.generative.ldm import make_condition, noise_scheduler
+from discnb.generative.sampling import SDGenerator
+from discnb.grading import carcinonet as gc
+from discnb.grading import judge as jg
+from discnb.pipelines import carcinonet as cn
+from discnb.pipelines import sc_disc, train_ldm
 
 
 @dataclass
@@ -95,12 +100,6 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no GPU is visible to torch")
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -120,7 +119,7 @@ def ldm_dir_of(profile: str, ldm_dir: str | Path | None = None) -> Path:
 
 def load_sd(ldir: Path, S: Settings, device: torch.device):
     """Notebook 01's trained SD through the registry: (generator, notebook-01 params, image size)."""
-    P01 = generators.ldm_params(ldir)
+    P01 = ck.ldm_params(ldir)
     summary = ldir / "summary.json"
     if not summary.exists():
         raise FileNotFoundError(f"{summary}: notebook 01 did not finish; run notebooks/01_train_ldm.ipynb "
@@ -133,9 +132,6 @@ def load_sd(ldir: Path, S: Settings, device: torch.device):
 
 def untrained_sd(params01: str | Path, image_size: int, S: Settings, device: torch.device):
     """A randomly initialised SD (and first stage) of a notebook-01 parameter file's size: costs only."""
-    from discnb.generative import autoencoder as ae
-    from discnb.generative.sampling import SDGenerator
-    from discnb.pipelines.train_ldm import build_model
     P01 = params.check_file("01_train_ldm", params01)
     A = P01.autoencoder
     if A["path"] and paths.resolve(A["path"]).exists():
@@ -145,7 +141,7 @@ def untrained_sd(params01: str | Path, image_size: int, S: Settings, device: tor
     if image_size % ae.factor(vq):
         raise ValueError(f"--image-size {image_size} is not a multiple of the first stage's factor {ae.factor(vq)}")
     torch.manual_seed(S.seed)
-    model = build_model(P01, image_size, image_size // ae.factor(vq), 1.0)
+    model = ck.build_model(P01, image_size, image_size // ae.factor(vq), 1.0)
     return SDGenerator(model, vq, steps=S.steps, scheduler="ddim", batch_size=S.batch_size, device=device,
                        bf16=S.bf16), P01, image_size
 
@@ -161,16 +157,13 @@ def stripes(n: int, size: int, n_labels: int) -> np.ndarray:
 def validation_masks(P01, n: int, seed: int, latent: int) -> np.ndarray:
     """``n`` held-out validation masks of notebook 01's split, picked as notebook 02 picks its
     comparison masks (three quarters multi-label), fixed by ``seed``."""
-    from discnb.pipelines.sc_disc import comparison_masks
-    from discnb.pipelines.train_ldm import held_out, load_split
-    src = held_out(load_split(P01, progress=False))
-    return src["masks"][comparison_masks(src["masks"], n, seed, latent)]
+    src = train_ldm.held_out(train_ldm.load_split(P01, progress=False))
+    return src["masks"][sc_disc.comparison_masks(src["masks"], n, seed, latent)]
 
 
 # ==================================================================================== measures
 def unet_evals_per_s(model, latent_shape, image_size: int, batch: int, reps: int, device, bf16: bool) -> dict:
     """Forward passes of eps_theta(z_t, t, tau(m)) per second on a batch of ``batch`` latents."""
-    from discnb.generative.ldm import make_condition
     g = torch.Generator().manual_seed(0)
     z = torch.randn((batch, *latent_shape), generator=g).to(device)
     masks = torch.randint(0, K, (batch, image_size, image_size), generator=g)
@@ -207,21 +200,18 @@ def _judged(j: dict) -> dict:
 def train_ldm_throughput(P01, image_size: int, latent_shape, S: Settings, device) -> dict:
     """Images / s of a few optimizer steps of Eq. 1 (``train_ldm``'s loss, AdamW) on random latents
     and masks, on a fresh model of notebook 01's size."""
-    from discnb.generative.ldm import noise_scheduler
-    from discnb.pipelines.train_ldm import build_model, ldm_batch_loss
     torch.manual_seed(S.seed)
-    model = build_model(P01, image_size, latent_shape[-1], 1.0).to(device).train()
+    model = ck.build_model(P01, image_size, latent_shape[-1], 1.0).to(device).train()
     B = S.ldm_batch or int(P01.sd["batch"])
     g = torch.Generator().manual_seed(S.seed)
     batch = {"z": torch.randn((B, *latent_shape), generator=g).to(device),
              "mask": torch.randint(0, K, (B, image_size, image_size), generator=g).to(device),
              "slide": torch.randint(0, K, (B, 2), generator=g).to(device)}
-    loss_fn = ldm_batch_loss(P01.condition, noise_scheduler().alphas_cumprod)
+    loss_fn = train_ldm.ldm_batch_loss(P01.condition, noise_scheduler().alphas_cumprod)
     return _train_steps(model, lambda: loss_fn(model, batch), B, S, device, float(P01.sd["lr"]))
 
 
 def carcinonet_params(profile: str, path: str | Path | None = None):
-    from discnb.pipelines import carcinonet as cn
     f = paths.resolve(path) if path else paths.PARAMS / profile / f"{cn.NOTEBOOK}.yaml"
     if f.exists():
         return params.check_file(cn.NOTEBOOK, f)
@@ -231,18 +221,17 @@ def carcinonet_params(profile: str, path: str | Path | None = None):
 def train_carcinonet_throughput(P04, image_size: int, S: Settings, device) -> dict:
     """Images / s of a few optimizer steps of CarcinoNet (notebook 04's model; Eq. 4 with a real and a
     synthetic half per step, as its augmented runs train; augmentation included) on random tiles."""
-    from discnb.pipelines import carcinonet as cn
     torch.manual_seed(S.seed)
     cfg = dict(P04.model, encoder_path="")  # weights do not change the cost
-    model = cn.build_model(cfg).to(device).train()
+    model = gc.build_model(cfg).to(device).train()
     B = S.carcinonet_batch or int(P04.train["batch"])
     lam = max([float(x) for x in P04.lams if x > 0] or [0.5])
     g = torch.Generator().manual_seed(S.seed)
     real = {"image": torch.randint(0, 256, (B, 3, image_size, image_size), generator=g, dtype=torch.uint8),
             "mask": torch.randint(0, K, (B, image_size, image_size), generator=g)}
     syn = copy.deepcopy(real)
-    aug = cn.augment_fn(P04.train["jitter"])
-    loss_fn = cn.make_loss(lam, P04.train["focal_gamma"], P04.train["dice_weight"])
+    aug = gc.augment_fn(P04.train["jitter"])
+    loss_fn = gc.make_loss(lam, P04.train["focal_gamma"], P04.train["dice_weight"])
 
     def step():
         b = aug(dict(real))
@@ -282,10 +271,6 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
         judge_dir: str | Path | None = None, carcinonet_params_file: str | Path | None = None,
         untrained: str | Path | None = None, image_size: int = 256, progress: bool = True) -> dict:
     """Measure everything listed in the module docstring; returns the JSON-ready dict."""
-    from tqdm.auto import tqdm
-
-    from discnb.generative.disc import SCGenerator, disc_dir
-    from discnb.generative.sampling import SDGenerator
     S = S or Settings()
     if S.n_tiles < 1:
         raise ValueError("n_tiles must be >= 1")
@@ -316,9 +301,9 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
         if len(masks) < S.n_tiles:
             raise ValueError(f"only {len(masks)} validation masks; lower --n-tiles")
         if S.n_adherence:
-            from discnb.pipelines import carcinonet as cn
             try:
-                judge = cn.load_judge(profile, judge_dir, device=str(device))
+                judge = jg.load_judge(paths.resolve(judge_dir) if judge_dir else train_ldm.judge_dir(ldir),
+                                      device=str(device))
             except FileNotFoundError as e:
                 out["notes"].append(f"adherence skipped: {e}")
     else:
@@ -354,7 +339,7 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
     else:
         out["notes"].append(f"SD-SC skipped: SD is {sd.model.condition}-conditioned (SC needs pixel)")
     bar.update()
-    if not untrained and (disc_dir(ldm_dir_of(profile, ldm_dir)) / "sd-disc" / "best" / "ldm.json").exists():
+    if not untrained and (generators.disc_dir(ldm_dir_of(profile, ldm_dir)) / generators.FINETUNED["SD-DISC"] / "best" / "ldm.json").exists():
         ctx = generators.GeneratorContext(ldm_dir_of(profile, ldm_dir), size, S.steps, "ddim", S.batch_size,
                                           str(device), S.bf16)
         dg, _ = generators.build_generator("SD-DISC", ctx)
@@ -436,7 +421,7 @@ def summary_lines(b: dict) -> list[str]:
 def save(b: dict, path: str | Path) -> Path:
     path = paths.resolve(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return prep.write_json(path, b)
+    return io.write_json(path, b)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="smoke", choices=paths.PROFILES, help="whose trained models to time")
     ap.add_argument("--out", help="JSON file (default outputs/<profile>/bench.json)")
     ap.add_argument("--ldm-dir", help="notebook 01's output folder (default outputs/<profile>/ldm)")
-    ap.add_argument("--judge", help="pattern judge folder (default outputs/<profile>/carcinonet/judge)")
+    ap.add_argument("--judge", help="pattern judge folder (default outputs/<profile>/judge, notebook 01)")
     ap.add_argument("--carcinonet-params", help="notebook 04 parameters (default params/<profile>/04_carcinonet.yaml)")
     ap.add_argument("--untrained", help="time a random model of this notebook-01 parameter file's size instead")
     ap.add_argument("--image-size", type=int, default=256, help="tile size with --untrained")

@@ -1,65 +1,59 @@
-"""Slide-level grading with synthetic slides: the λ sweep of Eq. 4 (paper Sec. 2.4, Sec. 3, Fig. 6-7).
+"""Notebook 05's pipeline: slide-level grading with synthetic slides, the λ sweep of Eq. 4 (paper
+Sec. 2.4, Sec. 3, Figs. 6-7).
 
-Pipeline of notebook 05 (``python -m discnb.pipelines.mil --params FILE`` runs the same from a terminal):
+    python -m discnb.pipelines.mil --params params/demo/05_transmil_sweep.yaml
+
+The models are :mod:`discnb.grading.transmil`, their training on bags :mod:`discnb.grading.mil`,
+AUROC :mod:`discnb.grading.metrics`. This module runs the sweep, as named steps that the notebook
+calls cell by cell and :func:`run` calls in order:
 
 1. **Tile features** (:mod:`discnb.grading.features`) of the real tiles (notebook 00's ``index.csv``), the
    out-of-distribution slides (notebook 00's ``ood_index.csv``, a generic tile folder, or PANDA
    prepared by :mod:`discnb.data.panda`) and each generator's synthetic slides (notebook 03), cached per
    (source, extractor).
-2. **Bags**: one per slide, its tiles in name order (TransMIL is order-sensitive, see
-   :mod:`discnb.grading.transmil`), with the multi-label target of :func:`discnb.grading.transmil.slide_targets`
-   (label i = 1 when it is the slide's primary or secondary pattern).
+2. **Bags**: one per slide, its tiles in name order, with the multi-label target of
+   :func:`discnb.grading.transmil.slide_targets` (label i = 1 when it is the slide's primary or
+   secondary pattern).
 3. **Runs**, for every CV fold (train = official train minus fold k, validation = fold k, patient-
    wise as SICAPv2's Val1..4) and seed: TransMIL on real slides (the baseline, λ = 0), Mixed
    Supervision on real slides (the comparison model), and TransMIL + each generator's slides for
-   every λ > 0 of the grid, trained with Eq. 4::
-
-       L = (1 - λ) L_real + λ L_synth         (each a mean BCE over its slides)
-
-   Each optimizer step takes ``batch`` real slides (one pass over the training slides per epoch)
-   and ``synth_batch`` synthetic slides drawn at random. Lookahead(RAdam), lr 2e-4, weight decay
-   1e-5 (official TransMIL); early stopping on the validation loss (patience 10 in the paper
-   profile); the kept weights are those of the lowest validation loss (TransMIL) or the highest
-   validation macro AUROC (Mixed Supervision, its official monitor). Nothing is selected on the
-   test split or the OOD set.
+   every λ > 0 of the grid (Eq. 4; :func:`discnb.grading.mil.train_model`). Nothing is selected on
+   the test split or the OOD set.
 4. **Evaluation**: AUROC per label (NC, GG3, GG4, GG5) and their macro mean (labels with one
    class only in a test set are left out of the mean) on validation, test and OOD slides; mean ±
-   std over folds and seeds; ``results.csv`` (tidy) for notebook 06 and a table with the **best λ
-   per generator chosen on validation** (plus, flagged, the λ that is best on each test set, which
-   is how the paper's text reads its Fig. 6).
-
-Why not :func:`discnb.core.train.fit`: slides are bags of different sizes (20-100 synthetic tiles,
-any number of real ones), which :class:`~discnb.core.train.TensorData` cannot hold, and the official
-recipe needs Lookahead(RAdam) and early stopping on a validation loss; so this module has a small
-plain loop (:func:`train_model`). Bags of equal size in one step are stacked into one forward pass
-(the only batching TransMIL allows without masks); with ``batch: 1`` it is the official
-one-slide-per-step training.
+   std over folds and seeds; ``results.csv`` (tidy) for notebook 06, ``results.json``, and a table
+   with the **best λ per generator chosen on validation** (plus, flagged, the λ that is best on
+   each test set, which is how the paper's text reads its Fig. 6); figure ``05_transmil_sweep``.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import math
 import sys
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
-from discnb import K, LABELS
+from discnb import LABELS, plots
+from discnb.core import paths
+from discnb.core.io import atomic_file, fingerprint, write_json
+from discnb.core.notebook import cli
+from discnb.core.train import pick_device
+from discnb.data import panda
 from discnb.data import sicap as data
 from discnb.grading import features
-from discnb.data import panda
-from discnb.core import paths
+from discnb.grading.eq4 import check_lam
+from discnb.grading.metrics import auroc_scores
+from discnb.grading.mil import Bag, build_model, grid_coords, mean_bce, predict, train_model
+from discnb.grading.transmil import slide_targets
 from discnb.pipelines import prep
-from discnb.grading.transmil import MixedSupervision, TransMIL, bce_loss, lookahead_radam, slide_targets
 
 NOTEBOOK = "05_transmil_sweep"
 STAGE = "mil"
@@ -79,20 +73,12 @@ PAPER = pd.DataFrame([
 
 
 # ===================================================================================== paths
-def data_dir(P) -> Path:
-    return paths.param_dir(P, "data_dir", "data")
-
-
 def out_dir(P) -> Path:
     return paths.param_dir(P, "output_dir", STAGE)
 
 
 def tilesets_dir(P) -> Path:
     return paths.param_dir(P, "tilesets_dir", "tilesets")
-
-
-def device_of(P) -> torch.device:
-    return torch.device("cuda" if P.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 # ================================================================================= tile sets
@@ -133,7 +119,7 @@ def read_manifest(folder: str | Path) -> pd.DataFrame:
 
 def tileset_fingerprint(folder: Path, manifest: pd.DataFrame) -> str:
     stats = [(Path(p).name, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in manifest.path]
-    return features.bytes_fingerprint(folder / "manifest.csv", stats)
+    return fingerprint(folder / "manifest.csv", stats)
 
 
 def tileset_chunks(manifest: pd.DataFrame):
@@ -166,9 +152,16 @@ def find_tilesets(P, generators) -> tuple[dict[str, pd.DataFrame], list[str]]:
 
 
 # ====================================================================================== data
+def describe_sources(S: dict) -> str:
+    """A note per generator without a tile set, then what was found."""
+    notes = [f"note: {n}" for n in S["notes"]]
+    return "\n".join(notes + [f"synthetic tile sets found: {list(S['tilesets']) or 'none (baselines only)'}; "
+                              f"OOD set: {S['ood_name'] or 'none'}"])
+
+
 def load_sources(P, progress: bool = True) -> dict:
     """Real index (train + test), the OOD index (or None) and the synthetic tile sets present."""
-    ddir = data_dir(P)
+    ddir = prep.data_dir(P)
     index = prep.read_index(ddir)
     out: dict = {"index": index, "data_dir": ddir, "notes": []}
     if P.panda.get("root"):
@@ -182,38 +175,29 @@ def load_sources(P, progress: bool = True) -> dict:
         folder = paths.resolve(P.ood_dir)
         out["ood"], out["ood_name"], out["ood_fp"] = panda.read_tile_folder(folder), str(P.ood_dir), _folder_fp(folder)
     elif P.ood_split:
-        if not (ddir / "ood_index.csv").exists():
-            raise FileNotFoundError(f"{ddir / 'ood_index.csv'}: no out-of-distribution set for this profile; set "
-                                    "ood_split: \"\" (none), ood_dir (a tile folder) or panda.root")
-        ood = prep.read_index(ddir, stem="ood_index")
-        if P.ood_split != "all":
-            ood = ood[ood.split == P.ood_split]
-            if ood.empty:
-                raise data.DataError(f"{ddir}/ood_index.csv has no {P.ood_split!r} rows; use 'all', 'test' or ''")
-        out["ood"], out["ood_name"] = ood, "demo OOD (notebook 00)"
-        out["ood_fp"] = features.bytes_fingerprint(ddir / "ood_index.csv", P.ood_split)
+        out["ood"], out["ood_name"] = prep.read_ood_index(ddir, P.ood_split), "demo OOD (notebook 00)"
+        out["ood_fp"] = fingerprint(ddir / "ood_index.csv", P.ood_split)
     else:
         out["ood"], out["ood_name"], out["ood_fp"] = None, "", ""
-    out["real_fp"] = features.bytes_fingerprint(ddir / "index.csv")
+    out["real_fp"] = fingerprint(ddir / "index.csv")
     out["tilesets"], out["notes"] = find_tilesets(P, P.generators)
     return out
 
 
 def _folder_fp(folder: Path) -> str:
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in panda.IMAGE_EXTS + (".csv",))
-    return features.bytes_fingerprint([(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return fingerprint([(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
 
 
 def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
     """The extractor named by ``P.extractor['name']`` (see :mod:`discnb.grading.features`)."""
     E = P.extractor
-    dev = str(device_of(P))
+    dev = str(pick_device(P.device))
     if E["name"] in features.PRETRAINED:
         return features.pretrained_extractor(E["name"], E["path"], E.get("eval_batch", 64), dev)
     if E["name"] != "tilecnn":
         raise ValueError(f"extractor.name {E['name']!r} is not one of {list(features.EXTRACTORS)}")
-    from discnb.pipelines.train_ldm import prep_params
-    size = int(E.get("input_size") or prep_params(S["data_dir"])["image_size"])
+    size = int(E.get("input_size") or prep.prep_params(S["data_dir"])["image_size"])
     train = S["index"][(S["index"].split == "train") & S["index"].mask_path.astype(bool)]
     if train.empty:
         raise data.DataError(f"{S['data_dir']}/index.csv: no training tile with a mask to train the tilecnn extractor")
@@ -221,7 +205,7 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
     def tiles():
         imgs, _ = data.load_tiles(train, size, progress=progress)
         return imgs, train[list(data.FRACTION_COLUMNS)].to_numpy(np.float32)
-    key = features.bytes_fingerprint(S["real_fp"], "train-split")
+    key = fingerprint(S["real_fp"], "train-split")
     return features.tilecnn_extractor(E, out_dir(P), tiles, key, size, progress, dev)
 
 
@@ -238,35 +222,6 @@ def extract_all(P, ext: features.Extractor, S: dict, progress: bool = True) -> d
         F_[f"synth-{g}"] = features.cached_features(ext, out, f"synth-{g}", fp, tileset_chunks(m), progress,
                                                     int(m.n_tiles.sum()) if "n_tiles" in m else None)
     return F_
-
-
-@dataclass
-class Bag:
-    """One slide: its tile features in a fixed order, target, tile pseudo labels, grid coordinates."""
-    slide_id: str
-    feats: torch.Tensor          # (n, D)
-    y: torch.Tensor              # (K,)
-    tile_labels: torch.Tensor    # (n,) long, -100 = unknown
-    coords: torch.Tensor         # (n, 2) long grid positions (row, col)
-    primary: int
-    secondary: int
-
-    def __len__(self) -> int:
-        return len(self.feats)
-
-
-def grid_coords(names, grid: int = 200) -> np.ndarray:
-    """(row, col) grid positions of a slide's tiles for Mixed Supervision's position encoding: the
-    dense ranks of the y/x coordinates in ``..._xini_X_yini_Y`` names, else the bag order laid on a
-    square (as TransMIL's PPEG does); clipped to the encoding's grid."""
-    c = panda.tile_coords(names)
-    n = len(names)
-    if c is None:
-        side = max(1, math.ceil(math.sqrt(n)))
-        c = np.stack([np.arange(n) // side, np.arange(n) % side], 1)
-    else:
-        c = np.stack([np.unique(c[:, 0], return_inverse=True)[1], np.unique(c[:, 1], return_inverse=True)[1]], 1)
-    return np.clip(c, 0, grid - 1)
 
 
 def real_bags(index: pd.DataFrame, feats: dict) -> dict[str, Bag]:
@@ -337,166 +292,6 @@ def bag_table(B: dict, folds) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("set")
 
 
-# ================================================================================== training
-def build_model(kind: str, in_dim: int, P) -> torch.nn.Module:
-    if kind == "TransMIL":
-        T = P.transmil
-        return TransMIL(in_dim, K, dim=T["dim"], heads=T["heads"], landmarks=T.get("landmarks") or None,
-                        dropout=T["dropout"])
-    if kind == "MixedSupervision":
-        M = P.mixed
-        return MixedSupervision(in_dim, K, dim=M["dim"], depth=M["depth"], heads=M["heads"], mlp_ratio=M["mlp_ratio"],
-                                skip_lam=M["skip_lam"], drop_path=M["drop_path"], masking_ratio=M["masking_ratio"])
-    raise ValueError(f"unknown model {kind!r}")
-
-
-def _groups(bags: list[Bag]) -> list[list[Bag]]:
-    by: dict[int, list[Bag]] = {}
-    for b in bags:
-        by.setdefault(len(b), []).append(b)
-    return list(by.values())
-
-
-def slide_loss(model, bags: list[Bag], device, generator: torch.Generator | None = None,
-               instance_weight: float = 0.5) -> torch.Tensor:
-    """Mean BCE over ``bags`` (TransMIL: bags of equal size share one forward pass). Mixed
-    Supervision: per bag, a random (1 - masking_ratio) of its tiles, 0.5 slide BCE + 0.5 instance
-    cross-entropy on the tiles' pseudo labels (tiles without one ignored)."""
-    total = torch.zeros((), device=device)
-    if isinstance(model, MixedSupervision):
-        for b in bags:
-            keep = model.keep_index(len(b), generator) if model.training else torch.arange(len(b))
-            s_logit, i_logit = model(b.feats[keep].to(device), b.coords[keep].to(device))
-            loss = bce_loss(s_logit, b.y.to(device))
-            tl = b.tile_labels[keep].to(device)
-            if (tl >= 0).any():
-                loss = (1 - instance_weight) * loss + instance_weight * F.cross_entropy(i_logit[0], tl, ignore_index=-100)
-            total = total + loss
-        return total / len(bags)
-    for grp in _groups(bags):
-        x = torch.stack([b.feats for b in grp]).to(device)
-        y = torch.stack([b.y for b in grp]).to(device)
-        total = total + bce_loss(model(x), y) * len(grp)
-    return total / len(bags)
-
-
-@torch.no_grad()
-def predict(model, bags: list[Bag], device) -> np.ndarray:
-    """Sigmoid probabilities (n_bags, K), one bag per forward pass (as the official evaluation)."""
-    model.eval()
-    out = np.zeros((len(bags), K), np.float32)
-    for i, b in enumerate(bags):
-        logits = model(b.feats.to(device), b.coords.to(device))[0] if isinstance(model, MixedSupervision) else model(b.feats.to(device))
-        out[i] = torch.sigmoid(logits.float()).cpu().numpy().reshape(-1)
-    return out
-
-
-def eval_loss(model, bags: list[Bag], device) -> float:
-    """Mean slide BCE (no instance loss, all tiles) of ``bags``."""
-    if not bags:
-        return float("nan")
-    p = torch.from_numpy(predict(model, bags, device)).clamp(1e-7, 1 - 1e-7)
-    y = torch.stack([b.y for b in bags])
-    return float(F.binary_cross_entropy(p, y))
-
-
-def check_lam(lam) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (0 <= lam < 1):
-        raise ValueError(f"lambda (balance weight of Eq. 4) must be in [0, 1), got {lam!r}: λ = 1 would ignore the "
-                         "real slides; λ = 0 is the real-only baseline")
-    return float(lam)
-
-
-def eq4(l_real: torch.Tensor, l_synth: torch.Tensor, lam: float) -> torch.Tensor:
-    """Eq. 4: (1 - λ) L_real + λ L_synth."""
-    return (1 - lam) * l_real + lam * l_synth
-
-
-def train_model(model, train: list[Bag], val: list[Bag], T: dict, seed: int, device, synth: list[Bag] | None = None,
-                lam: float = 0.0, select: str = "loss") -> dict:
-    """Train ``model`` in place; returns {history, epochs, best_epoch, seconds, steps}.
-
-    One epoch = one pass over ``train`` in a seeded random order, ``T['batch']`` slides per
-    optimizer step (plus ``T['synth_batch']`` random synthetic slides when λ > 0, Eq. 4). After
-    each epoch: validation loss (and macro AUROC); stop after ``T['patience']`` epochs without a
-    lower validation loss; restore the weights of the best epoch (lowest loss, or highest macro
-    AUROC with ``select='auroc'``, ties to the earlier epoch).
-    """
-    lam = check_lam(lam)
-    if lam > 0 and not synth:
-        raise ValueError("λ > 0 needs synthetic slides")
-    if not train:
-        raise ValueError("no training slides")
-    model.to(device)
-    opt = lookahead_radam(model, T["lr"], T["weight_decay"], T.get("lookahead_k", 6), T.get("lookahead_alpha", 0.5))
-    g = torch.Generator().manual_seed(seed)
-    best_score, best_state, best_epoch, bad, best_loss = None, None, -1, 0, math.inf
-    history, steps, t0 = [], 0, time.perf_counter()
-    yv = np.stack([b.y.numpy() for b in val]) if val else None
-    for epoch in range(1, T["max_epochs"] + 1):
-        model.train()
-        perm = torch.randperm(len(train), generator=g).tolist()
-        run = 0.0
-        for s in range(0, len(perm), T["batch"]):
-            loss = slide_loss(model, [train[i] for i in perm[s:s + T["batch"]]], device, g)
-            if lam > 0:
-                pick = torch.randint(0, len(synth), (T["synth_batch"],), generator=g).tolist()
-                loss = eq4(loss, slide_loss(model, [synth[j] for j in pick], device, g), lam)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {float(loss.detach())} at epoch {epoch}; lower train.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            run += float(loss.detach())
-            steps += 1
-        row = {"epoch": epoch, "train_loss": run / math.ceil(len(perm) / T["batch"])}
-        if val:
-            pv = predict(model, val, device)
-            row["val_loss"] = float(F.binary_cross_entropy(torch.from_numpy(pv).clamp(1e-7, 1 - 1e-7),
-                                                           torch.from_numpy(yv)))
-            row["val_auroc"] = auroc_scores(yv, pv)["macro"]
-            score = ((-row["val_loss"],) if select == "loss" else
-                     (float(np.nan_to_num(row["val_auroc"], nan=-1.0)), -row["val_loss"]))
-            if best_score is None or score > best_score:
-                best_score, best_epoch = score, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            if row["val_loss"] < best_loss - 1e-6:
-                best_loss, bad = row["val_loss"], 0
-            else:
-                bad += 1
-        history.append(row)
-        if val and bad >= T["patience"]:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
-    return {"history": history, "epochs": len(history), "best_epoch": best_epoch, "steps": steps,
-            "seconds": time.perf_counter() - t0}
-
-
-# ================================================================================ evaluation
-def auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN when ``y`` has
-    one class only."""
-    y, score = np.asarray(y).astype(bool).ravel(), np.asarray(score, float).ravel()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-    r = rankdata(score)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def auroc_scores(Y: np.ndarray, S: np.ndarray) -> dict:
-    """Per-label AUROC and their macro mean over labels with both classes (NaN if none)."""
-    Y, S = np.asarray(Y), np.asarray(S)
-    out = {lab: auroc(Y[:, i], S[:, i]) for i, lab in enumerate(LABELS)}
-    vals = [v for v in out.values() if np.isfinite(v)]
-    out["macro"] = float(np.mean(vals)) if vals else float("nan")
-    return out
-
-
 # ====================================================================================== runs
 @dataclass
 class RunSpec:
@@ -536,13 +331,13 @@ def run_one(P, B: dict, spec: RunSpec, keys: dict, progress: bool = False) -> di
         rec = json.loads(path.read_text())
         if rec.get("signature") == sig:
             return rec | {"reused": True}
-    dev = device_of(P)
+    dev = pick_device(P.device)
     parts = fold_slides(B, spec.fold)
     bags = {k: [B["real"][i] for i in v] for k, v in parts.items()}
     bags["ood"] = [B["ood"][i] for i in sorted(B["ood"])]
     in_dim = next(iter(B["real"].values())).feats.shape[1]
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model, in_dim, P)
+    model = build_model(spec.model, in_dim, dict(P.transmil) if spec.model == "TransMIL" else dict(P.mixed))
     fit = train_model(model, bags["train"], bags["val"], P.train, spec.seed, dev,
                       B["synth"][spec.generator] if spec.generator else None, spec.lam,
                       select="auroc" if spec.model == "MixedSupervision" else "loss")
@@ -554,10 +349,9 @@ def run_one(P, B: dict, spec: RunSpec, keys: dict, progress: bool = False) -> di
     rec = {"signature": sig, "model": spec.model, "generator": spec.generator or "none", "lam": spec.lam,
            "fold": spec.fold, "seed": spec.seed, "tag": spec.tag, "fit": fit, "predictions": preds}
     if P.save_models:
-        from safetensors.torch import save_file
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path.with_suffix(".safetensors")))
     path.parent.mkdir(parents=True, exist_ok=True)
-    prep.write_json(path, rec)
+    write_json(path, rec)
     return rec | {"reused": False}
 
 
@@ -570,7 +364,6 @@ def run_keys(P, S: dict, ext: features.Extractor) -> dict:
 
 def run_sweep(P, B: dict, keys: dict, progress: bool = True) -> list[dict]:
     """Every run of :func:`run_specs` for the generators that have slides (cached runs reused)."""
-    from tqdm.auto import tqdm
     if not P.seeds or not P.folds:
         raise ValueError("folds and seeds must each name at least one")
     specs = run_specs(P, list(B["synth"]))
@@ -591,8 +384,7 @@ def results_frame(runs: list[dict], extractor: str) -> pd.DataFrame:
         for ts, pr in r["predictions"].items():
             Y, S_ = np.array(pr["y"], float), np.array(pr["prob"], float)
             vals = [("auroc", lab, v) for lab, v in auroc_scores(Y, S_).items()]
-            vals.append(("bce", "all", float(F.binary_cross_entropy(torch.from_numpy(S_).clamp(1e-7, 1 - 1e-7),
-                                                                    torch.from_numpy(Y)))))
+            vals.append(("bce", "all", mean_bce(S_, Y)))
             for metric, lab, v in vals:
                 rows.append({"model": r["model"], "extractor": extractor, "generator": r["generator"], "lam": r["lam"],
                              "fold": r["fold"], "seed": r["seed"], "test_set": ts, "label": lab, "metric": metric,
@@ -624,6 +416,21 @@ def baseline_table(summary: pd.DataFrame) -> pd.DataFrame:
     return t[cols]
 
 
+def select_lambda(summary: pd.DataFrame, generator: str) -> tuple[float, str]:
+    """λ* of ``generator``, chosen on validation only (the test split and the OOD set never enter):
+    the λ > 0 of the highest mean validation macro AUROC (ties to the smaller λ); where validation
+    AUROC is undefined (e.g. single-class validation folds), the lowest validation BCE. Returns
+    (λ*, what it was selected on); (NaN, "no validation") without validation rows."""
+    s = summary[(summary.model == "TransMIL") & (summary.generator == generator) & (summary.test_set == "val")]
+    va = s[(s.metric == "auroc") & (s.label == "macro")].dropna(subset=["mean"])
+    vb = s[s.metric == "bce"].dropna(subset=["mean"])
+    if len(va):
+        return float(va.sort_values(["mean", "lam"], ascending=[False, True]).lam.iloc[0]), "val AUROC"
+    if len(vb):
+        return float(vb.sort_values(["mean", "lam"]).lam.iloc[0]), "val BCE"
+    return float("nan"), "no validation"
+
+
 def best_lambda_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per generator: λ* chosen on validation (highest mean macro AUROC over λ > 0; where validation
     AUROC is undefined, e.g. single-class validation folds, the lowest validation BCE), the
@@ -641,14 +448,7 @@ def best_lambda_table(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for gen in [g for g in s.generator.unique() if g != "none"]:
         row = {"generator": gen}
-        va = a[(a.generator == gen) & (a.test_set == "val") & (a.label == "macro")].dropna(subset=["mean"])
-        vb = s[(s.generator == gen) & (s.test_set == "val") & (s.metric == "bce")].dropna(subset=["mean"])
-        if len(va):
-            lam_star, row["selected on"] = float(va.sort_values(["mean", "lam"], ascending=[False, True]).lam.iloc[0]), "val AUROC"
-        elif len(vb):
-            lam_star, row["selected on"] = float(vb.sort_values(["mean", "lam"]).lam.iloc[0]), "val BCE"
-        else:
-            lam_star, row["selected on"] = np.nan, "no validation"
+        lam_star, row["selected on"] = select_lambda(s, gen)
         row["λ* (val)"] = lam_star
         for ts in ("test", "ood"):
             for lab in ("macro", "GG5"):
@@ -664,79 +464,70 @@ def best_lambda_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("generator") if rows else pd.DataFrame()
 
 
+def results_extra(S: dict, ext: features.Extractor, B: dict, runs: list[dict]) -> dict:
+    """What ``results.json`` holds beside the summary: extractor, OOD set, notes, generators, runs."""
+    return {"extractor": {"key": ext.key, "name": ext.name, **ext.info}, "ood": S["ood_name"], "notes": S["notes"],
+            "generators": list(B["synth"]),
+            "runs": [{k: r[k] for k in ("tag", "fold", "seed", "fit", "reused")} for r in runs]}
+
+
 def save_results(P, df: pd.DataFrame, summary: pd.DataFrame, extra: dict) -> tuple[Path, Path]:
+    """``results.csv`` (tidy) and ``results.json`` (summary + :func:`results_extra`), atomically."""
     out = out_dir(P)
     out.mkdir(parents=True, exist_ok=True)
-    csv = out / "results.csv"
-    tmp = csv.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(csv)
-    js = prep.write_json(out / "results.json", {"summary": summary.to_dict("records"), **extra})
-    return csv, js
+    csv = atomic_file(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
+    return csv, write_json(out / "results.json", {"summary": summary.to_dict("records"), **extra})
 
 
-# ==================================================================================== figure
-def plot_sweep(summary: pd.DataFrame, labels=("macro", "GG5"), ood_name: str = "OOD"):
-    """Fig. 6 layout: AUROC (%) against λ per generator (mean ± std band over folds and seeds),
-    the TransMIL baseline (λ = 0, solid grey) and Mixed Supervision (dashed), per test set."""
-    import matplotlib.pyplot as plt
-    sets = [ts for ts in ("test", "ood") if (summary.test_set == ts).any()]
-    fig, axes = plt.subplots(len(labels), max(1, len(sets)), figsize=(5 * max(1, len(sets)), 3.3 * len(labels)),
-                             squeeze=False)
-    colors = dict(zip(GENERATORS, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]))
-    for i, lab in enumerate(labels):
-        for j, ts in enumerate(sets):
-            ax = axes[i, j]
-            s = summary[(summary.test_set == ts) & (summary.metric == "auroc") & (summary.label == lab)]
-            base = s[(s.model == "TransMIL") & (s.generator == "none")]
-            ms = s[s.model == "MixedSupervision"]
-            if len(base):
-                m, sd = 100 * base["mean"].iloc[0], 100 * base["std"].iloc[0]
-                ax.axhline(m, color="grey", lw=1.5, label="TransMIL (λ=0)")
-                ax.axhspan(m - sd, m + sd, color="grey", alpha=0.12)
-            if len(ms) and np.isfinite(ms["mean"].iloc[0]):
-                ax.axhline(100 * ms["mean"].iloc[0], color="black", ls="--", lw=1.2, label="Mixed Supervision")
-            for gen in [g for g in s.generator.unique() if g != "none"]:
-                sg = s[(s.generator == gen) & (s.model == "TransMIL")].sort_values("lam")
-                if len(base):
-                    sg = pd.concat([base.assign(generator=gen), sg])
-                x, m, sd = sg.lam.to_numpy(), 100 * sg["mean"].to_numpy(), 100 * sg["std"].to_numpy()
-                ax.plot(x, m, "-o", ms=3, color=colors.get(gen), label=f"TransMIL + {gen}")
-                ax.fill_between(x, m - sd, m + sd, color=colors.get(gen), alpha=0.12)
-            if not np.isfinite(s["mean"].to_numpy(float)).any():
-                ax.text(0.5, 0.5, f"AUROC {lab} undefined here:\nevery slide has the same {lab} label",
-                        ha="center", va="center", transform=ax.transAxes, fontsize=8)
-            ax.set_title(f"{'SICAPv2 test' if ts == 'test' else ood_name} · AUROC {lab}", fontsize=9)
-            ax.set_xlabel("balance weight λ")
-            ax.set_ylabel("AUROC (%)")
-            ax.grid(alpha=0.3)
-    h, l_ = axes[0, 0].get_legend_handles_labels()
-    if h:
-        fig.legend(h, l_, loc="lower center", ncol=min(len(h), 3), frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08 if h else 0, 1, 1))
+# ============================================================================= notebook views
+def feature_table(F_: dict) -> pd.DataFrame:
+    return pd.DataFrame({k: {"tiles": len(v["keys"]), "dim": v["feats"].shape[1], "cached": v["cached"], "file": v["path"]}
+                         for k, v in F_.items()}).T
+
+
+def runs_table(runs: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"run": r["tag"], "fold": r["fold"], "seed": r["seed"], "epochs": r["fit"]["epochs"],
+                          "best_epoch": r["fit"]["best_epoch"], "train_s": round(r["fit"]["seconds"], 1),
+                          "reused": r["reused"]} for r in runs])
+
+
+def sweep_figure(P, summary: pd.DataFrame, S: dict):
+    """Figure ``05_transmil_sweep`` (Fig. 6 layout, :func:`discnb.plots.plot_sweep`)."""
+    fig = plots.plot_sweep(summary, ood_name=S["ood_name"] or "OOD")
+    plots.save(fig, paths.figures_dir(P.profile) / "05_transmil_sweep")
     return fig
+
+
+def check(P, S: dict, ext: features.Extractor, B: dict, runs: list[dict], results: pd.DataFrame) -> None:
+    """The notebook's sanity checks: every run trained, metrics in [0, 1], one extractor, files written."""
+    n_gen = len(B["synth"])
+    assert len(runs) == len(P.folds) * len(P.seeds) * (1 + int(P.mixed_supervision) + n_gen * sum(lam > 0 for lam in P.lams))
+    assert set(results.test_set) >= {"val", "test"} and (S["ood"] is None or "ood" in set(results.test_set))
+    assert results.value.dropna().between(0, 1).all() and results.value.notna().any()
+    assert set(results.extractor) == {ext.key}
+    assert all(1 <= r["fit"]["best_epoch"] <= r["fit"]["epochs"] <= P.train["max_epochs"] for r in runs)
+    assert (out_dir(P) / "results.csv").exists() and (out_dir(P) / "results.json").exists()
 
 
 # ======================================================================================= CLI
 def run(P, progress: bool = True) -> dict:
-    """The whole notebook-05 pipeline."""
+    """Every step of notebook 05, in its order, writing the same files."""
     S = load_sources(P, progress)
-    for n in S["notes"]:
-        print(n)
+    print(describe_sources(S))
     ext = build_extractor(P, S, progress)
     F_ = extract_all(P, ext, S, progress)
     B = build_bags(P, S, F_)
     runs = run_sweep(P, B, run_keys(P, S, ext), progress)
     df = results_frame(runs, ext.key)
     summary = summarize(df)
-    save_results(P, df, summary, {"extractor": {"key": ext.key, "name": ext.name, **ext.info},
-                                  "ood": S["ood_name"], "notes": S["notes"], "generators": list(B["synth"])})
+    save_results(P, df, summary, results_extra(S, ext, B, runs))
+    plt.close(sweep_figure(P, summary, S))
+    check(P, S, ext, B, runs, df)
     return {"sources": S, "extractor": ext, "features": F_, "bags": B, "runs": runs, "results": df, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from discnb.core.notebook import cli
-    P, a = cli(NOTEBOOK, "mil", __doc__.split("\n\n")[0], out_dir, argv)
+    P, a = cli(NOTEBOOK, "pipelines.mil", __doc__.split("\n\n")[0], out_dir, argv)
     res = run(P, progress=not a.no_progress)
     print(baseline_table(res["summary"]).to_string())
     print(best_lambda_table(res["summary"]).to_string())

@@ -22,22 +22,28 @@ generator / condition in every figure; label maps use :data:`discnb.plots.PALETT
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Callable
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from discnb import LABELS
-
-from discnb.core import paths
+from discnb import plots
+from discnb.core import io, paths
+from discnb.core.notebook import cli
+from discnb.pipelines import bench as B
+from discnb.pipelines import carcinonet as cn
+from discnb.pipelines import mil, sc_disc
+from discnb.plots import colour, order
 
 NOTEBOOK = "06_figures"
 FIGURES = ("fig5", "adherence", "cost", "fig6", "fig7", "fig8", "bench")
-GEN_ORDER = ("SD", "SD-SC", "SD-SC-step", "SD-DISC", "SD-DISC-CoTrain")
 # Fig. 7: notebook 01's ablation SDs (generators of notebooks 03 and 05) and the conditioning each stands for
 ABLATION_GENERATORS = {"SD": "pixel", "SD-tile": "tile", "SD-tile+slide": "tile+slide"}
 CONDITIONS = ("pixel", "tile", "tile+slide")
-CHANCE = "SD vs shuffled masks (chance)"
 
 # What each figure reads (relative to outputs/<profile>/) and which notebook writes it.
 REQUIRES = {
@@ -45,33 +51,13 @@ REQUIRES = {
     "adherence": (["disc/comparison.csv"], "notebooks/02_sc_disc.ipynb"),
     "cost": (["disc/comparison.csv", "disc/sc_cost.csv"], "notebooks/02_sc_disc.ipynb"),
     "fig6": (["mil/results.csv"], "notebooks/05_transmil_sweep.ipynb"),
-    "fig8": (["carcinonet/results.json", "carcinonet/params.resolved.yaml"], "notebooks/04_carcinonet.ipynb"),
+    "fig8": (["carcinonet/fig8.npz", "carcinonet/results.csv"], "notebooks/04_carcinonet.ipynb"),
     "bench": (["bench.json"], "python -m discnb.pipelines.bench --profile {profile}"),
 }
 
 
 class MissingInput(FileNotFoundError):
     """A figure's stored input is not there; the message says what to run."""
-
-
-def _colours() -> dict[str, tuple]:
-    import seaborn as sns
-    pal = sns.color_palette("colorblind", 10)
-    names = list(GEN_ORDER) + ["pixel", "tile", "tile+slide"]
-    # colorblind: 0 blue, 1 orange, 2 green, 3 vermillion, 4 purple, 5 brown, 6 pink, 7 grey, 8 yellow, 9 sky
-    idx = [0, 1, 5, 2, 4, 0, 3, 9]
-    return dict(zip(names, [pal[i] for i in idx]))
-
-
-def colour(name: str):
-    """The fixed colour-blind-safe colour of a generator or conditioning (grey for anything else)."""
-    return _colours().get(name, (0.5, 0.5, 0.5))
-
-
-def order(names) -> list[str]:
-    """Generators in the paper's order, unknown names last."""
-    names = list(dict.fromkeys(names))
-    return [g for g in GEN_ORDER if g in names] + [g for g in names if g not in GEN_ORDER]
 
 
 # ===================================================================================== inputs
@@ -107,13 +93,11 @@ def load_comparison(profile: str) -> pd.DataFrame:
 
 
 def load_fig5(profile: str) -> dict:
-    from discnb.pipelines.sc_disc import load_samples
-    return load_samples(require("fig5", profile) / "disc")
+    return sc_disc.load_samples(require("fig5", profile) / "disc")
 
 
 def load_mil(profile: str) -> tuple[pd.DataFrame, str]:
     """Notebook 05's summary (mean ± std over folds and seeds) and the OOD set's name."""
-    from discnb.pipelines import mil
     root = require("fig6", profile) / "mil"
     js = root / "results.json"
     ood = json.loads(js.read_text()).get("ood", "OOD") if js.exists() else "OOD"
@@ -121,77 +105,21 @@ def load_mil(profile: str) -> tuple[pd.DataFrame, str]:
 
 
 # ===================================================================================== Fig. 5
-def fig5_rows(cmp: dict, n: int) -> tuple[dict, list[str]]:
-    """Fig. 5 layout: one row per guiding mask; columns real | mask | SD | SD-SC | SD-DISC | SD-DISC-CoTrain
-    (and any other stored model, e.g. SD-SC-step)."""
-    from discnb.plots import colorize
-    models = order(cmp["samples"])
-    n = min(n, len(cmp["masks"]))
-    cols = ["real", "mask"] + models
-    rows = {f"mask {i + 1}": [cmp["real"][i], colorize(cmp["masks"][i])] + [cmp["samples"][m][i] for m in models]
-            for i in range(n)}
-    return rows, cols
-
-
 def fig5(cmp: dict, n: int = 4):
-    from discnb.plots import image_grid
-    rows, cols = fig5_rows(cmp, n)
-    return image_grid(rows, cols, size=1.5)
+    rows, cols = plots.fig5_rows(cmp, n)
+    return plots.image_grid(rows, cols, size=1.5)
 
 
 # ============================================================================= mask adherence
-def adherence_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Per model, seed and class: the judge's IoU with the guiding mask (classes NC..GG5 and 'mean')."""
-    a = df[(df.metric == "iou") & (df.model != CHANCE)][["model", "seed", "label", "value"]]
-    m = df[(df.metric == "mean_iou") & (df.model != CHANCE)][["model", "seed", "value"]].assign(label="mean")
-    out = pd.concat([a, m], ignore_index=True).rename(columns={"label": "class", "value": "iou"})
-    out["class"] = pd.Categorical(out["class"], list(LABELS) + ["mean"])
-    return out
-
-
-def chance_level(df: pd.DataFrame) -> float:
-    c = df[(df.model == CHANCE) & (df.metric == "mean_iou")].value
-    return float(c.mean()) if len(c) else float("nan")
-
-
-def fig_adherence(df: pd.DataFrame):
-    """Mask adherence per class: the pattern judge's IoU with each tile's guiding mask, bars mean ± std
-    over seeds, per generator; the dashed line is chance (SD's tiles against shuffled masks, mean IoU)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    a = adherence_frame(df)
-    if a.empty:
-        raise MissingInput("adherence: comparison.csv has no IoU rows; re-run notebooks/02_sc_disc.ipynb")
-    models = order(a.model)
-    fig, ax = plt.subplots(figsize=(1.3 + 1.25 * (len(LABELS) + 1), 3.4))
-    sns.barplot(a, x="class", y="iou", hue="model", hue_order=models, palette=[colour(m) for m in models],
-                errorbar="sd", capsize=0.1, err_kws={"linewidth": 1}, ax=ax)
-    ch = chance_level(df)
-    if np.isfinite(ch):
-        ax.axhline(ch, color="black", ls="--", lw=1, label="chance (SD tiles vs shuffled masks, mean IoU)")
-    n = a.groupby("model").seed.nunique()
-    ax.set_xlabel("class of the guiding mask (mean = mean IoU over the classes present)")
-    ax.set_ylabel("IoU of judge segmentation\nwith guiding mask (0-1)")
-    ax.set_title(f"Mask adherence (pattern judge; bars: mean ± std over {n.min()}-{n.max()} seeds)"
-                 if n.min() != n.max() else f"Mask adherence (pattern judge; mean ± std over {n.min()} seed(s))",
-                 fontsize=9)
-    ax.set_ylim(0, max(0.05, float(np.nanmax(a.groupby(["model", "class"], observed=True).iou.mean()) * 1.35)))
-    ax.legend(fontsize=7, ncol=2, frameon=False, loc="upper left")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 def adherence_table(df: pd.DataFrame) -> pd.DataFrame:
     """Notebook 02's table (IoU per class, mean IoU, KID, s/tile, UNet evals/tile as 'mean ± std')."""
-    from discnb.pipelines.sc_disc import summarize, table
-    return table(summarize(df), order(df.model[df.model != CHANCE]))
+    return sc_disc.table(sc_disc.summarize(df), order(df.model[df.model != plots.CHANCE]))
 
 
 # ============================================================================= cost vs adherence
 def cost_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Per model: mean and std over seeds of mean IoU, s/tile and UNet evals/tile."""
-    d = df[df.metric.isin(["mean_iou", "sec_per_tile", "nfe_per_tile"]) & (df.model != CHANCE)]
+    d = df[df.metric.isin(["mean_iou", "sec_per_tile", "nfe_per_tile"]) & (df.model != plots.CHANCE)]
     g = d.groupby(["model", "metric"]).value.agg(["mean", "std"]).unstack("metric")
     g.columns = [f"{m}_{s}" for s, m in g.columns]
     return g.reindex(order(g.index)).fillna({c: 0.0 for c in g.columns if c.endswith("_std")})
@@ -200,12 +128,11 @@ def cost_frame(df: pd.DataFrame) -> pd.DataFrame:
 def fig_cost(df: pd.DataFrame, sc_cost: pd.DataFrame | None = None):
     """Cost per tile against mask adherence (mean ± std over seeds, both axes): wall-clock seconds
     and UNet evaluations per tile; and SD-SC's cost relative to SD by number of labels in the mask."""
-    import matplotlib.pyplot as plt
     c = cost_frame(df)
     panels = [("sec_per_tile", "wall-clock time per tile (s)"), ("nfe_per_tile", "UNet evaluations per tile")]
     n = len(panels) + (sc_cost is not None and len(sc_cost) > 0)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
-    ch = chance_level(df)
+    ch = plots.chance_level(df)
     for ax, (metric, label) in zip(axes[0], panels):
         for m, r in c.iterrows():
             ax.errorbar(r[f"{metric}_mean"], r["mean_iou_mean"], xerr=r[f"{metric}_std"], yerr=r["mean_iou_std"],
@@ -235,73 +162,16 @@ def fig_cost(df: pd.DataFrame, sc_cost: pd.DataFrame | None = None):
 
 
 # ===================================================================================== Fig. 6
-def _band(ax, x, m, sd, col, label, style="-o"):
-    ax.plot(x, m, style, ms=3, color=col, label=label)
-    ax.fill_between(x, m - sd, m + sd, color=col, alpha=0.15, lw=0)
-
-
 def fig6(summary: pd.DataFrame, ood_name: str = "OOD", labels=("macro", "GG5"), sets=("test", "ood")):
-    """Fig. 6: AUROC (%) against the balance weight λ of Eq. 4 for TransMIL + each generator's slides
-    (mean ± std band over folds and seeds; λ = 0 is TransMIL on real slides), TransMIL (solid grey)
-    and Mixed Supervision (dashed black) as reference lines; rows all-label macro AUROC and GG5,
-    columns in-distribution test and OOD."""
-    import matplotlib.pyplot as plt
-    s_all = summary[summary.metric == "auroc"]
-    sets = [ts for ts in sets if (s_all.test_set == ts).any()]
-    if not sets:
+    """Fig. 6 (:func:`discnb.plots.plot_sweep`, the plotter notebook 05 draws too), without the
+    conditioning ablation's SD-tile / SD-tile+slide: they belong to Fig. 7."""
+    if not (summary[summary.metric == "auroc"].test_set.isin(sets)).any():
         raise MissingInput("fig6: results.csv has no test or OOD AUROC rows; re-run notebooks/05_transmil_sweep.ipynb")
-    fig, axes = plt.subplots(len(labels), len(sets), figsize=(4.6 * len(sets), 3.2 * len(labels)), squeeze=False)
-    for i, lab in enumerate(labels):
-        for j, ts in enumerate(sets):
-            ax = axes[i, j]
-            s = s_all[(s_all.test_set == ts) & (s_all.label == lab)]
-            base = s[(s.model == "TransMIL") & (s.generator == "none")]
-            ms = s[s.model == "MixedSupervision"]
-            if len(base) and np.isfinite(base["mean"].iloc[0]):
-                m, sd = 100 * base["mean"].iloc[0], 100 * np.nan_to_num(base["std"].iloc[0])
-                ax.axhline(m, color="grey", lw=1.5, label="TransMIL (real only, λ = 0)")
-                ax.axhspan(m - sd, m + sd, color="grey", alpha=0.12, lw=0)
-            if len(ms) and np.isfinite(ms["mean"].iloc[0]):
-                m, sd = 100 * ms["mean"].iloc[0], 100 * np.nan_to_num(ms["std"].iloc[0])
-                ax.axhline(m, color="black", ls="--", lw=1.2, label="Mixed Supervision")
-                ax.axhspan(m - sd, m + sd, color="black", alpha=0.06, lw=0)
-            # the conditioning ablation's SD-tile / SD-tile+slide belong to Fig. 7, not here
-            for gen in order(g for g in s.generator.unique() if g != "none" and g not in set(ABLATION_GENERATORS) - {"SD"}):
-                sg = s[(s.generator == gen) & (s.model == "TransMIL")].sort_values("lam")
-                if len(base):
-                    sg = pd.concat([base, sg])
-                _band(ax, sg.lam.to_numpy(float), 100 * sg["mean"].to_numpy(float),
-                      100 * np.nan_to_num(sg["std"].to_numpy(float)), colour(gen), f"TransMIL + {gen}")
-            if not np.isfinite(s["mean"].to_numpy(float)).any():
-                ax.text(0.5, 0.5, f"AUROC {lab} undefined here:\nevery slide has the same {lab} label",
-                        ha="center", va="center", transform=ax.transAxes, fontsize=8)
-            _lam_axes(ax, s_all.lam, "in-distribution test" if ts == "test" else ood_name, lab)
-    _shared_legend(fig, axes)
-    return fig
-
-
-def _lam_axes(ax, lams, where: str, lab: str) -> None:
-    hi = float(np.nanmax(lams)) if len(lams) else 1.0
-    ax.set_xlim(-0.02 * max(hi, 0.1), hi + 0.02 * max(hi, 0.1))
-    ax.set_title(f"{where} · AUROC {'all labels (macro)' if lab == 'macro' else lab}", fontsize=9)
-    ax.set_xlabel("balance weight λ (Eq. 4)")
-    ax.set_ylabel("AUROC (%)")
-    ax.grid(alpha=0.3)
-
-
-def _shared_legend(fig, axes):
-    seen = {}
-    for ax in axes.flat:
-        for h, l_ in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(l_, h)
-    if seen:
-        fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(len(seen), 3), frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(seen) + 2) // 3) if seen else 0, 1, 1))
+    return plots.plot_sweep(summary, ood_name, labels, sets, exclude=set(ABLATION_GENERATORS) - {"SD"})
 
 
 def best_lambda_table(summary: pd.DataFrame) -> pd.DataFrame:
-    from discnb.pipelines.mil import best_lambda_table as t
-    return t(summary)
+    return mil.best_lambda_table(summary)
 
 
 # ===================================================================================== Fig. 7
@@ -365,7 +235,6 @@ def fig7(df: pd.DataFrame, labels=("macro", "GG5"), sets=("test", "ood"), ood_na
     """Fig. 7 (left): TransMIL AUROC (%) against λ with tiles from SD conditioned on pixel-wise labels
     (the paper's choice), tile labels, or tile + slide labels; mean ± std band over folds and seeds
     (and over the conditions' baseline runs for λ = 0)."""
-    import matplotlib.pyplot as plt
     keys = ["condition", "generator", "lam", "test_set", "label"]
     a = df[df.metric == "auroc"].groupby(keys).value.agg(["mean", lambda v: v.std(ddof=0)]).reset_index()
     a.columns = keys + ["mean", "std"]
@@ -387,93 +256,39 @@ def fig7(df: pd.DataFrame, labels=("macro", "GG5"), sets=("test", "ood"), ood_na
                 sc = s[(s.condition == c) & (s.generator != "none")].sort_values("lam")
                 if len(b):
                     sc = pd.concat([pd.DataFrame({"lam": [0.0], "mean": [b.mean()], "std": [b.std(ddof=0)]}), sc])
-                _band(ax, sc.lam.to_numpy(float), 100 * sc["mean"].to_numpy(float),
+                plots.band(ax, sc.lam.to_numpy(float), 100 * sc["mean"].to_numpy(float),
                       100 * np.nan_to_num(sc["std"].to_numpy(float)), colour(c), f"TransMIL + SD ({c} labels)")
-            _lam_axes(ax, a.lam, "in-distribution test" if ts == "test" else ood_name, lab)
-    _shared_legend(fig, axes)
+            plots.lam_axes(ax, a.lam, "in-distribution test" if ts == "test" else ood_name, lab)
+    plots.shared_legend(fig, axes)
     return fig
 
 
 # ===================================================================================== Fig. 8
-def carcinonet_params(profile: str):
-    """Notebook 04's parameters as it ran for this profile (its ``params.resolved.yaml``)."""
-    import yaml
-
-    from discnb.core import params
-    from discnb.pipelines.carcinonet import NOTEBOOK as NB04
-    p = require("fig8", profile) / "carcinonet" / "params.resolved.yaml"
-    return params.validate(NB04, yaml.safe_load(p.read_text()) or {})
+def load_fig8(profile: str) -> dict:
+    """What notebook 04 stored for Fig. 8 (``carcinonet/fig8.npz``: tiles, truth and each run's
+    predicted label maps per test set); nothing is predicted here."""
+    return cn.load_fig8(require("fig8", profile) / "carcinonet" / "fig8.npz")
 
 
-def carcinonet_runs(P04) -> list[dict]:
-    """Notebook 04's runs (``results.json``), their folders re-rooted under this checkout's
-    ``carcinonet/runs`` when the stored absolute path is elsewhere (a moved clone)."""
-    from discnb.pipelines import carcinonet as cn
-    out = cn.out_dir(P04)
-    runs = json.loads((out / "results.json").read_text())["runs"]
-    fixed = []
-    for r in runs:
-        d = Path(r["dir"])
-        if not (d / "best").exists():
-            d = out / "runs" / d.name
-        if not (d / "best").exists():
-            raise MissingInput(f"fig8: {d / 'best'}: the model of run {r['tag']} seed {r['seed']} is gone; "
-                               f"re-run notebooks/04_carcinonet.ipynb (profile {P04.profile})")
-        fixed.append({**r, "dir": str(d)})
-    return fixed
-
-
-def carcinonet_data(P04) -> dict:
-    """Notebook 04's tiles (``carcinonet.load_data``), without its per-split class warnings."""
-    import warnings
-
-    from discnb.pipelines import carcinonet as cn
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return cn.load_data(P04, progress=False)
-
-
-def fig8_rows(profile: str, n_tiles: int = 4, test_set: str = "test", D: dict | None = None,
-              seed: int | None = None) -> tuple[dict, list]:
-    """Fig. 8 layout from notebook 04's stored models: tile | ground truth | baseline | + each generator
-    (seed ``seeds[0]`` of notebook 04; tiles with the most labels first). Loads the models and
-    predicts; trains nothing. ``D``: notebook 04's data, if already loaded."""
-    from discnb.pipelines import carcinonet as cn
-    from discnb.core.params import Params
-    P04 = carcinonet_params(profile)
-    runs = carcinonet_runs(P04)
-    D = D if D is not None else carcinonet_data(P04)
-    if test_set not in D or not len(D[test_set]["imgs"]):
-        raise MissingInput(f"fig8: notebook 04's data (profile {profile}) has no {test_set!r} tiles "
-                           f"(ood_split {P04.ood_split!r})")
-    P = Params({**P04, "figure_tiles": int(n_tiles), "seed": P04.seed if seed is None else seed})
-    return cn.figure_rows(P, runs, D, test_set)
-
-
-def fig8(profile: str, n_tiles: int = 4, test_sets=("test",)) -> dict:
-    """Fig. 8 grids, one per test set (``test``: in-distribution, ``ood``), the data loaded once.
-    A test set without tiles is left out (with a message) when another one has tiles."""
-    from discnb.plots import image_grid
-    D = carcinonet_data(carcinonet_params(profile))
-    out, errors = {}, []
+def fig8(stored: dict, n_tiles: int = 4, test_sets=("test",)) -> dict:
+    """Fig. 8 grids (tile | ground truth | baseline | + each generator), one per test set that notebook
+    04 stored, at most ``n_tiles`` tiles each. A test set it did not store is left out with a
+    message when another one is there."""
+    have = [str(t) for t in stored["test_sets"]]
+    out = {}
     for ts in test_sets:
-        try:
-            rows, titles = fig8_rows(profile, n_tiles, ts, D)
-        except MissingInput as e:
-            errors.append(str(e))
+        if ts not in have:
+            print(f"[fig8] left out: notebook 04 stored no {ts!r} tiles (it has {have})")
             continue
-        out[ts] = image_grid(rows, titles)
-    if out:
-        for e in errors:
-            print(f"[fig8] left out: {e}")
-    else:
-        raise MissingInput("; ".join(errors) or "fig8: no test set asked for")
+        rows, titles = cn.fig8_rows(stored, ts)
+        out[ts] = plots.image_grid({k: v[:n_tiles] for k, v in rows.items()}, titles[:n_tiles])
+    if not out:
+        raise MissingInput(f"fig8: notebook 04 stored none of the test sets {list(test_sets)} (it has {have})")
     return out
 
 
 def carcinonet_table(profile: str) -> pd.DataFrame:
     """Notebook 04's metric table (mean ± std over seeds) from its ``results.csv``."""
-    from discnb.pipelines import carcinonet as cn
     root = require("fig8", profile) / "carcinonet"
     return cn.metric_table(cn.summarize(pd.read_csv(root / "results.csv")))
 
@@ -500,7 +315,6 @@ def bench_table(b: dict) -> pd.DataFrame:
 
 def fig_bench(b: dict):
     """Seconds per tile of every sampler the benchmark timed (log scale) and training throughput."""
-    import matplotlib.pyplot as plt
     t = pd.DataFrame(b["sampling"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(t) + 1.6), gridspec_kw={"width_ratios": [2, 1]})
     ax = axes[0]
@@ -508,7 +322,6 @@ def fig_bench(b: dict):
     ax.barh(t.method, t.sec_per_tile, color=cols)
     for y, (v, nfe) in enumerate(zip(t.sec_per_tile, t.nfe_per_tile)):
         ax.text(v, y, f" {v:.3g} s · {nfe:.0f} evals", va="center", fontsize=7)
-    from matplotlib.ticker import FuncFormatter, NullFormatter
     log = t.sec_per_tile.max() / t.sec_per_tile.min() > 20
     if log:
         ax.set_xscale("log")
@@ -536,15 +349,67 @@ def fig_bench(b: dict):
     return fig
 
 
+# ================================================================================== the steps
+# Each step draws one entry of FIGURES from stored results: (figures by file stem, table or None).
+def step_fig5(P):
+    return {"06_fig5_qualitative": fig5(load_fig5(P.profile), P.fig5_rows)}, None
+
+
+def step_adherence(P):
+    cmp = load_comparison(P.profile)
+    if plots.adherence_frame(cmp).empty:
+        raise MissingInput("adherence: comparison.csv has no IoU rows; re-run notebooks/02_sc_disc.ipynb")
+    return {"06_adherence_per_class": plots.fig_adherence(cmp)}, adherence_table(cmp)
+
+
+def step_cost(P):
+    root = require("cost", P.profile) / "disc"
+    return {"06_cost_vs_adherence": fig_cost(pd.read_csv(root / "comparison.csv"), pd.read_csv(root / "sc_cost.csv"))}, None
+
+
+def step_fig6(P):
+    summary, ood_name = load_mil(P.profile)
+    return {"06_fig6_auroc_vs_lambda": fig6(summary, ood_name)}, best_lambda_table(summary)
+
+
+def step_fig7(P):
+    return {"06_fig7_conditioning_ablation": fig7(load_ablation(P.profile, P.ablation_generator))}, None
+
+
+def step_fig8(P):
+    figs = fig8(load_fig8(P.profile), P.fig8_tiles, P.fig8_test_sets)
+    return {f"06_fig8_carcinonet_{ts}": f for ts, f in figs.items()}, carcinonet_table(P.profile)
+
+
+def step_bench(P):
+    b = load_bench(P.profile)
+    print("\n".join(B.summary_lines(b)))
+    return {"06_bench": fig_bench(b)}, None
+
+
+STEPS: dict[str, Callable] = {"fig5": step_fig5, "adherence": step_adherence, "cost": step_cost, "fig6": step_fig6,
+                              "fig7": step_fig7, "fig8": step_fig8, "bench": step_bench}
+TABLES = {"adherence": "adherence_table.csv", "fig6": "mil_best_lambda.csv", "fig8": "carcinonet_table.csv"}
+
+
+def bench_if_asked(P) -> Path | None:
+    """Run the benchmark first when ``run_bench`` asks for it (see :func:`should_run_bench`)."""
+    if not should_run_bench(P.run_bench, P.profile):
+        return None
+    b = B.run(P.profile, B.Settings(**P.bench), progress=False)
+    return B.save(b, paths.output_dir(P.profile) / "bench.json")
+
+
 # ================================================================================== bookkeeping
 class Report:
     """What notebook 06 made and what it could not (with the message naming what to run)."""
 
-    def __init__(self, wanted):
-        unknown = sorted(set(wanted) - set(FIGURES))
+    def __init__(self, P, out: Path | None = None):
+        unknown = sorted(set(P.figures_wanted) - set(FIGURES))
         if unknown:
             raise ValueError(f"unknown figure(s) {unknown}; known: {list(FIGURES)}")
-        self.wanted = list(wanted)
+        self.P, self.out = P, Path(out) if out is not None else out_dir(P)
+        self.wanted = list(P.figures_wanted)
         self.made: dict[str, list[str]] = {}
         self.missing: dict[str, str] = {}
 
@@ -556,11 +421,65 @@ class Report:
         self.missing[name] = str(err)
         print(f"[{name}] not made: {err}")
 
+    def draw(self, name: str) -> pd.DataFrame | None:
+        """Figure ``name`` if wanted: its step's figures saved (PNG + PDF) and recorded, its table
+        written to the output folder and returned; a missing input is recorded with what to run."""
+        if name not in self.wanted:
+            return None
+        try:
+            figs, table = STEPS[name](self.P)
+        except MissingInput as e:
+            self.skip(name, e)
+            return None
+        for stem, fig in figs.items():
+            self.add(name, plots.save(fig, paths.figures_dir(self.P.profile) / stem))
+        if table is not None:
+            table.to_csv(self.out / TABLES[name])
+        return table
+
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame([{"figure": n, "made": n in self.made,
                               "files / what to run": ", ".join(Path(p).name for p in self.made.get(n, []))
                               or self.missing.get(n, "")} for n in self.wanted]).set_index("figure")
 
-    def save(self, path: Path) -> Path:
-        from discnb.pipelines.prep import write_json
-        return write_json(Path(path), {"made": self.made, "missing": self.missing})
+    def save(self) -> Path:
+        """``report.json`` in the output folder: what was made and what to run for the rest."""
+        return io.write_json(self.out / "report.json", {"made": self.made, "missing": self.missing})
+
+    def check(self) -> None:
+        """Every wanted figure whose inputs exist was made (PNG and PDF); every other one has a
+        message naming what to run."""
+        for name in self.wanted:
+            if inputs_present(name, self.P.profile):
+                assert name in self.made, f"{name}: its inputs exist but it was not made: {self.missing.get(name)}"
+                assert all(Path(p).exists() and Path(p).with_suffix(".pdf").exists() for p in self.made[name]), name
+            else:
+                assert name in self.missing and "run " in self.missing[name], \
+                    f"{name}: no figure and no message naming what to run"
+
+
+def out_dir(P) -> Path:
+    return paths.resolve(P.output_dir) if P.output_dir else paths.output_dir(P.profile, "figures", create=False)
+
+
+def run(P, progress: bool = True) -> Report:
+    """Notebook 06: the benchmark if asked, every wanted figure from stored results, ``report.json``."""
+    out_dir(P).mkdir(parents=True, exist_ok=True)
+    bench_if_asked(P)
+    R = Report(P)
+    for name in FIGURES:
+        R.draw(name)
+    R.save()
+    R.check()
+    plt.close("all")
+    return R
+
+
+def main(argv: list[str] | None = None) -> int:
+    P, _ = cli(NOTEBOOK, "pipelines.paper_figures", __doc__.split("\n\n")[0].split(";")[0], out_dir, argv)
+    print(run(P).frame().to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

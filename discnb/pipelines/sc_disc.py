@@ -6,9 +6,10 @@ comparison of SD, SD-SC, SD-DISC and SD-DISC-CoTrain (paper Sec. 2.3, Fig. 4-5).
 
 The paper shows pictures only; we measure, on fixed held-out validation masks (real annotation
 shapes, multi-label ones first) with the same seeds for every model:
-- mask adherence: the pattern judge's (notebook 04's real-only CarcinoNet) segmentation of each
+- mask adherence: the pattern judge's (the real-only CarcinoNet notebook 01 trains) segmentation of each
   tile against its guiding mask, IoU per class and mean;
-- realism: KID to real validation tiles on the judge encoder's features (:mod:`discnb.grading.realism`);
+- realism: KID to real validation tiles passed through the same first stage, on the judge encoder's features
+  (:func:`discnb.grading.metrics.kid`);
 - cost: UNet evaluations and wall time per tile.
 Mean ± std over seeds. Outputs go to ``outputs/<profile>/disc/``.
 """
@@ -18,46 +19,43 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from discnb import LABELS
-
-from discnb.pipelines import carcinonet as cn
-
-from discnb.generative import disc
-
-from discnb.generative import generators
-
-from discnb.core import params
-
-from discnb.core import paths
-
-from discnb.pipelines import prep
-
-from discnb.grading import realism
-
+from discnb import LABELS, plots
+from discnb.core import io, paths
+from discnb.core.notebook import cli
+from discnb.core.train import TensorData, fit, pick_device, process_state
 from discnb.data import shapes
-from discnb.core.train import TensorData, fit
+from discnb.generative import autoencoder as ae
+from discnb.generative import checkpoints as ck
+from discnb.generative import disc, generators, ldm
+from discnb.grading import judge as jg
+from discnb.grading import metrics
+from discnb.pipelines import prep, train_ldm
 
 NOTEBOOK = "02_sc_disc"
 MODELS = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain")
-VARIANTS = {"SD-DISC": "sd-disc", "SD-DISC-CoTrain": "sd-disc-cotrain"}
+CHANCE = plots.CHANCE  # the row of SD's tiles scored against other tiles' masks
+VARIANTS = generators.FINETUNED  # fine-tuned model -> its folder under disc/
 
 
 def ldm_dir(P) -> Path:
-    return paths.param_dir(P, "ldm_dir", "ldm")
+    return train_ldm.ldm_dir(P)
 
 
 def out_dir(P) -> Path:
-    return paths.resolve(P.output_dir) if P.output_dir else disc.disc_dir(ldm_dir(P))
+    return paths.resolve(P.output_dir) if P.output_dir else generators.disc_dir(ldm_dir(P))
 
 
 def device_of(P) -> str:
-    return "cuda" if torch.cuda.is_available() and P.device != "cpu" else "cpu"
+    return str(pick_device(P.device))
 
 
 def context(P, section: dict) -> generators.GeneratorContext:
@@ -69,9 +67,8 @@ def context(P, section: dict) -> generators.GeneratorContext:
 
 def check_out_dir(P) -> None:
     """Notebook 02 writes beside notebook 01's LDM (``disc/``); the SD-DISC generators read there."""
-    if P.output_dir and paths.resolve(P.output_dir) != disc.disc_dir(ldm_dir(P)):
-        import warnings
-        warnings.warn(f"output_dir {P.output_dir} is not {disc.disc_dir(ldm_dir(P))}: the SD-DISC generators of "
+    if P.output_dir and paths.resolve(P.output_dir) != generators.disc_dir(ldm_dir(P)):
+        warnings.warn(f"output_dir {P.output_dir} is not {generators.disc_dir(ldm_dir(P))}: the SD-DISC generators of "
                       "notebooks 03/04 will not find these models")
 
 
@@ -91,18 +88,15 @@ def make_disc_data(P, progress: bool = True) -> dict:
 def finetune(P, variant: str, data: dict, progress: bool = True) -> dict:
     """SD-DISC (Eq. 3 only) or SD-DISC-CoTrain (mean of L_LDM on real tiles and L_DISC), both
     starting from SD's best weights, through the project's one training loop."""
-    from discnb.generative import autoencoder as ae
-    from discnb.generative import ldm
-    from discnb.pipelines import train_ldm
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-    P01 = generators.ldm_params(ldm_dir(P))
-    summary01 = generators.check_ldm(ldm_dir(P), P01, json.loads((ldm_dir(P) / "summary.json").read_text())["image_size"])
+    P01 = ck.ldm_params(ldm_dir(P))
+    summary01 = ck.check_ldm(ldm_dir(P), P01, json.loads((ldm_dir(P) / "summary.json").read_text())["image_size"])
     size = summary01["image_size"]
-    model, vq = train_ldm.load_trained(P01)
+    model, vq = ck.load_trained(P01)
     split = train_ldm.load_split(P01, progress=False)
     z, _ = train_ldm.encode_split(vq, split, model.latent_scale)
-    lib = shapes.load_library(train_ldm.data_dir(P01) / "shape_maps.npz")
+    lib = shapes.load_library(prep.data_dir(P01) / "shape_maps.npz")
     maps = torch.from_numpy(np.stack([shapes.resize_mask(m, size) for m in lib["maps"]]))
 
     def tensors(k):
@@ -147,29 +141,26 @@ def build(P, name: str, section: dict):
     return generators.build_generator(name, context(P, section))
 
 
-def load_judge(P):
-    """The pattern judge of notebook 04's parameters ``judge_params`` (trained there or here, once)."""
-    P04 = params.check_file(cn.NOTEBOOK, paths.resolve(P.judge_params)) if P.judge_params else \
-        params.validate(cn.NOTEBOOK, {"profile": P.profile})
-    j = cn.load_or_train_judge(P04, progress=False)
-    model = cn.load_model(cn.out_dir(P04) / "judge" / "model")
-    return j, model
+def load_judge(P) -> jg.Judge:
+    """The pattern judge notebook 01 trained (``outputs/<profile>/judge``); the error says to run it."""
+    return jg.load_judge(train_ldm.judge_dir(ldm_dir(P)), device=device_of(P))
 
 
 def compare(P, progress: bool = True) -> dict:
-    """Sample every model on the same masks and seeds; judge, KID, cost. Returns tidy rows + samples."""
-    from discnb.pipelines import train_ldm
-    from tqdm.auto import tqdm
-    P01 = generators.ldm_params(ldm_dir(P))
+    """Sample every model on the same masks and seeds; judge, KID, cost. Returns tidy rows + samples.
+
+    KID compares the generated tiles with the held-out real tiles passed through the same first
+    stage (encode, quantise, decode): every generator decodes with it, so against untouched real
+    tiles its blur would dominate the distance and every model would score alike."""
+    P01 = ck.ldm_params(ldm_dir(P))
     split = train_ldm.load_split(P01, progress=False)
     src = train_ldm.held_out(split)
     C = P.compare
-    judge, jmodel = load_judge(P)
+    judge = load_judge(P)
     first, first_key = build(P, "SD", C)
     idx = comparison_masks(src["masks"], C["n_masks"], P.seed, first.latent_shape[-1])
     masks, real = src["masks"][idx], src["imgs"][idx]
-    dev = device_of(P)
-    f_real = realism.encoder_features(jmodel, src["imgs"], device=dev)
+    f_real = judge.features(jg.first_stage_view(src["imgs"], first.vq))
     rows, samples, meta = [], {}, {}
     for name in tqdm(P.models, desc="models", disable=not progress):
         gen, key = (first, first_key) if name == "SD" else build(P, name, C)
@@ -181,7 +172,7 @@ def compare(P, progress: bool = True) -> dict:
             tiles = gen.generate(masks, seeds)
             sec = (time.perf_counter() - t0) / len(masks)
             j = judge(tiles, masks)
-            k_mean, _ = realism.kid(f_real, realism.encoder_features(jmodel, tiles, device=dev), seed=s)
+            k_mean, _ = metrics.kid(f_real, judge.features(tiles), seed=s)
             base = {"model": name, "seed": int(s)}
             rows += [base | {"metric": "iou", "label": lab, "value": j["iou"][lab]} for lab in LABELS]
             rows += [base | {"metric": "mean_iou", "label": "all", "value": j["mean_iou"]},
@@ -194,7 +185,7 @@ def compare(P, progress: bool = True) -> dict:
     # chance level: the same SD tiles scored against masks of other tiles
     if "SD" in samples:
         shuf = judge(samples["SD"], masks[np.roll(np.arange(len(masks)), 1)])
-        rows.append({"model": "SD vs shuffled masks (chance)", "seed": int(C["seeds"][0]), "metric": "mean_iou",
+        rows.append({"model": CHANCE, "seed": int(C["seeds"][0]), "metric": "mean_iou",
                      "label": "all", "value": shuf["mean_iou"]})
     df = pd.DataFrame(rows)
     return {"results": df, "masks": masks, "real": real, "samples": samples, "meta": meta, "judge": judge.info}
@@ -203,12 +194,10 @@ def compare(P, progress: bool = True) -> dict:
 def conditioning(P, n: int = 256) -> pd.DataFrame:
     """:func:`discnb.pipelines.train_ldm.conditioning_report` of SD and of each fine-tuned model on the same
     real validation latents: how much each model's noise prediction depends on the mask at all."""
-    from discnb.pipelines import train_ldm
-    from discnb.generative.ldm import MaskLDM
-    P01 = generators.ldm_params(ldm_dir(P))
+    P01 = ck.ldm_params(ldm_dir(P))
     inputs = train_ldm.report_inputs(P01)
     folders = {v: out_dir(P) / VARIANTS[v] / "best" for v in VARIANTS if v in P.models}
-    models = {"SD": inputs["model"]} | {v: MaskLDM.from_pretrained(f) for v, f in folders.items()
+    models = {"SD": inputs["model"]} | {v: ldm.MaskLDM.from_pretrained(f) for v, f in folders.items()
                                         if (f / "ldm.json").exists()}
     return train_ldm.conditioning_report(P01, n, inputs=inputs, models=models)
 
@@ -225,7 +214,7 @@ def table(summary: pd.DataFrame, models) -> pd.DataFrame:
     s["cell"] = [f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}" for m, sd, n in zip(s["mean"], s["std"].fillna(0), s["n"])]
     t = s.pivot(index="model", columns="col", values="cell")
     cols = [f"IoU {lab}" for lab in LABELS] + ["mean_iou", "pixel_agreement", "kid", "sec_per_tile", "nfe_per_tile"]
-    order = [m for m in list(models) + ["SD vs shuffled masks (chance)"] if m in t.index]
+    order = [m for m in list(models) + [CHANCE] if m in t.index]
     return t.reindex(index=order, columns=[c for c in cols if c in t.columns])
 
 
@@ -261,13 +250,13 @@ def save(P, cmp: dict, cost: pd.DataFrame, extra: dict) -> dict:
     cmp["results"].to_csv(out / "comparison.csv", index=False)
     summarize(cmp["results"]).to_csv(out / "comparison_summary.csv", index=False)
     cost.to_csv(out / "sc_cost.csv", index=False)
-    tmp = out / "comparison_samples.tmp.npz"
-    np.savez_compressed(tmp, masks=cmp["masks"], real=cmp["real"], models=np.array(list(cmp["samples"])),
-                        **{f"tiles_{i}": t for i, t in enumerate(cmp["samples"].values())})
-    tmp.replace(out / "comparison_samples.npz")
-    prep.write_json(out / "comparison.json", {"meta": cmp["meta"], "judge": cmp["judge"], **extra,
+    io.atomic_file(out / "comparison_samples.npz", lambda tmp: np.savez_compressed(
+        tmp, masks=cmp["masks"], real=cmp["real"], models=np.array(list(cmp["samples"])),
+        **{f"tiles_{i}": t for i, t in enumerate(cmp["samples"].values())}))
+    io.write_json(out / "comparison.json", {"meta": cmp["meta"], "judge": cmp["judge"], **extra,
                                               "realism_features": "pattern judge encoder (real-only CarcinoNet, "
-                                                                  "notebook 04), two deepest levels, GAP; KID cubic kernel"})
+                                                                  "notebook 01), two deepest levels, GAP; KID cubic kernel "
+                                                                  "against real tiles through the first stage"})
     return {"dir": str(out)}
 
 
@@ -281,46 +270,104 @@ def load_samples(folder: str | Path) -> dict:
         return {"masks": z["masks"], "real": z["real"], "samples": {m: z[f"tiles_{i}"] for i, m in enumerate(models)}}
 
 
-def figure_rows(cmp: dict, n: int) -> tuple[dict, list]:
-    """Fig. 5 layout as columns: real | mask | SD | SD-SC | SD-DISC | SD-DISC-CoTrain (one row per mask)."""
-    from discnb.plots import colorize
-    cols = {"real": list(cmp["real"][:n]), "mask": [colorize(m) for m in cmp["masks"][:n]]}
-    cols |= {m: list(t[:n]) for m, t in cmp["samples"].items()}
-    # image_grid wants rows: one per mask
-    names = list(cols)
-    return {f"{i}": [cols[c][i] for c in names] for i in range(min(n, len(cmp["masks"])))}, names
+# ================================================================================ named steps
+def finetune_all(P, data: dict, progress: bool = True) -> dict:
+    """:func:`finetune` of each DISC variant listed in ``models`` (SD-DISC, SD-DISC-CoTrain)."""
+    return {v: finetune(P, v, data, progress) for v in VARIANTS if v in P.models}
+
+
+def finetune_figure(P, fits: dict):
+    """Figure ``02_disc_finetune_loss`` (None when no DISC variant is listed)."""
+    if not fits:
+        return None
+    fig = plots.loss_curves({v: out_dir(P) / VARIANTS[v] for v in fits}, smooth=10, log=False,
+                            xlabel="fine-tuning step", ylabel="loss (L_LDM; val on real latents)", title="DISC fine-tuning")
+    plots.save(fig, paths.figures_dir(P.profile) / "02_disc_finetune_loss")
+    return fig
+
+
+def conditioning_table(P) -> pd.DataFrame:
+    """:func:`conditioning`, written to ``conditioning.csv``."""
+    cond = conditioning(P)
+    out_dir(P).mkdir(parents=True, exist_ok=True)
+    cond.to_csv(out_dir(P) / "conditioning.csv", index=False)
+    return cond
+
+
+def grid_figure(P, cmp: dict):
+    """Figure ``02_sc_disc_grid``: Fig. 5's layout on the comparison's masks."""
+    rows, titles = plots.fig5_rows(cmp, P.figure_rows)
+    fig = plots.image_grid(rows, titles)
+    plots.save(fig, paths.figures_dir(P.profile) / "02_sc_disc_grid")
+    return fig
+
+
+def adherence_figure(P, cmp: dict):
+    """Figure ``02_adherence``: the judge's IoU per class, mean ± std over seeds."""
+    fig = plots.fig_adherence(cmp["results"])
+    plots.save(fig, paths.figures_dir(P.profile) / "02_adherence")
+    return fig
+
+
+def check(P, cmp: dict, summary: pd.DataFrame, cost: pd.DataFrame, cond: pd.DataFrame) -> None:
+    """The notebook's sanity checks: every model scored, IoUs in [0, 1], UNet evaluations per tile as
+    the method says (SC: one branch per label present; DISC: what SD costs), files written."""
+    res = cmp["results"]
+    assert set(P.models) <= set(res.model)
+    assert res.query("metric == 'iou'").value.dropna().between(0, 1).all()
+    nfe = summary.query("metric == 'nfe_per_tile'").set_index("model")["mean"]
+    assert nfe["SD"] == P.compare["steps"]
+    if "SD-SC" in nfe:
+        assert P.compare["steps"] <= nfe["SD-SC"] <= 4 * P.compare["steps"]
+    assert all(nfe[v] == nfe["SD"] for v in VARIANTS if v in nfe), nfe  # DISC costs what SD costs
+    assert (cost.nfe_ratio.round(6) == cost["labels"]).all()
+    assert (out_dir(P) / "comparison.csv").exists() and (out_dir(P) / "comparison_samples.npz").exists()
+    assert (cond.loss_true > 0).all() and set(cond.model) >= {"SD"}
+
+
+def run(P, progress: bool = True) -> dict:
+    """Every step of notebook 02, in its order (one process)."""
+    check_out_dir(P)
+    data = make_disc_data(P, progress)
+    fits = finetune_all(P, data, progress)
+    finetune_figure(P, fits)
+    cond = conditioning_table(P)
+    cmp = compare(P, progress)
+    summary = summarize(cmp["results"])
+    cost = sc_cost(P, progress)
+    save(P, cmp, cost, {"disc_data_sec_per_set": data["sec_per_set"], "finetune": fits})
+    grid_figure(P, cmp)
+    adherence_figure(P, cmp)
+    check(P, cmp, summary, cost, cond)
+    plt.close("all")
+    return {"data": data, "fits": fits, "conditioning": cond, "comparison": cmp, "summary": summary, "cost": cost}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from discnb.core.notebook import cli
-    from discnb.core.train import process_state
-
     def is_main(P):
         return process_state(P.device == "cpu").is_main_process
-    P, a = cli(NOTEBOOK, "sc_disc", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main,
-               configure=lambda ap: ap.add_argument("--stage", choices=("all", "data", "finetune", "compare", "diagnose"),
-                                                    default="all"))
-    main_proc = is_main(P)
+    P, a = cli(NOTEBOOK, "pipelines.sc_disc", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main,
+               configure=lambda ap: ap.add_argument("--stage", choices=("all", "data", "finetune", "compare"),
+                                                    default="all",
+                                                    help="all = the notebook (one process); under accelerate launch "
+                                                         "run data (one process), then finetune, then compare"))
     progress = not a.no_progress
-    if a.stage in ("all", "data") and main_proc:
+    if a.stage == "all":
+        res = run(P, progress)
+        print(table(res["summary"], P.models).to_string())
+        print(res["cost"].to_string())
+    elif a.stage == "data" and is_main(P):
         make_disc_data(P, progress)
-    if a.stage in ("all", "finetune"):
-        # several processes (accelerate launch): run --stage data first, in one process
-        data = disc.load_disc_data(out_dir(P) / "disc_data")
-        for v in VARIANTS:
-            if v in P.models:
-                print(v, json.dumps(finetune(P, v, data, progress)))
-    if a.stage in ("all", "compare", "diagnose") and main_proc:
-        cond = conditioning(P)
-        out_dir(P).mkdir(parents=True, exist_ok=True)
-        cond.to_csv(out_dir(P) / "conditioning.csv", index=False)
-        print(cond.to_string())
-    if a.stage in ("all", "compare") and main_proc:
+    elif a.stage == "finetune":
+        for v, f in finetune_all(P, disc.load_disc_data(out_dir(P) / "disc_data"), progress).items():
+            print(v, json.dumps(f))
+    elif a.stage == "compare" and is_main(P):
+        cond = conditioning_table(P)
         cmp = compare(P, progress)
         cost = sc_cost(P, progress)
         save(P, cmp, cost, {})
+        check(P, cmp, summarize(cmp["results"]), cost, cond)
         print(table(summarize(cmp["results"]), P.models).to_string())
-        print(cost.to_string())
     return 0
 
 

@@ -73,10 +73,8 @@ From a terminal: ``python -m discnb.pipelines.tilesets --params params/demo/03_t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -85,19 +83,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from discnb import K, LABELS
-
-from discnb.core import params
-
-from discnb.core import paths
-
-from discnb.pipelines import prep
-
+from discnb import K, LABELS, plots
+from discnb.core import io, paths
+from discnb.core.notebook import cli
+from discnb.core.train import pick_device
 from discnb.data import shapes
-from discnb.generative.generators import GeneratorContext, build_generator, hash_tree
+from discnb.generative.generators import GeneratorContext, build_generator
+from discnb.pipelines import prep, train_ldm
 
 NOTEBOOK = "03_tile_sets"
 STAGE = "tilesets"
@@ -321,7 +318,7 @@ class Plan:
 
     def fingerprint(self) -> str:
         recs = self.slides[["slide_id", "primary", "secondary", "tertiary", "seed"]].to_numpy().tolist()
-        return hashlib.sha1(json.dumps([VERSION, recs], default=int).encode()).hexdigest()[:16]
+        return io.fingerprint([VERSION, recs])
 
     def to_json(self) -> dict:
         return {"settings": self.settings, "table": self.table.reset_index().to_dict("records"),
@@ -405,19 +402,8 @@ def ablation_grid(lib: dict, tertiary_probs=(0.0,), **kw) -> tuple[pd.DataFrame,
 
 
 # ================================================================================ generation
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_slide(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    io.atomic_file(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def read_manifest(folder: str | Path) -> pd.DataFrame:
@@ -433,9 +419,7 @@ def read_manifest(folder: str | Path) -> pd.DataFrame:
 
 
 def _write_manifest(folder: Path, m: pd.DataFrame) -> None:
-    tmp = folder / "manifest.csv.tmp"
-    m[MANIFEST_COLUMNS].to_csv(tmp, index=False)
-    os.replace(tmp, folder / "manifest.csv")
+    io.atomic_file(folder / "manifest.csv", lambda tmp: m[MANIFEST_COLUMNS].to_csv(tmp, index=False))
 
 
 def _clear(folder: Path) -> None:
@@ -463,7 +447,7 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
     settings = {"version": VERSION, "generator": generator_name, "generator_fingerprint": gen_fingerprint,
                 "plan_fingerprint": plan.fingerprint(), "library_fingerprint": lib_fingerprint,
                 "image_size": size, "min_tiles": int(min_tiles), "max_tiles": int(max_tiles), "scheme": scheme}
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    key = io.fingerprint(settings)
     plan_file = folder / "plan.json"
     if plan_file.exists():
         old = json.loads(plan_file.read_text())
@@ -476,9 +460,9 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
             warnings.warn(f"{folder}: stale tile set ({', '.join(diff)} changed); deleting it and generating afresh")
             _clear(folder)
     (folder / "slides").mkdir(parents=True, exist_ok=True)
-    for tmp in list((folder / "slides").glob("*.tmp.npz")) + list(folder.glob("*.tmp")):
+    for tmp in list((folder / "slides").glob(io.TMP_GLOB)) + list(folder.glob(io.TMP_GLOB)):
         tmp.unlink()  # left by a killed run
-    _atomic_write_text(plan_file, json.dumps({"key": key, "settings": settings, **(extra or {}), "plan": plan.to_json()},
+    io.write_text(plan_file, json.dumps({"key": key, "settings": settings, **(extra or {}), "plan": plan.to_json()},
                                              indent=1, default=int) + "\n")
 
     manifest = read_manifest(folder)
@@ -498,7 +482,6 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else \
         {"generator": generator_name, "slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0, "runs": []}
     run = {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}
-    from tqdm.auto import tqdm
     bar = tqdm(total=sum(len(s["mask_ids"]) for _, s in specs), desc=f"{generator_name or 'tiles'}", unit="tile",
                disable=not progress, mininterval=1)
     bar.set_postfix(slides=f"{len(done)}/{len(plan.slides)}")
@@ -554,7 +537,7 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
                   sec_per_tile=timing["generate_seconds"] / timing["tiles"] if timing["tiles"] else None,
                   sec_per_slide=timing["slide_seconds"] / timing["slides"] if timing["slides"] else None,
                   mean_tiles_per_slide=timing["tiles"] / timing["slides"] if timing["slides"] else None)
-    _atomic_write_text(timing_file, json.dumps(timing, indent=1) + "\n")
+    io.write_text(timing_file, json.dumps(timing, indent=1) + "\n")
     missing = set(plan.slides.slide_id) - set(manifest.slide_id)
     if missing:
         raise RuntimeError(f"{folder}: {len(missing)} planned slide(s) still missing after generation")
@@ -591,28 +574,17 @@ def load_tileset(profile_or_dir: str | Path, generator: str) -> tuple[pd.DataFra
 
 
 # ================================================================================ notebook glue
-def data_dir(P) -> Path:
-    return paths.param_dir(P, "data_dir", "data")
-
-
-def ldm_dir(P) -> Path:
-    return paths.param_dir(P, "ldm_dir", "ldm")
-
-
 def out_dir(P) -> Path:
     return paths.param_dir(P, "output_dir", STAGE)
 
 
 def load_inputs(P) -> dict:
     """Notebook 00's index, shape-map library (+ its fingerprint) and tile size."""
-    from discnb.pipelines.train_ldm import prep_params
-    ddir = data_dir(P)
+    ddir = prep.data_dir(P)
     lib_path = ddir / "shape_maps.npz"
     lib = library_info(shapes.load_library(lib_path))
-    h = hashlib.sha1()
-    hash_tree(h, lib_path)
-    return {"index": prep.read_index(ddir), "lib": lib, "lib_fingerprint": h.hexdigest()[:16],
-            "image_size": int(prep_params(ddir)["image_size"]), "data_dir": str(ddir)}
+    return {"index": prep.read_index(ddir), "lib": lib, "lib_fingerprint": io.fingerprint(lib_path),
+            "image_size": int(prep.prep_params(ddir)["image_size"]), "data_dir": str(ddir)}
 
 
 def plan_from_params(P, inputs: dict) -> Plan:
@@ -621,12 +593,9 @@ def plan_from_params(P, inputs: dict) -> Plan:
 
 def build(P, generator: str, plan: Plan, inputs: dict, progress: bool = True) -> dict:
     """Build generator ``generator`` (any registered name) and generate its tile set for ``plan``."""
-    device = "cpu"
-    if P.device != "cpu":
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device(P.device))
     S = P.sampling
-    ctx = GeneratorContext(ldm_dir(P), inputs["image_size"], S["steps"], S["scheduler"], S["batch_size"], device,
+    ctx = GeneratorContext(train_ldm.ldm_dir(P), inputs["image_size"], S["steps"], S["scheduler"], S["batch_size"], device,
                            P.mixed_precision == "bf16")
     gen, fp = build_generator(generator, ctx)
     fp = fp + ("/bf16" if ctx.bf16 and device == "cuda" else "")  # bf16 tiles differ from fp32 ones
@@ -645,7 +614,7 @@ def write_timing(P, results: dict) -> Path:
     allt = json.loads(f.read_text()) if f.exists() else {}
     for g in results:
         allt[g] = json.loads((out_dir(P) / g / "timing.json").read_text())
-    _atomic_write_text(f, json.dumps(allt, indent=1) + "\n")
+    io.write_text(f, json.dumps(allt, indent=1) + "\n")
     return f
 
 
@@ -665,12 +634,10 @@ def run_ablation(P, inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def save_ablation(P, summary: pd.DataFrame, per: pd.DataFrame) -> Path:
     out = out_dir(P)
-    tmp = out / "ablation_slides.csv.tmp"
-    per.to_csv(tmp, index=False)
-    os.replace(tmp, out / "ablation_slides.csv")
+    io.atomic_file(out / "ablation_slides.csv", lambda tmp: per.to_csv(tmp, index=False))
     f = out / "ablation.json"
     share = [{"tertiary_prob": tp, "scheme": sc, **r} for (tp, sc), r in summary.to_dict("index").items()]
-    _atomic_write_text(f, json.dumps({"settings": dict(P.ablation), "secondary": P.secondary,
+    io.write_text(f, json.dumps({"settings": dict(P.ablation), "secondary": P.secondary,
                                       "paper": {"random": 0.9675, "equal": 0.6775, "slides": 400},
                                       "match_share": share}, indent=1) + "\n")
     return f
@@ -692,7 +659,6 @@ def mosaic(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndar
 def figure_rows(P, generators, n_slides: int, max_tiles: int) -> tuple[dict, list[str]]:
     """Rows for the figure: per slide (columns) its mask mosaic, then each generator's tile mosaic.
     Slides are the plan's first ones with distinct primary grades where possible."""
-    from discnb.plots import colorize
     m0, load0 = load_tileset(out_dir(P), generators[0])
     picks = m0.drop_duplicates("primary").slide_id.tolist()
     picks = (picks + [s for s in m0.slide_id if s not in picks])[:n_slides]
@@ -702,27 +668,68 @@ def figure_rows(P, generators, n_slides: int, max_tiles: int) -> tuple[dict, lis
         r = m0[m0.slide_id == sid].iloc[0]
         t = f"+{LABELS[r.tertiary]}" if r.tertiary >= 0 else ""
         titles.append(f"{sid} {LABELS[r.primary]}+{LABELS[r.secondary]}{t}")
-        rows["masks"].append(mosaic(colorize(load0(sid)["masks"][:max_tiles])))
+        rows["masks"].append(mosaic(plots.colorize(load0(sid)["masks"][:max_tiles])))
     for g in generators:
         _, load = load_tileset(out_dir(P), g)
         rows[g] = [mosaic(load(sid)["tiles"][:max_tiles]) for sid in picks]
     return rows, titles
 
 
+def figure(P):
+    """Figure ``03_tile_sets``: per slide its mask mosaic, then each generator's tile mosaic."""
+    rows, titles = figure_rows(P, P.generators, P.figure_slides, P.figure_tiles)
+    fig = plots.image_grid(rows, titles, size=2.4)
+    plots.save(fig, paths.figures_dir(P.profile) / "03_tile_sets")
+    return fig
+
+
+def check(P, plan: Plan, abl: pd.DataFrame, timing_path: Path) -> None:
+    """The notebook's sanity checks: every planned slide of every generator is there, with the
+    manifest's columns and tiles of the right shape; every generator got the same masks and noise
+    seeds; primary-NC slides are NC only; random weights match the designation more often than equal
+    ones (the ablation); every generator was timed."""
+    sets = {g: load_tileset(out_dir(P), g) for g in P.generators}
+    m0, load0 = sets[P.generators[0]]
+    for g, (m, load) in sets.items():
+        assert list(m.columns) == MANIFEST_COLUMNS and m.slide_id.is_unique, g
+        assert set(m.slide_id) == set(plan.slides.slide_id), f"{g}: not every planned slide was generated"
+        assert m.n_tiles.between(P.min_tiles, P.max_tiles).all()
+        s = load(m.slide_id.iloc[0])
+        assert s["tiles"].dtype == np.uint8 and s["tiles"].shape == (*s["masks"].shape, 3) and s["masks"].max() <= 3
+        assert not list((out_dir(P) / g / "slides").glob(io.TMP_GLOB))
+        for sid in m0.slide_id[:3]:
+            a, b = load0(sid), load(sid)
+            assert all((a[k] == b[k]).all() for k in ("masks", "seeds", "mask_ids")), f"{g}: other masks or seeds"
+    nc = m0[m0.primary == 0]
+    assert all(load0(sid)["masks"].max() == 0 for sid in nc.slide_id), "a primary-NC slide has cancer pixels"
+    assert (abl.xs("random", level="scheme")["all"] > abl.xs("equal", level="scheme")["all"]).all(), abl
+    assert (abl.slides == 4 * P.ablation["per_grade"]).all()
+    t = json.loads(Path(timing_path).read_text())
+    assert all(t[g]["sec_per_tile"] is not None for g in P.generators)
+
+
+def build_all(P, plan: Plan, inputs: dict, progress: bool = True) -> dict:
+    """:func:`build` of every generator in ``generators``, one after the other."""
+    return {g: build(P, g, plan, inputs, progress) for g in P.generators}
+
+
 def run(P, progress: bool = True) -> dict:
-    """The notebook's pipeline: plan, ablation, every generator's tile set, timing."""
+    """Every step of notebook 03, in its order: plan, ablation, every generator's tile set, timing,
+    the figure and the checks."""
     inputs = load_inputs(P)
     plan = plan_from_params(P, inputs)
     summary, per = run_ablation(P, inputs)
     save_ablation(P, summary, per)
-    results = {g: build(P, g, plan, inputs, progress) for g in P.generators}
-    write_timing(P, results)
+    results = build_all(P, plan, inputs, progress)
+    timing_path = write_timing(P, results)
+    figure(P)
+    check(P, plan, summary, timing_path)
+    plt.close("all")
     return {"plan": plan, "ablation": summary, "results": results}
 
 
 def main(argv=None) -> int:
-    from discnb.core.notebook import cli
-    P, a = cli(NOTEBOOK, "tilesets", "Generate synthetic tile sets (notebook 03) from a terminal.", out_dir, argv)
+    P, a = cli(NOTEBOOK, "pipelines.tilesets", "Generate synthetic tile sets (notebook 03) from a terminal.", out_dir, argv)
     out = run(P, progress=not a.no_progress)
     print(out["plan"].table.to_string())
     print(out["ablation"].to_string())

@@ -11,42 +11,49 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
-import yaml
 
-from discnb.generative import autoencoder as ae
+from discnb import plots
+from discnb.core import io, params, paths
+from discnb.core.notebook import cli
+from discnb.core.train import FitConfig, TensorData, fit, pick_device, process_state, read_metrics
+from discnb.data import shapes
 from discnb.data import sicap as data
+from discnb.generative import autoencoder as ae
+from discnb.generative import checkpoints as ck
 from discnb.generative import ldm
-from discnb.core import params
-from discnb.core import paths
+from discnb.generative.sampling import SDGenerator
+from discnb.grading import judge as jg
 from discnb.pipelines import prep
-from discnb.core.train import FitConfig, TensorData, fit
 
 NOTEBOOK = "01_train_ldm"
-
-
-def data_dir(P) -> Path:
-    return paths.param_dir(P, "data_dir", "data")
+STAGE = "ldm"
 
 
 def out_dir(P) -> Path:
-    return paths.param_dir(P, "output_dir", "ldm")
+    return paths.param_dir(P, "output_dir", STAGE)
 
 
-def prep_params(ddir: Path) -> dict:
-    p = ddir / "params.resolved.yaml"
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no data prep for this profile; run notebooks/00_data_prep.ipynb first")
-    return yaml.safe_load(p.read_text())
+def ldm_dir(P) -> Path:
+    """Notebook 01's folder as a later notebook's ``ldm_dir`` parameter names it (the one place)."""
+    return paths.param_dir(P, "ldm_dir", STAGE)
+
+
+def judge_dir(ldir: str | Path) -> Path:
+    """Where notebook 01 stores the pattern judge: ``outputs/<profile>/judge`` beside ``ldm``."""
+    return Path(ldir).parent / "judge"
 
 
 def load_split(P, progress: bool = True) -> dict:
     """Tiles and masks of the training and validation split, in memory at the model's size."""
-    ddir = data_dir(P)
-    size = prep_params(ddir)["image_size"]
+    ddir = prep.data_dir(P)
+    size = prep.prep_params(ddir)["image_size"]
     index = prep.read_index(ddir)
     if not (index.split == "train").any():
         raise data.DataError(f"{ddir}/index.csv: the training split is empty (no official-train tiles)")
@@ -71,7 +78,9 @@ def fit_config(P, out: Path, section: dict, desc: str, signature: dict, progress
                      grad_accum=section.get("grad_accum", 1), lr=section["lr"], scale_lr=section.get("scale_lr", False),
                      ema_decay=section.get("ema_decay", 0.0), mixed_precision=P.mixed_precision, cpu=P.device == "cpu",
                      checkpoint_every=P.checkpoint_every, checkpoints_total_limit=P.checkpoints_total_limit,
-                     resume=P.resume or None, seed=P.seed, desc=desc, signature=signature, progress=progress)
+                     resume=P.resume or None, seed=P.seed, desc=desc, signature=signature, progress=progress,
+                     # SD's optimizer (notebook 01's ``sd``); sections without them keep FitConfig's
+                     **{k: section[k] for k in ("weight_decay", "max_grad_norm") if k in section})
 
 
 def first_stage(P, split: dict, progress: bool = True) -> tuple:
@@ -94,7 +103,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
     info = {"signature": sig, "fit": summary, "source": "trained here (L1 + L2 + codebook; no LPIPS/GAN)"}
     if len(split["val"]["imgs"]):
         info["val_reconstruction"] = ae.reconstruction_metrics(vq, split["val"]["imgs"])
-    prep.write_json(done, info)
+    io.write_json(done, info)
     return vq, info
 
 
@@ -106,20 +115,9 @@ def encode_split(vq, split: dict, latent_scale: float | None = None) -> tuple[di
     return {k: v * latent_scale for k, v in z.items()}, latent_scale
 
 
-def ablation_folder(condition: str) -> str:
-    """Where the Fig. 7 ablation SD of ``condition`` lives under notebook 01's output folder."""
-    return "sd-" + ldm.check_condition(condition).replace("+", "-")
-
-
 def ldm_signature(P, image_size: int, condition: str | None = None) -> dict:
-    # options left at their default are not part of the signature (models trained before the option stay valid)
-    unet = {k: v for k, v in P.unet.items() if not (k in ldm.OPTION_DEFAULTS and v == ldm.OPTION_DEFAULTS[k])}
-    return {"kind": "ldm", "condition": condition or P.condition, "unet": unet, "image_size": image_size,
+    return {"kind": "ldm", "condition": condition or P.condition, "unet": dict(P.unet), "image_size": image_size,
             "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
-
-
-def build_model(P, image_size: int, latent_size: int, latent_scale: float, condition: str | None = None) -> ldm.MaskLDM:
-    return ldm.MaskLDM.from_config({**P.unet, "condition": condition or P.condition}, image_size, latent_size, latent_scale)
 
 
 def ldm_batch_loss(condition: str, alphas_cumprod: torch.Tensor):
@@ -130,20 +128,35 @@ def ldm_batch_loss(condition: str, alphas_cumprod: torch.Tensor):
     return loss
 
 
-def run(P, progress: bool = True) -> dict:
-    """First stage -> latents -> SD (-> the Fig. 7 ablation SDs of ``ablation_conditions``, same
-    settings, same first stage, other condition). Returns a summary (also written to ``summary.json``)."""
+def check_conditions(P) -> None:
     ldm.check_condition(P.condition)
     for c in P.ablation_conditions:
         if ldm.check_condition(c) == P.condition:
             raise params.ParamError(f"ablation_conditions: {c!r} is SD's own condition; list only the others")
+
+
+def train_judge(P, progress: bool = True) -> jg.Judge:
+    """The pattern judge (the real-only CarcinoNet, frozen; ``judge``: its recipe) trained once, here,
+    before any notebook uses it: on real tiles, or (``input: first_stage``) on real tiles passed
+    through this notebook's first stage, the domain of every generated tile. Stored in
+    ``outputs/<profile>/judge/`` and reused while its signature matches."""
+    J = dict(P.judge)
+    seed = J.pop("seed")
+    D = prep.split_tiles(prep.data_dir(P), P.val_fold, ood_split="", progress=progress)
+    return jg.train_judge(D, J, judge_dir(out_dir(P)), seed=seed,
+                          first_stage=ck.first_stage_folder(P) if J["input"] == "first_stage" else None,
+                          device=P.device, mixed_precision=P.mixed_precision, checkpoint_every=P.checkpoint_every,
+                          checkpoints_total_limit=P.checkpoints_total_limit, resume=P.resume, progress=progress)
+
+
+def train_sd(P, split: dict, vq, ae_info: dict, progress: bool = True) -> dict:
+    """Latents of the first stage -> SD (Eq. 1) -> the Fig. 7 ablation SDs of ``ablation_conditions``
+    (same settings, same first stage, other condition). Returns a summary (also ``summary.json``)."""
+    check_conditions(P)
     out = out_dir(P)
-    out.mkdir(parents=True, exist_ok=True)
-    split = load_split(P, progress)
-    vq, ae_info = first_stage(P, split, progress)
     z, latent_scale = encode_split(vq, split, None if P.latent_scale_by_std else 1.0)
     size = split["image_size"]
-    model = build_model(P, size, z["train"].shape[-1], latent_scale)
+    model = ck.build_model(P, size, z["train"].shape[-1], latent_scale)
 
     def tensors(k):
         return {"z": z[k], "mask": torch.from_numpy(split[k]["masks"]), "slide": torch.from_numpy(split[k]["slide"])}
@@ -154,42 +167,26 @@ def run(P, progress: bool = True) -> dict:
                   fit_config(P, out / "sd", P.sd, "SD", ldm_signature(P, size), progress), val=va,
                   save_fn=lambda m, d: m.save_pretrained(d))
     ablation = {}
+    A = {**P.sd, "steps": P.ablation_steps or P.sd["steps"]}  # smoke: fewer steps (only the pipeline is tested)
     for c in P.ablation_conditions:  # Fig. 7: the same SD recipe, conditioned on tile (+ slide) labels only
-        m = build_model(P, size, z["train"].shape[-1], latent_scale, c)
+        m = ck.build_model(P, size, z["train"].shape[-1], latent_scale, c)
         ablation[c] = fit(m, ldm_batch_loss(c, sched.alphas_cumprod), tr,
-                          fit_config(P, out / ablation_folder(c), P.sd, f"SD ({c})", ldm_signature(P, size, c), progress),
+                          fit_config(P, out / ck.ablation_folder(c), A, f"SD ({c})", ldm_signature(P, size, c), progress),
                           val=va, save_fn=lambda m, d: m.save_pretrained(d))
     result = {"autoencoder": ae_info, "sd": summary, "latent_scale": latent_scale, "image_size": size,
               "latent_shape": list(z["train"].shape[1:]), "n_train": len(tr), "n_val": len(va),
               "unet_parameters": sum(p.numel() for p in model.unet.parameters()),
               "tau_parameters": sum(p.numel() for p in model.tau.parameters()),
               "ablation": ablation}
-    prep.write_json(out / "summary.json", result)
+    if process_state(P.device == "cpu").is_main_process:
+        io.write_json(out / "summary.json", result)
     return result
-
-
-def load_sd(P, which: str = "best", condition: str | None = None) -> ldm.MaskLDM:
-    """SD as trained by :func:`run` for these parameters; ``condition`` other than SD's own: the
-    Fig. 7 ablation SD of that condition."""
-    folder = out_dir(P) / ("sd" if condition in (None, P.condition) else ablation_folder(condition)) / which
-    if condition not in (None, P.condition) and not (folder / "ldm.json").exists():
-        raise FileNotFoundError(f"{folder}: no {condition}-conditioned SD; add {condition!r} to ablation_conditions in "
-                                f"notebook 01's parameters (profile {P.profile}) and run it again (SD itself is reused)")
-    return ldm.MaskLDM.from_pretrained(folder)
-
-
-def load_trained(P, which: str = "best", condition: str | None = None) -> tuple:
-    """(SD, first stage): :func:`load_sd` and the first stage it was trained on."""
-    sd = load_sd(P, which, condition)  # first: a missing ablation SD is the error to report
-    vq = ae.load_vq(paths.resolve(P.autoencoder["path"])) if P.autoencoder["path"] else \
-        ae.load_vq(out_dir(P) / "autoencoder" / "best")
-    return sd, vq
 
 
 def report_inputs(P, which: str = "best") -> dict:
     """What notebook 01's reports share, loaded once: the held-out tiles (``src``), SD and its first
     stage (``model``, ``vq``; checkpoint ``which``). Pass it as ``inputs=`` to the report functions."""
-    model, vq = load_trained(P, which)
+    model, vq = ck.load_trained(P, which)
     return {"src": held_out(load_split(P, progress=False)), "model": model, "vq": vq, "which": which}
 
 
@@ -204,25 +201,19 @@ def _inputs(P, inputs: dict | None, which: str) -> tuple:
 def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: str = "best",
                   inputs: dict | None = None) -> dict:
     """SD samples for ``n`` validation masks (two seeds each), timed: rows for a figure + numbers."""
-    import time
-    from discnb.plots import colorize
-    from discnb.generative.sampling import SDGenerator
     src, model, vq = _inputs(P, inputs, which)
-    rng = np.random.default_rng(seed)
-    n_labels = np.array([len(np.unique(m)) for m in src["masks"]])
-    order = np.argsort(-n_labels + rng.random(len(n_labels)) * 0.5, kind="stable")[:n]  # multi-label masks first
+    order = shapes.most_labels_first(src["masks"], n, seed)
     gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=max(1, n),
-                      device="cuda" if torch.cuda.is_available() and P.device != "cpu" else "cpu",
-                      bf16=P.mixed_precision == "bf16")
+                      device=pick_device(P.device), bf16=P.mixed_precision == "bf16")
     masks = src["masks"][order]
     t0 = time.perf_counter()
     a = gen.generate(masks, [seed * 10_000 + i for i in range(len(masks))], src["slide"][order])
     sec_per_tile = (time.perf_counter() - t0) / len(masks)
     b = gen.generate(masks, [seed * 10_000 + 5_000 + i for i in range(len(masks))], src["slide"][order])
-    rows = {"real tile": list(src["imgs"][order]), "mask": [colorize(m) for m in masks],
+    rows = {"real tile": list(src["imgs"][order]), "mask": [plots.colorize(m) for m in masks],
             "SD seed A": list(a), "SD seed B": list(b)}
     for c in P.ablation_conditions:  # Fig. 7's ablation SDs on the same masks and noise as seed A
-        m_c = load_sd(P, which, condition=c)  # same first stage: only the U-Net is loaded
+        m_c = ck.load_sd(P, which, condition=c)  # same first stage: only the U-Net is loaded
         g = SDGenerator(m_c, vq, steps=steps, scheduler=scheduler, batch_size=max(1, n), device=gen.device,
                         bf16=gen.bf16)
         rows[f"SD ({c} labels)"] = list(g.generate(masks, [seed * 10_000 + i for i in range(len(masks))],
@@ -236,7 +227,6 @@ def conditioning_report(P, n: int = 256, which: str = "best", inputs: dict | Non
     """:func:`discnb.generative.ldm.conditioning_gap` of SD (or of each of ``models``, name -> MaskLDM on SD's
     latents, e.g. the fine-tuned ones) on the same up to ``n`` validation latents, encoded once:
     does the noise prediction use the mask? (A relative gap near 0 means it ignores tau_theta.)"""
-    import pandas as pd
     src, model, vq = _inputs(P, inputs, which)
     z = ae.encode(vq, ae.to_tensor(src["imgs"][:n])) * model.latent_scale
     masks = torch.from_numpy(src["masks"][:n])
@@ -249,12 +239,13 @@ def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed:
     """Do SD's samples land where real latents are? The std and the median per-tile max |z| of
     ``n`` sampled latents (validation masks, seeded noise) next to those of the real validation
     latents. A model whose DDIM trajectories drift (the demo's eps-U-Net: ~4x the std) decodes to
-    flat or saturated tiles whatever the mask; see README "Does SD follow the mask?"."""
-    from discnb.generative.sampling import SDGenerator
+    flat or saturated tiles whatever the mask; see README "Does SD follow the mask?". Sampled on
+    ``P.device`` (the seeded noise is drawn on the CPU, so the latents do not depend on it)."""
     src, model, vq = _inputs(P, inputs, which)
     real = ae.encode(vq, ae.to_tensor(src["imgs"][:max(n, 64)])) * model.latent_scale
-    gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=n)
-    z = gen.latents(src["masks"][:n], [seed * 10_000 + i for i in range(n)], src["slide"][:n])
+    gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=n, device=pick_device(P.device),
+                      bf16=P.mixed_precision == "bf16")
+    z = gen.latents(src["masks"][:n], [seed * 10_000 + i for i in range(n)], src["slide"][:n]).float().cpu()
 
     def stats(x):
         return {"std": float(x.std()), "median_max_abs": float(x.abs().flatten(1).amax(1).median())}
@@ -262,13 +253,94 @@ def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed:
             "n": n, "steps": steps, "scheduler": scheduler, "prediction": model.prediction}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from discnb.core.notebook import cli
-    from discnb.core.train import process_state
+# ================================================================================ reports
+def reconstructions(P, inputs: dict) -> tuple[dict, object]:
+    """The first stage's PSNR/SSIM on the held-out tiles and figure ``01_reconstructions`` (8 of them)."""
+    imgs, vq = inputs["src"]["imgs"], inputs["vq"]
+    recon = ae.reconstruction_metrics(vq, imgs)
+    rec = ae.to_uint8(ae.decode(vq, ae.encode(vq, ae.to_tensor(imgs[:8]))))
+    fig = plots.image_grid({"real": list(imgs[:8]), "encode -> decode": list(rec)})
+    plots.save(fig, paths.figures_dir(P.profile) / "01_reconstructions")
+    return recon, fig
 
+
+def loss_figure(P):
+    """Figure ``01_loss_curves``: the first stage's and SD's training and validation loss."""
+    fig = plots.loss_curves({"first stage": out_dir(P) / "autoencoder", "SD, Eq. 1": out_dir(P) / "sd"})
+    plots.save(fig, paths.figures_dir(P.profile) / "01_loss_curves")
+    return fig
+
+
+def samples(P, inputs: dict) -> tuple[dict, object]:
+    """:func:`sample_report` with the notebook's settings and figure ``01_sd_samples``."""
+    rep = sample_report(P, P.n_samples, P.sample_steps, P.scheduler, seed=P.seed, inputs=inputs)
+    fig = plots.image_grid(rep["rows"])
+    plots.save(fig, paths.figures_dir(P.profile) / "01_sd_samples")
+    return rep, fig
+
+
+def drift(P, inputs: dict) -> dict:
+    """:func:`latent_drift` with the notebook's sampling settings."""
+    return latent_drift(P, n=min(16, P.n_samples * 2), steps=P.sample_steps, scheduler=P.scheduler, seed=P.seed,
+                        inputs=inputs)
+
+
+def write_throughput(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame, dr: dict) -> dict:
+    """``throughput.json``: training and sampling speed with the quality numbers they bought."""
+    t = {"device": rep["device"], "train_samples_per_s": result["sd"]["samples_per_s"],
+         "train_steps_per_s": result["sd"]["steps_per_s"], "global_batch": P.sd["batch"],
+         "sample_sec_per_tile": rep["sec_per_tile"], "sample_steps": rep["steps"], "scheduler": rep["scheduler"],
+         "first_stage_psnr": recon["psnr"], "first_stage_ssim": recon["ssim"],
+         "best_val_loss": result["sd"]["best_val_loss"], "unet_parameters": result["unet_parameters"],
+         "conditioning_gap_all_t": float(gap.gap_shuffled.iloc[0]), "sampled_latent_std_ratio": dr["std_ratio"]}
+    io.write_json(out_dir(P) / "throughput.json", t)
+    return t
+
+
+def check(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame, dr: dict) -> None:
+    """The notebook's sanity checks: SD trained to the end and its loss went down; samples, first
+    stage, conditioning gap and drift are sane."""
+    m = read_metrics(out_dir(P) / "sd")
+    assert result["sd"]["steps"] == P.sd["steps"]
+    assert m.loss.iloc[-5:].mean() < m.loss.iloc[:5].mean(), "SD's loss did not go down"
+    assert rep["samples"].shape == (len(rep["masks"]), result["image_size"], result["image_size"], 3)
+    assert recon["psnr"] > 15, recon
+    assert gap[["loss_true", "loss_shuffled", "loss_all_nc"]].notna().all().all() and (gap.loss_true > 0).all(), gap
+    assert 0 < dr["std_ratio"] < float("inf"), dr
+
+
+def train(P, progress: bool = True) -> dict:
+    """Notebook 01's training steps, in its order: first stage, judge, SD (+ ablation SDs)."""
+    check_conditions(P)
+    out_dir(P).mkdir(parents=True, exist_ok=True)
+    split = load_split(P, progress)
+    vq, ae_info = first_stage(P, split, progress)
+    train_judge(P, progress)
+    return train_sd(P, split, vq, ae_info, progress)
+
+
+def run(P, progress: bool = True) -> dict:
+    """Every step of notebook 01, in its order: :func:`train`, then (one process) the reports, their
+    figures, ``throughput.json`` and the sanity checks."""
+    result = train(P, progress)
+    if not process_state(P.device == "cpu").is_main_process:
+        return result
+    inputs = report_inputs(P)
+    recon, _ = reconstructions(P, inputs)
+    loss_figure(P)
+    rep, _ = samples(P, inputs)
+    gap = conditioning_report(P, inputs=inputs)
+    dr = drift(P, inputs)
+    write_throughput(P, result, rep, recon, gap, dr)
+    check(P, result, rep, recon, gap, dr)
+    plt.close("all")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
     def is_main(P):
         return process_state(P.device == "cpu").is_main_process
-    P, a = cli(NOTEBOOK, "train_ldm", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main)
+    P, a = cli(NOTEBOOK, "pipelines.train_ldm", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main)
     res = run(P, progress=not a.no_progress)
     if is_main(P):
         print(json.dumps({"steps": res["sd"]["steps"], "best_val_loss": res["sd"]["best_val_loss"],
