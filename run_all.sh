@@ -2,7 +2,8 @@
 # discnb: run the numbered notebooks headlessly, or the tests.
 #
 #   ./run_all.sh [--profile smoke|demo|paper] [--from NN] [--only NN]   run the notebooks in order
-#   ./run_all.sh test [PYTEST ARGS...]                                    unit tests + nbval over notebooks/
+#   ./run_all.sh test [PYTEST ARGS...]                                    unit tests + nbval over notebooks/,
+#                                                                         then notebook vs python -m discnb.pipelines.<stage> files
 #
 # Uses the active virtualenv/conda env when it already has discnb from this checkout; otherwise
 # creates .venv here (torch==2.14.1 torchvision==0.29.1, then `pip install -e .[dev]`).
@@ -45,7 +46,8 @@ if [ "${1:-}" = "test" ]; then
     shift
     ensure_env
     export MPLBACKEND=Agg PYTHONHASHSEED=0 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-    exec "$PY" -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 "$@"
+    # tests/test_stage_files.py runs last (conftest.py): it compares the notebooks' outputs with the modules'
+    exec "$PY" -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 --durations=15 "$@"
 fi
 
 PROFILE=smoke FROM="" ONLY=""

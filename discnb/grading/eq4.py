@@ -26,4 +26,4 @@ def check_lam(lam) -> float:
 
 def eq4(l_real: torch.Tensor, l_synth: torch.Tensor, lam: float) -> torch.Tensor:
     """Eq. 4: (1 - lambda) L_real + lambda L_synth."""
-    return lam * l_real + (1 - lam) * l_synth
+    return (1 - lam) * l_real + lam * l_synth

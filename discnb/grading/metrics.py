@@ -60,7 +60,9 @@ def metrics_from_confusion(cm: np.ndarray) -> dict:
 # =============================================================================== slide level
 def auroc(y: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve (scikit-learn's ``roc_auc_score``); NaN when ``y`` has one class
-    only (scikit-learn raises there: a test set in which no slide, or every slide, has a label)."""
+    only (a test set in which no slide, or every slide, has the label), without the error (older
+    scikit-learn) or warning (newer) that scikit-learn gives there: such labels are left out of
+    the macro mean (:func:`auroc_scores`)."""
     y, score = np.asarray(y).astype(bool).ravel(), np.asarray(score, float).ravel()
     if y.all() or not y.any():
         return float("nan")

@@ -1,10 +1,14 @@
-"""Train the first stage and SD (paper Sec. 2.1, Eq. 1): ``python -m discnb.pipelines.train_ldm``.
+"""Notebook 01 (paper Sec. 2.1, Eq. 1): the first stage, the pattern judge, SD and the Fig. 7
+ablation SDs, then the reports (reconstructions, loss curves, samples, conditioning gap, latent
+drift, ``throughput.json``) as named steps.
 
     python -m discnb.pipelines.train_ldm --params params/demo/01_train_ldm.yaml
     accelerate launch --config_file params/accelerate/multi_gpu.yaml -m discnb.pipelines.train_ldm --params params/paper/01_train_ldm.yaml
 
-Notebook 01 calls :func:`run` in-process with the same parameters. Every stage resumes: a
-finished first stage is reused, SD continues from its latest checkpoint (``resume: latest``).
+Notebook 01 calls the same steps cell by cell; :func:`run` calls them in order (the reports in one
+process). Every step resumes: a finished first stage and a judge of the same signature are
+reused, SD continues from its latest checkpoint (``resume: latest``). The judge is trained here,
+once, before notebook 02, the benchmark and notebook 04 use it (``outputs/<profile>/judge/``).
 """
 
 from __future__ import annotations
