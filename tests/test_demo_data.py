@@ -286,7 +286,6 @@ def leaky_render(render):
     return f
 
 
-@pytest.mark.slow
 def test_grades_differ_by_structure_not_colour(tmp_path):
     root = dd.make_demo_sicap(tmp_path / "sicap", seed=0, **VALID)
     rep = dd.validity_report(root, seed=0, cnn_epochs=3)

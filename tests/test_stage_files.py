@@ -41,8 +41,6 @@ STAGES = {
 VOLATILE = [(re.compile(r"events\.out\.tfevents\.[^/]+$"), "events.out.tfevents.*"),
             (re.compile(r"(?<=/logs/)(.+/)?\d{9,}\.\d+(?=/)"), r"\g<1><time>")]
 
-pytestmark = pytest.mark.slow
-
 
 def file_list(root: Path) -> list[str]:
     """Relative paths of every file under ``root``, volatile names normalised, sorted."""
@@ -74,6 +72,7 @@ def test_volatile_names_are_only_tensorboard_events(tmp_path):
                                    "sd/logs/train/<time>/hparams.yml", "sd/metrics.csv"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", list(STAGES))
 def test_notebook_and_module_write_the_same_files(notebook, failed_notebooks, tmp_path):
     module, folders = STAGES[notebook]

@@ -1,4 +1,4 @@
-"""Tile features for the slide-level models (paper Sec. 3; method notes §9), cached per tile
+"""Tile features for the slide-level models (paper Sec. 3, Fig. 6: ViT-S/16 DINO; supplement: ResNet-50 ImageNet / MoCoV2), cached per tile
 source and extractor.
 
 Slide-level models (TransMIL, Mixed Supervision) see a slide as a bag of tile embeddings from a

@@ -1,7 +1,7 @@
 """Slide-level models: TransMIL (the paper's baseline) and Mixed Supervision (its comparison model).
 
-**TransMIL** (Shao et al., NeurIPS 2021; szc19990412/TransMIL ``models/TransMIL.py``; method notes
-§7), rebuilt here layer for layer, device-agnostic::
+**TransMIL** (Shao et al., NeurIPS 2021; szc19990412/TransMIL ``models/TransMIL.py``),
+rebuilt here layer for layer, device-agnostic::
 
     fc (in_dim -> dim) + ReLU
     pad the n tokens to a square H x H (H = ceil(sqrt(n))) by repeating the FIRST tokens
@@ -35,7 +35,7 @@ initialised with the global (batch-wide) max row/column sums, plus a depth-wise 
 names, ``to_qkv``, ``to_out.0``, ``res_conv``, are those of our earlier copy, so stored state dicts
 load unchanged; tests/test_transmil.py keeps that copy as the oracle.)
 
-**Mixed Supervision** (Bian et al., MICCAI 2022; bianhao123/Mixed_supervision; method notes §8):
+**Mixed Supervision** (Bian et al., MICCAI 2022; bianhao123/Mixed_supervision):
 no TransMIL inside: 2 pre-LN transformer blocks (6 heads, mlp ratio 3, residual branches scaled by
 1/skip_lam with skip_lam 2, stochastic depth 0.1) over the instance features plus 0.1 x a fixed 2-D
 sine position encoding of the instance coordinates; a slide head on the cls token (4-label BCE)

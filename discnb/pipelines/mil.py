@@ -61,7 +61,7 @@ GENERATORS = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain", "SD-tile", "SD-tile+s
 TEST_SETS = ("val", "test", "ood")
 ARCH_VERSION = 1  # bump when training/model code changes: cached runs of another version are not reused
 
-# Paper Sec. 3 text (method notes §10): slide-level AUROC (%), features (c) Lunit DINO ViT-S/16.
+# Paper Sec. 3 ("On improving slide-level prostate cancer grading") and Fig. 6: slide-level AUROC (%), features (c) Lunit DINO ViT-S/16.
 PAPER = pd.DataFrame([
     ("TransMIL", "none", 96.52, None, 85.68, None),
     ("Mixed Supervision (≈, read off Fig. 6)", "none", 93.4, None, 82.6, None),
