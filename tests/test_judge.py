@@ -14,6 +14,7 @@ from discnb.core import params
 from discnb.generative import autoencoder as ae
 from discnb.grading import carcinonet as gc
 from discnb.grading import judge as jg
+from discnb.grading import metrics
 from discnb.pipelines import carcinonet as cn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -66,6 +67,22 @@ def test_judge_from_a_frozen_model_and_its_encoder_features():
     f = j.features(t, batch_size=2)
     assert f.shape == (3, 32 + 64) and np.isfinite(f).all()  # two deepest levels of width 8: 4w + 8w channels
     assert np.allclose(f[:1], j.features(t[:1]), atol=1e-5)  # per tile, whatever the batch
+
+
+def test_kid_reference_is_the_first_stage_domain():
+    """KID's reference set is real tiles through the first stage: a generator that reproduces the
+    first stage's reconstructions of other real tiles scores about 0; untouched real tiles, which no
+    generator decoding with this first stage can draw, score far from it."""
+    torch.manual_seed(0)
+    j = jg.judge_from_model(gc.build_model(MODEL), {})
+    vq = ae.build_vq([8, 8, 8], 1, 16).eval()  # untrained: its reconstructions are far from the tiles
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (160, 32, 32, 3)).astype(np.uint8)
+    ref = jg.kid_reference(j, real[:80], vq)
+    recon_other = j.features(jg.first_stage_view(real[80:], vq))
+    near = metrics.kid(ref, recon_other, subsets=10, subset_size=40, seed=0)[0]
+    far = metrics.kid(ref, j.features(real[80:]), subsets=10, subset_size=40, seed=0)[0]
+    assert far > 10 * abs(near) and far > 0, (near, far)
 
 
 # ---------------------------------------------------------------------------------- training

@@ -128,6 +128,30 @@ def test_sampling_is_seeded_per_tile():
         gen.generate(masks + 4, [1, 2, 3])
 
 
+def test_latent_drift_samples_on_the_device_the_profile_names(monkeypatch):
+    """train_ldm.latent_drift hands P.device to the sampler (it used to sample on the CPU whatever
+    the profile said): the device its SDGenerator gets is pick_device(P.device)."""
+    seen = {}
+
+    class Spy(sampling.SDGenerator):
+        def __init__(self, *a, device="cpu", **k):
+            seen["device"] = device
+            super().__init__(*a, device="cpu", **k)  # this machine has no GPU: sample here all the same
+
+    monkeypatch.setattr(train_ldm, "SDGenerator", Spy)
+    monkeypatch.setattr(train_ldm, "pick_device", lambda name: torch.device("meta") if name == "cuda" else torch.device("cpu"))
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    vq = ae.build_vq([8, 8, 8], 1, 16)
+    rng = np.random.default_rng(0)
+    src = {"imgs": rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8), "masks": rng.integers(0, 4, (3, 32, 32)).astype(np.uint8),
+           "slide": np.zeros((3, 2), np.int64)}
+    P = params.Params({"device": "cuda", "mixed_precision": "no"})
+    out = train_ldm.latent_drift(P, n=16, steps=2, inputs={"src": src, "model": model, "vq": vq, "which": "best"})
+    assert seen["device"] == torch.device("meta")
+    assert out["n"] == 3  # no more samples than held-out masks
+
+
 def test_dihedral_moves_latents_and_masks_together():
     z = torch.arange(16.0).view(1, 1, 4, 4).repeat(8, 1, 1, 1)
     m = torch.arange(16).view(1, 4, 4).repeat(8, 1, 1)

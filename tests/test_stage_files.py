@@ -36,6 +36,8 @@ STAGES = {
     "01_train_ldm": ("train_ldm", ["ldm", "judge"]),
     "02_sc_disc": ("sc_disc", ["disc"]),
     "03_tile_sets": ("tilesets", ["tilesets"]),
+    "04_carcinonet": ("carcinonet", ["carcinonet"]),
+    "05_transmil_sweep": ("mil", ["mil"]),
     "06_figures": ("paper_figures", ["figures"]),
 }
 VOLATILE = [(re.compile(r"events\.out\.tfevents\.[^/]+$"), "events.out.tfevents.*"),

@@ -21,7 +21,6 @@ the same judge.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 
 from discnb import LABELS
 from discnb.core.io import atomic_dir, fingerprint, write_json
-from discnb.core.train import pick_device
+from discnb.core.train import pick_device, process_state
 from discnb.generative import autoencoder as ae
 from discnb.grading.carcinonet import load_model, predict, save_model, to_chw, train_carcinonet
 from discnb.grading.metrics import confusion, metrics_from_confusion
@@ -131,14 +130,19 @@ def first_stage_view(imgs: np.ndarray, first_stage) -> np.ndarray:
     return ae.to_uint8(ae.decode(vq, ae.encode(vq, ae.to_tensor(imgs))))
 
 
+def kid_reference(judge: Judge, imgs: np.ndarray, first_stage) -> np.ndarray:
+    """The judge-encoder features of KID's reference set: real tiles passed through the first stage
+    (``first_stage``: its folder or a loaded VQModel) that every generator decodes with. Against
+    untouched real tiles, the first stage's own loss (blur, lost nuclei) dominates the distance and
+    every generator scores alike; against reconstructions, a generator that drew real-looking
+    latents scores about 0."""
+    return judge.features(first_stage_view(imgs, first_stage))
+
+
 def tiles_fingerprint(D: dict, splits=("train", "val")) -> str:
     """A hash of the tile size and the bytes of the tiles and masks of ``splits``."""
-    h = hashlib.sha1(str(D["image_size"]).encode())
-    for name in splits:
-        for key in ("imgs", "masks"):
-            h.update(f"{name}/{key}".encode())
-            h.update(np.ascontiguousarray(D[name][key]).data)
-    return h.hexdigest()[:16]
+    return fingerprint(D["image_size"], *(part for name in splits for key in ("imgs", "masks")
+                                          for part in (f"{name}/{key}", np.ascontiguousarray(D[name][key]).tobytes())))
 
 
 def train_judge(D: dict, recipe: dict, out: str | Path, *, seed: int, first_stage: str | Path | None = None,
@@ -185,11 +189,14 @@ def train_judge(D: dict, recipe: dict, out: str | Path, *, seed: int, first_stag
             "real": j(view[on], D[on]["masks"]), "fit": summary}
     if R["input"] == "first_stage":
         info["real_tiles"] = j(D[on]["imgs"], D[on]["masks"])
-    atomic_dir(lambda d: save_model(model, d), out / "model")
-    write_json(meta, info)
-    for stale in out.glob("run-*"):  # runs of judges no longer stored here
-        if stale != run:
-            shutil.rmtree(stale, ignore_errors=True)
+    state = process_state(device == "cpu")
+    if state.is_main_process:  # under `accelerate launch` every process trained the same DDP model: one writes
+        atomic_dir(lambda d: save_model(model, d), out / "model")
+        write_json(meta, info)
+        for stale in out.glob("run-*"):  # runs of judges no longer stored here
+            if stale != run:
+                shutil.rmtree(stale, ignore_errors=True)
+    state.wait_for_everyone()
     j.info = info
     return j
 

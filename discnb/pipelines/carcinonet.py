@@ -22,7 +22,6 @@ evaluation are not split over processes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -66,11 +65,8 @@ def load_data(P, progress: bool = True) -> dict:
 
 
 def data_fingerprint(D: dict) -> str:
-    h = hashlib.sha1(str(D["image_size"]).encode())
-    for name in ("train", "val"):
-        h.update(name.encode())
-        h.update("\n".join(D[name]["names"]).encode())
-    return h.hexdigest()[:16]
+    """The tile size and the names of the training and validation tiles (what a run was trained on)."""
+    return fingerprint(D["image_size"], *(part for name in ("train", "val") for part in (name, "\n".join(D[name]["names"]))))
 
 
 def test_sets(D: dict) -> list[str]:
@@ -110,7 +106,7 @@ def synthetic_tiles(P, name: str, image_size: int, progress: bool = True) -> dic
     ctx = GeneratorContext(train_ldm.ldm_dir(P), image_size, S["steps"], S["scheduler"], S["batch_size"], device,
                            P.mixed_precision == "bf16")
     gen, gen_key = build_generator(name, ctx)
-    key = hashlib.sha1(f"{gen_key}/{plan_key}".encode()).hexdigest()[:12]
+    key = fingerprint(f"{gen_key}/{plan_key}", n=12)
     cache = out_dir(P) / "synthetic" / f"{name}-{key}.npz"
     if cache.exists():
         try:
@@ -168,7 +164,7 @@ def run_signature(P, D: dict, s: RunSpec, synth_key: str | None) -> dict:
 
 
 def run_dir(P, sig: dict, s: RunSpec) -> Path:
-    h = hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:8]
+    h = fingerprint(sig, n=8)
     return out_dir(P) / "runs" / f"{s.tag}-seed{s.seed}-{h}"
 
 

@@ -28,7 +28,6 @@ calls cell by cell and :func:`run` calls in order:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -325,7 +324,7 @@ def run_one(P, B: dict, spec: RunSpec, keys: dict, progress: bool = False) -> di
            "features": keys["extractor"], "real": keys["real"], "ood": keys.get("ood", ""),
            "synth": keys.get(f"synth-{spec.generator}") if spec.generator else None,
            "generator": spec.generator, "lam": spec.lam, "fold": spec.fold, "seed": spec.seed}
-    h = hashlib.sha1(json.dumps(sig, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    h = fingerprint(sig, n=10)
     path = out_dir(P) / "runs" / f"{spec.tag}-fold{spec.fold}-seed{spec.seed}-{h}.json"
     if P.reuse_runs and path.exists():
         rec = json.loads(path.read_text())

@@ -160,7 +160,7 @@ def compare(P, progress: bool = True) -> dict:
     first, first_key = build(P, "SD", C)
     idx = comparison_masks(src["masks"], C["n_masks"], P.seed, first.latent_shape[-1])
     masks, real = src["masks"][idx], src["imgs"][idx]
-    f_real = judge.features(jg.first_stage_view(src["imgs"], first.vq))
+    f_real = jg.kid_reference(judge, src["imgs"], first.vq)
     rows, samples, meta = [], {}, {}
     for name in tqdm(P.models, desc="models", disable=not progress):
         gen, key = (first, first_key) if name == "SD" else build(P, name, C)
