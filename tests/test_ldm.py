@@ -294,7 +294,7 @@ def test_cli_rerun_reuses_the_first_stage_and_resumes_sd(tmp_path):
     stage is reused, not retrained, and SD continues from its last checkpoint (the numbers of a
     resume are pinned by tests/test_core_train.py)."""
     f = prepared(tmp_path, sd={**TINY["sd"], "steps": 4})
-    cmd = [PY, "-m", "discnb.pipelines.train_ldm", "--params", str(f), "--no-progress"]
+    cmd = [PY, "-m", "discnb.pipelines.train_ldm", "--params", str(f), "--no-progress", "--no-checks"]  # a 4-step SD
     r = _run(cmd, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     done = tmp_path / "ldm" / "autoencoder" / "done.json"

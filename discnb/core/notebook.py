@@ -123,13 +123,15 @@ def failed_cell(nb_path: str | Path) -> str:
 
 def cli(notebook: str, module: str, description: str, out_dir, argv=None, configure=None, main_process=None):
     """The command line of a notebook's module (``python -m discnb.<module> --params FILE``):
-    ``--params`` (default: the notebook's parameters cell) and ``--no-progress``, plus whatever
+    ``--params`` (default: the notebook's parameters cell), ``--no-progress`` and ``--no-checks``, plus whatever
     ``configure(parser)`` adds. Validates the parameters, seeds, and records params + provenance
     in ``out_dir(P)`` (under several processes only where ``main_process(P)`` is true).
     Returns (P, args)."""
     ap = argparse.ArgumentParser(prog=f"python -m discnb.{module}", description=description)
     ap.add_argument("--params", help=f"YAML file of notebook {notebook}'s parameters (defaults: its parameters cell)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-checks", action="store_true",
+                    help="skip the notebook's sanity checks (for trial runs at sizes they were not set for)")
     if configure is not None:
         configure(ap)
     a = ap.parse_args(argv)

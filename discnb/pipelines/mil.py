@@ -509,7 +509,7 @@ def check(P, S: dict, ext: features.Extractor, B: dict, runs: list[dict], result
 
 
 # ======================================================================================= CLI
-def run(P, progress: bool = True) -> dict:
+def run(P, progress: bool = True, checks: bool = True) -> dict:
     """Every step of notebook 05, in its order, writing the same files."""
     S = load_sources(P, progress)
     print(describe_sources(S))
@@ -521,13 +521,14 @@ def run(P, progress: bool = True) -> dict:
     summary = summarize(df)
     save_results(P, df, summary, results_extra(S, ext, B, runs))
     plt.close(sweep_figure(P, summary, S))
-    check(P, S, ext, B, runs, df)
+    if checks:
+        check(P, S, ext, B, runs, df)
     return {"sources": S, "extractor": ext, "features": F_, "bags": B, "runs": runs, "results": df, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:
     P, a = cli(NOTEBOOK, "pipelines.mil", __doc__.split("\n\n")[0], out_dir, argv)
-    res = run(P, progress=not a.no_progress)
+    res = run(P, progress=not a.no_progress, checks=not a.no_checks)
     print(baseline_table(res["summary"]).to_string())
     print(best_lambda_table(res["summary"]).to_string())
     return 0
