@@ -189,6 +189,57 @@ def _mse(model, batch, generator=None):
     return torch.nn.functional.mse_loss(model(batch["x"]).squeeze(-1), batch["y"])
 
 
+def _vqgan(seed=0):
+    torch.manual_seed(seed)
+    return ae.VQGAN(ae.build_vq([8, 8, 8], 1, 16), ae.PatchDiscriminator(8, 2)), torch.rand(4, 3, 32, 32) * 2 - 1
+
+
+def _grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for k, p in model.named_parameters()}
+
+
+def test_patch_gan_moves_each_network_by_its_own_objective():
+    """One backward pass of vqgan_loss: the discriminator's gradient is its hinge loss's alone (the
+    generator term reaches it only through frozen weights) and the first stage's is that of
+    reconstruction + codebook + adaptive weight x generator loss."""
+    m, x = _vqgan()
+    total = _grads(m, ae.vqgan_loss(0.75)(m, {"x": x}))
+    out = m(x)
+    d_only = _grads(m, ae.hinge_d_loss(out["real"], out["fake"]))
+    out = m(x)
+    rec = torch.nn.functional.l1_loss(out["rec"], x) + torch.nn.functional.mse_loss(out["rec"], x)
+    w = ae.adaptive_weight(rec, -out["fake_for_g"].mean(), m.vq.decoder.conv_out.weight, 0.75)
+    g_only = _grads(m, rec + out["commit"] + w * -out["fake_for_g"].mean())
+    for k in total:
+        ref = d_only[k] if k.startswith("disc.") else g_only[k]
+        torch.testing.assert_close(total[k], ref, rtol=1e-4, atol=1e-6, msg=k)
+    assert any(d_only[k].abs().sum() > 0 for k in d_only if k.startswith("disc."))
+    with torch.no_grad():  # validation: reconstruction + codebook only, as the plain first stage
+        out = m(x)
+        assert torch.isclose(ae.vqgan_loss(0.75)(m, {"x": x}), torch.nn.functional.l1_loss(out["rec"], x)
+                             + torch.nn.functional.mse_loss(out["rec"], x) + out["commit"])
+
+
+def test_adaptive_weight_is_tamings_gradient_ratio():
+    last = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    rec, gan = (3 * last).sum(), (last ** 2).sum()  # gradients (3, 3) and (2, 4)
+    w = ae.adaptive_weight(rec, gan, last, 0.5)
+    assert torch.isclose(w, torch.tensor(0.5 * (18 ** 0.5) / (20 ** 0.5 + 1e-4)))
+    assert not w.requires_grad
+
+
+def test_first_stage_with_the_patch_gan_trains_and_saves_a_vqmodel(tmp_path):
+    f = prepared(tmp_path, autoencoder={**TINY["autoencoder"], "disc_weight": 0.75, "disc_channels": 8, "disc_layers": 2})
+    P = params.check_file("01_train_ldm", f)
+    split = train_ldm.load_split(P, progress=False)
+    vq, info = train_ldm.first_stage(P, split, progress=False)
+    assert info["signature"]["disc_weight"] == 0.75 and "patch-GAN" in info["source"]
+    assert isinstance(ae.load_vq(tmp_path / "ldm" / "autoencoder" / "best"), type(vq))
+    assert np.isfinite(info["fit"]["best_val_loss"])
+
+
 def test_grad_accum_keeps_steps_and_data(tmp_path):
     res = {}
     for accum in (1, 2):

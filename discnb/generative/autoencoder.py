@@ -2,9 +2,10 @@
 
 Two ways in: load a diffusers-format ``VQModel`` from a local folder (e.g. a converted copy of
 LDM's vq-f4), or train one here on the training tiles. The paper's first stage was trained with
-L1 + LPIPS + patch-GAN + codebook losses; LPIPS needs ImageNet VGG weights that cannot be
-downloaded on this project's machines, so the offline trainer uses L1 + L2 reconstruction and the
-codebook/commitment loss.
+L1 + LPIPS + patch-GAN + codebook losses (taming's ``VQLPIPSWithDiscriminator``). LPIPS needs
+ImageNet VGG weights that cannot be downloaded on this project's machines, so the offline trainer
+uses L1 + L2 reconstruction and the codebook/commitment loss, plus, when ``disc_weight`` > 0, the
+patch-GAN term with taming's adaptive weight (its recipe with perceptual weight 0: :class:`VQGAN`).
 
 The diffusion model works on PRE-quantisation latents (``encode(x).latents``); ``decode``
 quantises, then decodes. LDM uses latent scale 1.0 for VQ models (diffusers' ``VQModel``
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import VQModel
 
@@ -66,6 +68,83 @@ def vq_loss(vq: VQModel, batch: dict, generator=None) -> torch.Tensor:
     x = batch["x"]
     dec = vq(x)
     return F.l1_loss(dec.sample, x) + F.mse_loss(dec.sample, x) + dec.commit_loss.mean()
+
+
+class PatchDiscriminator(nn.Module):
+    """The pix2pix / taming ``NLayerDiscriminator``: strided 4x4 convs with BatchNorm and LeakyReLU
+    0.2 to a map of real/fake logits, one per receptive-field patch (weights N(0, 0.02), BatchNorm
+    scales N(1, 0.02), as taming's ``weights_init``)."""
+
+    def __init__(self, channels: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers, mult = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2, True)], 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(channels * prev, channels * mult, 4, stride, 1, bias=False),
+                       nn.BatchNorm2d(channels * mult), nn.LeakyReLU(0.2, True)]
+        layers.append(nn.Conv2d(channels * mult, 1, 4, 1, 1))
+        self.net = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class VQGAN(nn.Module):
+    """The first stage and its discriminator, trained together by :func:`vqgan_loss` with one
+    optimizer. ``forward`` returns the reconstruction, the codebook loss, the discriminator's logits
+    on real tiles and on detached reconstructions (its own hinge loss), and its logits on the
+    reconstructions through frozen (detached) discriminator weights (the generator's loss): so one
+    backward pass moves each network only by its own objective, and DDP sees every use in forward."""
+
+    def __init__(self, vq: VQModel, disc: PatchDiscriminator):
+        super().__init__()
+        self.vq, self.disc = vq, disc
+
+    def forward(self, x: torch.Tensor) -> dict:
+        dec = self.vq(x)
+        rec = dec.sample
+        frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
+        return {"rec": rec, "commit": dec.commit_loss.mean(), "real": self.disc(x), "fake": self.disc(rec.detach()),
+                "fake_for_g": torch.func.functional_call(self.disc, frozen, (rec,))}
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's hinge loss (taming ``hinge_d_loss``)."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last: torch.Tensor, disc_weight: float) -> torch.Tensor:
+    """taming's ``calculate_adaptive_weight``: ||grad rec_loss|| / (||grad g_loss|| + 1e-4) at the
+    decoder's last layer, clamped to [0, 1e4], times ``disc_weight`` (no gradient through it)."""
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach() * disc_weight
+
+
+def vqgan_loss(disc_weight: float):
+    """``loss(model, batch, generator=None)`` of a :class:`VQGAN` for the training loop: L1 + L2 +
+    codebook + adaptive weight x the generator's loss (-mean logits on reconstructions) + the
+    discriminator's hinge loss, the discriminator on from step 0 (LDM's vq-f4: ``disc_start: 0``).
+    Deviation from LDM: no LPIPS term (perceptual weight 0), and L2 added to L1 as in :func:`vq_loss`.
+    Validation (no gradients) returns the reconstruction + codebook loss only, as :func:`vq_loss`."""
+    def loss(model, batch: dict, generator=None) -> torch.Tensor:
+        x = batch["x"]
+        out = model(x)
+        rec_loss = F.l1_loss(out["rec"], x) + F.mse_loss(out["rec"], x)
+        if not torch.is_grad_enabled():
+            return rec_loss + out["commit"]
+        g_loss = -out["fake_for_g"].mean()
+        last = getattr(model, "module", model).vq.decoder.conv_out.weight
+        w = adaptive_weight(rec_loss, g_loss, last, disc_weight)
+        return rec_loss + out["commit"] + w * g_loss + hinge_d_loss(out["real"], out["fake"])
+    return loss
 
 
 def dihedral(batch: dict, keys=("x",)) -> dict:

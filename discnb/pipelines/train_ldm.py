@@ -95,16 +95,24 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
     out = out_dir(P) / "autoencoder"
     sig = {"kind": "vq", "channels": A["channels"], "layers_per_block": A["layers_per_block"],
            "n_embed": A["n_embed"], "image_size": split["image_size"]}
+    gan = A["disc_weight"] > 0
+    if gan:  # only then: first stages trained without the discriminator keep their signature
+        sig |= {k: A[k] for k in ("disc_weight", "disc_channels", "disc_layers")}
     done = out / "done.json"
     if done.exists() and json.loads(done.read_text()).get("signature") == sig and (out / "final").exists():
         return ae.load_vq(out / "final"), json.loads(done.read_text())
     vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"])
     tr = TensorData({"x": ae.to_tensor(split["train"]["imgs"])}, augment=lambda b: ae.dihedral(b, ("x",)))
     va = TensorData({"x": ae.to_tensor(split["val"]["imgs"])})
-    summary = fit(vq, ae.vq_loss, tr, fit_config(P, out, A, "autoencoder", sig, progress), val=va,
-                  save_fn=lambda m, d: m.save_pretrained(d))
+    cfg = fit_config(P, out, A, "autoencoder", sig, progress)
+    if gan:  # LDM's vq-f4 recipe without LPIPS: patch-GAN with taming's adaptive weight, from step 0
+        summary = fit(ae.VQGAN(vq, ae.PatchDiscriminator(A["disc_channels"], A["disc_layers"])),
+                      ae.vqgan_loss(A["disc_weight"]), tr, cfg, val=va, save_fn=lambda m, d: m.vq.save_pretrained(d))
+    else:
+        summary = fit(vq, ae.vq_loss, tr, cfg, val=va, save_fn=lambda m, d: m.save_pretrained(d))
     vq = ae.load_vq(out / "best")
-    info = {"signature": sig, "fit": summary, "source": "trained here (L1 + L2 + codebook; no LPIPS/GAN)"}
+    losses = "L1 + L2 + codebook + patch-GAN (adaptive weight); no LPIPS" if gan else "L1 + L2 + codebook; no LPIPS/GAN"
+    info = {"signature": sig, "fit": summary, "source": f"trained here ({losses})"}
     if len(split["val"]["imgs"]):
         info["val_reconstruction"] = ae.reconstruction_metrics(vq, split["val"]["imgs"])
     io.write_json(done, info)
