@@ -92,6 +92,11 @@ def shape_maps(P, idx: pd.DataFrame) -> dict:
     return lib
 
 
+def validity_summary(valid: dict | None) -> dict | None:
+    """The headline of :func:`validity`: mean-colour and CNN balanced accuracy beside chance."""
+    return valid and {k: valid[k] for k in ("colour_acc", "cnn_acc", "chance")}
+
+
 def validity(P, root: Path) -> dict | None:
     """Demo data only: mean colour vs a small CNN (:func:`discnb.data.demo.validity_report`)."""
     if P.dataset != "demo" or not P.validity_check:

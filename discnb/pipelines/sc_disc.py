@@ -271,6 +271,12 @@ def load_samples(folder: str | Path) -> dict:
 
 
 # ================================================================================ named steps
+def fit_table(fits: dict) -> pd.DataFrame:
+    """One row per fine-tuned model: steps, best step and validation loss, time, resume point."""
+    return pd.DataFrame({v: {k: f[k] for k in ("steps", "best_step", "best_val_loss", "train_seconds", "resumed_from")}
+                         for v, f in fits.items()}).T
+
+
 def finetune_all(P, data: dict, progress: bool = True) -> dict:
     """:func:`finetune` of each DISC variant listed in ``models`` (SD-DISC, SD-DISC-CoTrain)."""
     return {v: finetune(P, v, data, progress) for v in VARIANTS if v in P.models}

@@ -298,6 +298,16 @@ def drift(P, inputs: dict) -> dict:
                         inputs=inputs)
 
 
+def fit_table(result: dict) -> pd.DataFrame:
+    """One row per trained SD (the main one and each Fig. 7 ablation SD): its training summary."""
+    return pd.DataFrame({"SD": result["sd"]} | {f"SD ({c})": f for c, f in result["ablation"].items()}).T
+
+
+def drift_table(dr: dict) -> pd.DataFrame:
+    """:func:`latent_drift`'s std and median max |z| of real and sampled latents, one row each."""
+    return pd.DataFrame({k: dr[k] for k in ("real", "sampled")}).T
+
+
 def write_throughput(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame, dr: dict) -> dict:
     """``throughput.json``: training and sampling speed with the quality numbers they bought."""
     t = {"device": rep["device"], "train_samples_per_s": result["sd"]["samples_per_s"],
@@ -315,8 +325,7 @@ def check(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame, dr: dict) 
     stage, conditioning gap and drift are sane."""
     m = read_metrics(out_dir(P) / "sd")
     assert result["sd"]["steps"] == P.sd["steps"]
-    if len(m) >= 10:  # fewer logged steps (a test's few-step run) leave no two separate windows to compare
-        assert m.loss.iloc[-5:].mean() < m.loss.iloc[:5].mean(), "SD's loss did not go down"
+    assert m.loss.iloc[-5:].mean() < m.loss.iloc[:5].mean(), "SD's loss did not go down"
     assert rep["samples"].shape == (len(rep["masks"]), result["image_size"], result["image_size"], 3)
     assert recon["psnr"] > 15, recon
     assert gap[["loss_true", "loss_shuffled", "loss_all_nc"]].notna().all().all() and (gap.loss_true > 0).all(), gap
