@@ -358,3 +358,39 @@ def test_cli_rerun_reuses_the_first_stage_and_resumes_sd(tmp_path):
     sd = json.loads((tmp_path / "ldm" / "summary.json").read_text())["sd"]
     assert sd["steps"] == 6 and sd["resumed_from"].endswith("checkpoint-4")
     assert done.stat().st_mtime_ns == written
+
+
+# ------------------------------------------------------------------------------ first-stage memory (issue 17)
+def test_first_stage_holds_its_training_tiles_as_uint8(monkeypatch, tmp_path):
+    """The first stage's training and validation sets stay uint8 (float32 was ~10 GB per process at
+    SICAPv2's 12,000 256-px tiles) and become floats per batch, with the same values as before."""
+    seen = {}
+
+    def fake_fit(model, loss, tr, cfg, val=None, save_fn=None):
+        seen["tr"], seen["va"] = tr, val
+        save_fn(model, Path(cfg.out_dir) / "best")
+        return {}
+    monkeypatch.setattr(train_ldm, "fit", fake_fit)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    split = {"image_size": 16, "train": {"imgs": imgs}, "val": {"imgs": imgs[:2]}}
+    P = params.Params({"profile": "smoke", "output_dir": str(tmp_path), "seed": 0, "device": "cpu", "mixed_precision": "no",
+                       "resume": "", "checkpoint_every": 10, "checkpoints_total_limit": 1,
+                       "autoencoder": {"path": "", "channels": [8, 8, 8], "layers_per_block": 1, "n_embed": 16,
+                                       "steps": 1, "batch": 2, "lr": 1e-3, "scale_lr": False, "disc_weight": 0.0,
+                                       "disc_channels": 8, "disc_layers": 1}})
+    train_ldm.first_stage(P, split, progress=False)
+    for d in (seen["tr"], seen["va"]):
+        assert d.tensors["x"].dtype == torch.uint8
+    b = seen["va"].batch(torch.arange(2), augment=False)["x"]
+    assert b.dtype == torch.float32 and torch.equal(b, ae.to_tensor(imgs[:2]))
+
+
+def test_encode_and_reconstruct_take_uint8_tiles_a_batch_at_a_time():
+    torch.manual_seed(0)
+    vq = ae.build_vq([8, 8, 8], 1, 16).eval()
+    imgs = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    assert torch.equal(ae.encode(vq, imgs, batch_size=2), ae.encode(vq, ae.to_tensor(imgs), batch_size=2))
+    old = ae.to_uint8(ae.decode(vq, ae.encode(vq, ae.to_tensor(imgs))))
+    assert np.array_equal(ae.reconstruct(vq, imgs, batch_size=2), old)
+    assert ae.reconstruct(vq, imgs[:0]).shape == (0, 16, 16, 3)

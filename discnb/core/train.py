@@ -71,22 +71,27 @@ class FitConfig:
 class TensorData:
     """Samples held in memory as tensors with a common first dimension.
 
-    ``augment(batch) -> batch`` runs on each drawn batch (random flips etc., from torch's RNG,
-    which the checkpoints save and restore).
+    ``transform(batch) -> batch`` turns stored samples into model inputs on every batch, training
+    and validation alike (e.g. uint8 pixels to floats, so a set is held at a quarter of the size);
+    ``augment(batch) -> batch`` then runs on each drawn training batch (random flips etc., from
+    torch's RNG, which the checkpoints save and restore).
     """
 
-    def __init__(self, tensors: dict[str, torch.Tensor], augment: Callable[[dict], dict] | None = None):
+    def __init__(self, tensors: dict[str, torch.Tensor], augment: Callable[[dict], dict] | None = None,
+                 transform: Callable[[dict], dict] | None = None):
         sizes = {k: len(v) for k, v in tensors.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"tensors differ in length: {sizes}")
-        self.tensors, self.augment = tensors, augment
+        self.tensors, self.augment, self.transform = tensors, augment, transform
 
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))
 
-    def batch(self, idx: torch.Tensor, device=None) -> dict:
+    def batch(self, idx: torch.Tensor, device=None, augment: bool = True) -> dict:
         b = {k: v[idx] for k, v in self.tensors.items()}
-        if self.augment is not None:
+        if self.transform is not None:
+            b = self.transform(b)
+        if augment and self.augment is not None:
             b = self.augment(b)
         return {k: v.to(device) for k, v in b.items()} if device is not None else b
 
@@ -283,7 +288,7 @@ def fit(model: nn.Module, loss_fn: Callable, train: TensorData, cfg: FitConfig, 
         with ctx as m, acc.autocast():
             for s in range(0, len(val), per_proc):
                 idx = torch.arange(s, min(s + per_proc, len(val)))
-                b = {k: v[idx].to(acc.device) for k, v in val.tensors.items()}  # no augmentation
+                b = val.batch(idx, acc.device, augment=False)
                 tot += float(loss_fn(m, b, generator=g)) * len(idx)
                 n += len(idx)
         raw.train()

@@ -124,10 +124,8 @@ def check_recipe(recipe: dict) -> dict:
 def first_stage_view(imgs: np.ndarray, first_stage) -> np.ndarray:
     """Tiles passed through the first stage (its folder, or the loaded VQModel): encode, quantise,
     decode, uint8: the domain every generated tile lives in."""
-    if not len(imgs):
-        return imgs
     vq = ae.load_vq(first_stage) if isinstance(first_stage, (str, Path)) else first_stage
-    return ae.to_uint8(ae.decode(vq, ae.encode(vq, ae.to_tensor(imgs))))
+    return ae.reconstruct(vq, imgs)
 
 
 def kid_reference(judge: Judge, imgs: np.ndarray, first_stage) -> np.ndarray:

@@ -102,8 +102,10 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
     if done.exists() and json.loads(done.read_text()).get("signature") == sig and (out / "final").exists():
         return ae.load_vq(out / "final"), json.loads(done.read_text())
     vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"])
-    tr = TensorData({"x": ae.to_tensor(split["train"]["imgs"])}, augment=lambda b: ae.dihedral(b, ("x",)))
-    va = TensorData({"x": ae.to_tensor(split["val"]["imgs"])})
+    # uint8 in memory, floats per batch (issue 17: float32 tiles were ~10 GB per process at SICAPv2's size)
+    tr = TensorData({"x": ae.pixels(split["train"]["imgs"])}, augment=lambda b: ae.dihedral(b, ("x",)),
+                    transform=ae.pixels_to_model)
+    va = TensorData({"x": ae.pixels(split["val"]["imgs"])}, transform=ae.pixels_to_model)
     cfg = fit_config(P, out, A, "autoencoder", sig, progress)
     if gan:  # LDM's vq-f4 recipe without LPIPS: patch-GAN with taming's adaptive weight, from step 0
         summary = fit(ae.VQGAN(vq, ae.PatchDiscriminator(A["disc_channels"], A["disc_layers"])),
@@ -121,7 +123,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
 
 def encode_split(vq, split: dict, latent_scale: float | None = None) -> tuple[dict, float]:
     """Pre-quantisation latents of train/val tiles, scaled to unit std when ``latent_scale`` is None."""
-    z = {k: ae.encode(vq, ae.to_tensor(split[k]["imgs"])) for k in ("train", "val")}
+    z = {k: ae.encode(vq, split[k]["imgs"]) for k in ("train", "val")}
     if latent_scale is None:
         latent_scale = float(1.0 / z["train"].std())
     return {k: v * latent_scale for k, v in z.items()}, latent_scale
@@ -240,7 +242,7 @@ def conditioning_report(P, n: int = 256, which: str = "best", inputs: dict | Non
     latents, e.g. the fine-tuned ones) on the same up to ``n`` validation latents, encoded once:
     does the noise prediction use the mask? (A relative gap near 0 means it ignores tau_theta.)"""
     src, model, vq = _inputs(P, inputs, which)
-    z = ae.encode(vq, ae.to_tensor(src["imgs"][:n])) * model.latent_scale
+    z = ae.encode(vq, src["imgs"][:n]) * model.latent_scale
     masks = torch.from_numpy(src["masks"][:n])
     return pd.DataFrame([{"model": name, **r} for name, m in (models or {"SD": model}).items()
                          for r in ldm.conditioning_gap(m, z, masks)])
@@ -255,7 +257,7 @@ def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed:
     ``P.device`` (the seeded noise is drawn on the CPU, so the latents do not depend on it)."""
     src, model, vq = _inputs(P, inputs, which)
     n = min(n, len(src["masks"]))  # no more samples than held-out masks
-    real = ae.encode(vq, ae.to_tensor(src["imgs"][:max(n, 64)])) * model.latent_scale
+    real = ae.encode(vq, src["imgs"][:max(n, 64)]) * model.latent_scale
     gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=n, device=pick_device(P.device),
                       bf16=P.mixed_precision == "bf16")
     z = gen.latents(src["masks"][:n], [seed * 10_000 + i for i in range(n)], src["slide"][:n]).float().cpu()
@@ -271,7 +273,7 @@ def reconstructions(P, inputs: dict) -> tuple[dict, object]:
     """The first stage's PSNR/SSIM on the held-out tiles and figure ``01_reconstructions`` (8 of them)."""
     imgs, vq = inputs["src"]["imgs"], inputs["vq"]
     recon = ae.reconstruction_metrics(vq, imgs)
-    rec = ae.to_uint8(ae.decode(vq, ae.encode(vq, ae.to_tensor(imgs[:8]))))
+    rec = ae.reconstruct(vq, imgs[:8])
     fig = plots.image_grid({"real": list(imgs[:8]), "encode -> decode": list(rec)})
     plots.save(fig, paths.figures_dir(P.profile) / "01_reconstructions")
     return recon, fig
