@@ -13,7 +13,9 @@ only labels present in the (downsampled) mask get a branch (a 2-label mask costs
 
 **DISC data**: N sets of separated latents {z_0^0..z_0^{K-1}} from seeded z_T, stored in
 safetensors shards with a manifest; generation resumes shard by shard (a shard's seeds depend
-only on its number, so a resumed run writes exactly what an uninterrupted one would).
+only on its number, so a resumed run writes exactly what an uninterrupted one would), and under
+``accelerate launch`` the shards are split over the processes (:mod:`discnb.core.shards`), with
+the same bytes as one process.
 
 **Fine-tuning** (Eq. 3): SD-DISC = SD fine-tuned on
 
@@ -39,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from discnb import K
+from discnb.core import shards
 from discnb.core.io import atomic_file, write_text
 from discnb.core.train import TensorData
 from discnb.generative.ldm import check_mask, ldm_loss, make_condition
@@ -139,36 +142,75 @@ def shard_seeds(seed: int, shard: int, shard_size: int) -> list[int]:
 
 
 def generate_disc_data(gen: SDGenerator, out: str | Path, n: int, seed: int, shard_size: int,
-                       fingerprint: str, progress: bool = True) -> dict:
+                       fingerprint: str, progress: bool = True, procs: shards.Processes | None = None) -> dict:
     """Write ``n`` sets of separated latents to ``out/shard-XXXXX.safetensors`` + ``manifest.json``.
 
-    Each shard is written to a temporary file and renamed, then the manifest is rewritten (also
-    atomically): a kill leaves finished shards and at most a stray ``*.tmp.*`` that the next run
-    overwrites. A folder made by another generator (``fingerprint``) or plan is an error.
+    Shards are the work units of :func:`discnb.core.shards.run`: under ``accelerate launch`` each
+    process generates its part of the unfinished shards (one process: all of them). A shard's
+    seeds depend only on (seed, shard) and its batches only on ``gen.batch_size``, so N processes
+    write the bytes one writes. Each shard is written to a temporary file and renamed, then its
+    process's record ``manifest.rank-K.json`` (also atomically); the main process merges the
+    records into ``manifest.json`` (shards in order) when every process is done, and at the start
+    of a run folds in those of a killed run. So a kill leaves finished shards and at most a stray
+    ``*.tmp.*`` that the next run deletes, and a resume (with any number of processes) redoes
+    only unfinished shards. A folder made by another generator (``fingerprint``) or plan is an
+    error.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    procs = procs or shards.processes(gen.device.type == "cpu")
     plan = {"n": int(n), "seed": int(seed), "shard_size": int(shard_size), "generator": fingerprint, "K": K,
             "latent_shape": list(gen.latent_shape), "steps": gen.steps, "scheduler": gen.scheduler}
     mpath = out / "manifest.json"
-    manifest = json.loads(mpath.read_text()) if mpath.exists() else {"plan": plan, "shards": {}}
-    if manifest["plan"] != plan:
-        diff = sorted(k for k in plan if manifest["plan"].get(k) != plan[k])
-        raise ValueError(f"{out}: DISC data made with other settings ({diff} differ); delete the folder or set "
-                         f"another output folder")
+    if mpath.exists():  # every process checks, so all of them stop on a mismatch
+        old = json.loads(mpath.read_text())["plan"]
+        if old != plan:
+            diff = sorted(k for k in plan if old.get(k) != plan[k])
+            raise ValueError(f"{out}: DISC data made with other settings ({diff} differ); delete the folder or set "
+                             f"another output folder")
     n_shards = -(-n // shard_size)
-    todo = [s for s in range(n_shards) if str(s) not in manifest["shards"] or
-            not (out / manifest["shards"][str(s)]["file"]).exists()]
-    for s in tqdm(todo, desc="DISC data (shards)", disable=not progress):
+
+    def merge_records() -> dict:
+        """The manifest plus every process's records (of this run or a killed one), shards in order."""
+        manifest = json.loads(mpath.read_text()) if mpath.exists() else {"plan": plan, "shards": {}}
+        records = shards.rank_paths(out, "manifest", ".json")
+        for r in records:
+            manifest["shards"].update(json.loads(r.read_text()))
+        manifest["shards"] = {str(s): manifest["shards"][str(s)] for s in range(n_shards) if str(s) in manifest["shards"]
+                              and (out / manifest["shards"][str(s)]["file"]).exists()}
+        write_text(mpath, json.dumps(manifest, indent=1))
+        for r in records:
+            r.unlink()
+        return manifest
+
+    def setup() -> None:
+        shards.remove_tmp(out)
+        merge_records()
+
+    def todo() -> list[int]:
+        done = json.loads(mpath.read_text())["shards"]
+        return [s for s in range(n_shards) if str(s) not in done or not (out / done[str(s)]["file"]).exists()]
+
+    mine: dict[str, dict] = {}
+    record = shards.rank_path(out, "manifest", procs.rank, ".json")
+    bar = tqdm(desc="DISC data (shards)", disable=not (progress and procs.is_main), unit="shard")
+
+    def work(s: int) -> None:
         seeds = shard_seeds(seed, s, shard_size)[: min(shard_size, n - s * shard_size)]
         t0 = time.perf_counter()
         z = separated_latents(gen, seeds)
         name = f"shard-{s:05d}.safetensors"
         atomic_file(out / name, lambda tmp: save_file({"z0": z.contiguous(), "seeds": torch.tensor(seeds, dtype=torch.int64)},
                                                       str(tmp)))
-        manifest["shards"][str(s)] = {"file": name, "n": len(seeds), "seconds": round(time.perf_counter() - t0, 3)}
-        write_text(mpath, json.dumps(manifest, indent=1))
-    return manifest
+        mine[str(s)] = {"file": name, "n": len(seeds), "seconds": round(time.perf_counter() - t0, 3)}
+        write_text(record, json.dumps(mine, indent=1))
+        bar.update(1)
+
+    def merge() -> None:
+        merge_records()
+
+    shards.run(out, "generation", todo=todo, work=work, setup=setup, merge=merge, procs=procs)
+    bar.close()
+    return json.loads(mpath.read_text())
 
 
 def load_disc_data(out: str | Path) -> dict:
