@@ -109,3 +109,57 @@ def test_profiles_write_to_separate_folders():
     assert paths.figures_dir("smoke", create=False) == paths.REPO / "figures" / "smoke"
     with pytest.raises(ValueError, match="profile 'fast'"):
         paths.output_dir("fast")
+
+
+# ------------------------------------------------------------------ empty values (issue 17, defect 2)
+@pytest.mark.parametrize("text,key", [("dataset:\n", "dataset"), ("image_size:\n", "image_size"),
+                                      ("dataset: null\n", "dataset"), ("image_size: ~\n", "image_size")])
+def test_empty_value_is_an_error_naming_the_key(tmp_path, capsys, text, key):
+    f = tmp_path / "p.yaml"
+    f.write_text("profile: demo\n" + text)
+    with pytest.raises(params.ParamError, match=rf"p.yaml: 00_data_prep: parameter '{key}' is (empty|null)"):
+        params.check_file("00_data_prep", f)
+    assert params.main(["check", "00_data_prep", str(f)]) == 2
+    assert f"'{key}'" in capsys.readouterr().err
+
+
+def test_empty_nested_value_names_the_dotted_key(tmp_path, monkeypatch):
+    defaults = {"autoencoder": {"steps": 10, "path": None}, "note": None, "sd": {"max_grad_norm": 1.0}}
+    monkeypatch.setattr(params, "notebook_defaults", lambda name: defaults)
+    f = tmp_path / "p.yaml"
+    f.write_text("autoencoder:\n  steps:\n")
+    with pytest.raises(params.ParamError, match=r"parameter 'autoencoder.steps' is empty \(default 10\)"):
+        params.check_file("x", f)
+    f.write_text("autoencoder:\n")
+    with pytest.raises(params.ParamError, match=r"parameter 'autoencoder' is empty"):
+        params.check_file("x", f)
+    f.write_text("channels: [1, ]\n")
+    defaults["channels"] = [1, 2]
+    assert params.check_file("x", f).channels == [1]  # YAML flow lists drop a trailing comma
+    f.write_text("channels:\n  - 1\n  -\n")
+    with pytest.raises(params.ParamError, match=r"parameter 'channels' has an empty item"):
+        params.check_file("x", f)
+    # a None default is "unset / optional": empty and null both mean None there
+    f.write_text("note:\nautoencoder: {path: }\n")
+    P = params.check_file("x", f)
+    assert P.note is None and P.autoencoder == {"steps": 10, "path": None}
+    # max_grad_norm: null is the documented "no clipping"; an empty value is still a slip
+    f.write_text("sd: {max_grad_norm: null}\n")
+    assert params.check_file("x", f).sd == {"max_grad_norm": None}
+    f.write_text("sd:\n  max_grad_norm:\n")
+    with pytest.raises(params.ParamError, match=r"'sd.max_grad_norm' is empty"):
+        params.check_file("x", f)
+
+
+def test_none_from_an_injection_is_an_error():
+    g = dict(params.notebook_defaults("00_data_prep"))
+    g["dataset"] = None  # e.g. papermill -p dataset None
+    with pytest.raises(params.ParamError, match=r"00_data_prep: parameter 'dataset' is null"):
+        params.from_globals("00_data_prep", g)
+
+
+def test_empty_document_is_no_overrides(tmp_path):
+    f = tmp_path / "p.yaml"
+    for text in ("", "# only a comment\n", "---\n"):
+        f.write_text(text)
+        assert params.check_file("00_data_prep", f).profile == "smoke"

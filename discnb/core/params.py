@@ -2,7 +2,8 @@
 
 Each notebook's cell tagged ``parameters`` holds the smoke defaults as plain literals, one per
 line with a comment. That cell is the schema: ``params/<profile>/NN_name.yaml`` may only override
-keys it defines, with values of the same type. papermill only *warns* about unknown parameters,
+keys it defines, with values of the same type; an empty or null value is an error naming the key
+unless the default is None (or the key is in :data:`NULLABLE`). papermill only *warns* about unknown parameters,
 so the check happens here, both before a notebook runs (``python -m discnb.core.params check``, used
 by ``run_all.sh``) and inside the notebook's setup cell (:func:`from_globals`).
 """
@@ -23,6 +24,38 @@ from discnb.core import paths
 
 class ParamError(ValueError):
     """A parameter file or override that does not fit the notebook's parameters cell."""
+
+
+class _Empty:
+    """What ``key:`` with nothing after it loads as (plain YAML makes it None, like ``null``).
+
+    An empty value is almost always a value someone forgot to type; told apart from an explicit
+    ``null`` it can be named as such, and it never reaches the code (pathlib or numpy would fail
+    there with a bare TypeError, after earlier steps wrote their files).
+    """
+
+    def __repr__(self) -> str:
+        return "<empty>"
+
+
+EMPTY = _Empty()
+
+# Parameters (leaf names, at any nesting) whose None means something although their default is
+# not None. Any other key with a non-None default must not be None: the code would fail on it.
+NULLABLE = {
+    "max_grad_norm": "no gradient clipping (discnb.core.train.TrainConfig; the LDM recipe)",
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load, except that an empty scalar loads as :data:`EMPTY` instead of None."""
+
+
+def _construct_null(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    return EMPTY if node.value == "" else None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:null", _construct_null)
 
 
 class Params(dict):
@@ -69,11 +102,24 @@ def _typename(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
 
+def _check_unset(name: str, value: Any, default: Any) -> None:
+    """An empty or null ``value`` is an error naming ``name`` unless None is allowed there."""
+    if value is EMPTY:
+        raise ParamError(f"parameter {name!r} is empty (default {default!r}): give it a "
+                         f"{_typename(default)} value, or delete the line to keep the default")
+    if name.rsplit(".", 1)[-1] not in NULLABLE:
+        raise ParamError(f"parameter {name!r} is null (default {default!r}): it must be {_typename(default)}; "
+                         "delete the line to keep the default")
+
+
 def _check(key: str, value: Any, default: Any, where: str) -> Any:
     """Check one value against its default's type; return it (ints widened to float)."""
-    if default is None or value is None:
-        # None defaults mean "unset / optional": any literal is allowed, and None may unset.
-        return value
+    if default is None:
+        # None defaults mean "unset / optional": any literal is allowed (empty means None).
+        return None if value is EMPTY else _no_empty_items(f"{where}{key}", value)
+    if value is None or value is EMPTY:
+        _check_unset(f"{where}{key}", value, default)
+        return None
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -83,7 +129,7 @@ def _check(key: str, value: Any, default: Any, where: str) -> Any:
         value = float(value) if ok else value
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple))
-        value = list(value) if ok else value
+        value = _no_empty_items(f"{where}{key}", list(value)) if ok else value
     elif isinstance(default, dict):
         if not isinstance(value, dict):
             ok = False
@@ -94,6 +140,16 @@ def _check(key: str, value: Any, default: Any, where: str) -> Any:
     if not ok:
         raise ParamError(f"parameter {where}{key!r} must be {_typename(default)} "
                          f"(default {default!r}), got {_typename(value)} {value!r}")
+    return value
+
+
+def _no_empty_items(name: str, value: Any) -> Any:
+    """``value`` unless a list item or mapping value inside it is empty (``- `` with nothing after)."""
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for v in items:
+        if v is EMPTY:
+            raise ParamError(f"parameter {name!r} has an empty item: {value!r}")
+        _no_empty_items(name, v)
     return value
 
 
@@ -119,11 +175,13 @@ def validate(name: str, overrides: dict) -> Params:
 def load_yaml(path: str | Path) -> dict:
     p = paths.resolve(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.load(p.read_text(), Loader=_Loader)
     except FileNotFoundError:
         raise ParamError(f"parameter file {p} does not exist") from None
     except yaml.YAMLError as e:
         raise ParamError(f"parameter file {p} is not valid YAML: {e}") from None
+    if data is None or data is EMPTY:  # an empty file, or only comments / "---"
+        data = {}
     if not isinstance(data, dict):
         raise ParamError(f"parameter file {p} must hold a mapping of name: value, got {_typename(data)}")
     return data
