@@ -144,6 +144,40 @@ def test_truncated_image(sicap):
     assert skipped.frame().file.tolist() == [str(p)] and "unreadable image" in skipped.rows[0]["problem"]
 
 
+@pytest.mark.parametrize("mode", ["L", "LA", "I;16"])
+def test_grayscale_image_is_a_bad_file(sicap, mode):
+    # SICAPv2 patches are RGB: a grey one would reach the models as three identical channels
+    p = first_image(sicap)
+    grey = Image.open(p).convert("L")
+    p = p.with_suffix(".png") if mode != "L" else p  # JPEG has no LA or 16-bit grey
+    if p.suffix == ".png":
+        first_image(sicap).unlink()
+        _rename_in_partitions(sicap, p.stem + ".jpg", p.name)
+    grey.convert(mode).save(p)
+    with pytest.raises(data.DataError, match=rf"{p.name}: grayscale image \(mode {mode}\)"):
+        data.build_index(sicap, progress=False)
+    index, skipped = data.build_index(sicap, on_bad_file="skip", progress=False)
+    assert p.name not in set(index.image_name) and len(index) == len(SLIDES) * TILES_PER_SLIDE - 1
+    assert skipped.frame().file.tolist() == [str(p)] and "grayscale" in skipped.rows[0]["problem"]
+    with pytest.raises(data.DataError, match="grayscale"):
+        data.load_image(p)
+    # colour modes other than RGB are still read as RGB
+    Image.new("RGBA", (4, 4), (200, 90, 160, 255)).save(sicap / "rgba.png")
+    assert data.load_image(sicap / "rgba.png").mode == "RGB"
+    grey.convert("P").save(sicap / "grey_palette.png")
+    with pytest.raises(data.DataError, match=r"grey_palette.png: grayscale image \(mode P, grey palette\)"):
+        data.load_image(sicap / "grey_palette.png")
+    Image.new("RGB", (4, 4), (200, 90, 160)).convert("P").save(sicap / "colour_palette.png")
+    assert data.load_image(sicap / "colour_palette.png").mode == "RGB"
+
+
+def _rename_in_partitions(root: Path, old: str, new: str) -> None:
+    for x in (root / "partition").rglob("*.xlsx"):
+        df = pd.read_excel(x)
+        df["image_name"] = df.image_name.replace(old, new)
+        df.to_excel(x, index=False)
+
+
 def test_missing_mask(sicap):
     p = first_image(sicap)
     (sicap / "masks" / (p.stem + ".png")).unlink()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
 from discnb import LABELS
 
@@ -187,13 +187,27 @@ def mask_path_for(root: Path, image_name: str) -> Path | None:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An RGB image, fully decoded (truncated files fail here, with the file named)."""
+    """An RGB image, fully decoded (truncated files fail here, with the file named).
+
+    A grayscale file (modes 1, L, LA, I, F, ...) is an error: SICAPv2 patches are RGB H&E, and
+    ``convert("RGB")`` would hand the models three identical grey channels without a word; so is
+    a palette (P) file with a grey palette. Other colour modes (RGBA, P, CMYK, YCbCr) are converted.
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            rgb = im.convert("RGB")
+            if ImageMode.getmode(im.mode).basemode == "L" or (im.mode == "P" and _is_grey(rgb)):
+                raise DataError(f"{path}: grayscale image (mode {im.mode}{', grey palette' * (im.mode == 'P')}); "
+                                "SICAPv2 patches are RGB. Remove it, or run with on_bad_file: skip to leave it out")
+            return rgb
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
+
+
+def _is_grey(rgb: Image.Image) -> bool:
+    a = np.asarray(rgb)
+    return bool((a == a[..., :1]).all())
 
 
 def mask_to_labels(values: np.ndarray, path: str | Path = "<array>", lossy: bool = False) -> np.ndarray:
