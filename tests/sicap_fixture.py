@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from discnb.data.sicap import tile_label
+
 # slide -> (patient, primary, secondary, split, fold)
 SLIDES = {
     "16B0000001": ("1001", 3, 4, "train", 1),
@@ -45,8 +47,7 @@ def write_sicap(root: Path, mask_ext: str = ".png", seed: int = 0) -> Path:
                 Image.fromarray(m).save(root / "masks" / f"{name}.png")
             else:
                 Image.fromarray(m).save(root / "masks" / f"{name}.jpg", quality=75)
-            counts = np.bincount(m.ravel(), minlength=6)[[0, 3, 4, 5]]
-            onehot = np.eye(4, dtype=int)[counts.argmax()]
+            onehot = np.eye(4, dtype=int)[tile_label(np.bincount(m.ravel(), minlength=6)[[0, 3, 4, 5]] / m.size)]
             row = {"image_name": f"{name}.jpg", "NC": onehot[0], "G3": onehot[1], "G4": onehot[2],
                    "G5": onehot[3], "G4C": 0}
             rows[split].append(row)

@@ -150,3 +150,39 @@ def test_generic_folder_grades_from_masks_and_errors(tmp_path):
         panda.read_tile_folder(tmp_path / "empty")
     assert panda.tile_coords(["a_xini_10_yini_20.png", "a_xini_30_yini_20.png"]).tolist() == [[20, 10], [20, 30]]
     assert panda.tile_coords(["a.png"]) is None
+
+
+def test_tile_label_is_sicap_rule_in_both_loaders(tmp_path, caplog):
+    """One definition of a tile's label (issue 17, defect 5): SICAPv2's majority cancer grade, in
+    notebook 00's index and in the generic tile-folder loader (PANDA, LAPC) alike."""
+    from discnb.data import sicap as data
+    from sicap_fixture import write_sicap
+    assert data.tile_label([0.7, 0.1, 0.2, 0.0]) == 2  # non-cancer is not a candidate beside cancer
+    assert data.tile_label([1.0, 0, 0, 0]) == 0 and data.tile_label([0.2, 0.4, 0.0, 0.4]) == 1  # tie: lower grade
+    root = write_sicap(tmp_path / "S")
+    name = sorted((root / "images").glob("16B0000001_*"))[0]
+    m = np.zeros((32, 32), np.uint8)
+    m[:10, :20] = 4  # ~20% GG4
+    m[28:, :] = 3    # ~12% GG3, the rest (~68%) non-cancer
+    Image.fromarray(m).save(root / "masks" / f"{name.stem}.png")
+    for x in (root / "partition").rglob("*.xlsx"):  # SICAPv2 lists such a patch as G4
+        df = pd.read_excel(x)
+        sel = df.image_name == name.name
+        df.loc[sel, ["NC", "G3", "G4", "G5"]] = [0, 0, 1, 0]
+        df.to_excel(x, index=False)
+    index, _ = data.build_index(root, progress=False)
+    folder = panda.read_tile_folder(root)
+    assert index.set_index("image_name").loc[name.name, ["tile_label", "mask_label"]].tolist() == [2, 2]
+    assert folder.set_index("image_name").loc[name.name, "tile_label"] == 2
+    both = index.merge(folder, on="image_name", suffixes=("", "_folder"))
+    assert len(both) == len(index) and (both.tile_label == both.tile_label_folder).all()
+    assert (index.tile_label == index.mask_label).all()
+    # a partition label that the mask contradicts is kept (it is the dataset's) but reported
+    for x in (root / "partition").rglob("*.xlsx"):
+        df = pd.read_excel(x)
+        df.loc[df.image_name == name.name, ["NC", "G3", "G4", "G5"]] = [1, 0, 0, 0]
+        df.to_excel(x, index=False)
+    with caplog.at_level("WARNING"):
+        index, _ = data.build_index(root, progress=False)
+    assert index.set_index("image_name").loc[name.name, ["tile_label", "mask_label"]].tolist() == [0, 2]
+    assert f"1 patch(es) whose partition label differs from their mask's majority cancer grade, e.g. {name.name}" in caplog.text

@@ -324,7 +324,8 @@ def labels_from_masks(fractions: np.ndarray) -> tuple[int, int]:
 def read_tile_folder(root: str | Path, progress: bool = False) -> pd.DataFrame:
     """A generic tile folder -> a tile index with the columns notebook 00's index has (image_name,
     image_path, mask_path, slide_id, patient_id, split "test", cv_fold 0, tile_label, frac_*,
-    slide_primary/secondary and their labels).
+    slide_primary/secondary and their labels). ``tile_label`` is SICAPv2's rule
+    (:func:`discnb.data.sicap.tile_label`: the mask's majority cancer grade; -1 without a mask).
 
     Slide grades come from ``slides.csv`` (slide_id, primary, secondary as Gleason 0/3/4/5, or a
     ``gleason_score`` column as PANDA's) when present, else from the masks
@@ -341,7 +342,7 @@ def read_tile_folder(root: str | Path, progress: bool = False) -> pd.DataFrame:
         if mp:
             m = data.load_mask(mp)
             frac = np.bincount(m.ravel(), minlength=K)[:K] / m.size
-            row.update(dict(zip(data.FRACTION_COLUMNS, frac)), tile_label=int(frac.argmax()))
+            row.update(dict(zip(data.FRACTION_COLUMNS, frac)), tile_label=data.tile_label(frac))
         else:
             row.update({c: np.nan for c in data.FRACTION_COLUMNS}, tile_label=-1)
         rows.append(row)

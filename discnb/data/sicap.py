@@ -236,6 +236,21 @@ def mask_to_labels(values: np.ndarray, path: str | Path = "<array>", lossy: bool
     return lut[values.astype(np.uint8)]
 
 
+def tile_label(fractions) -> int:
+    """A tile's label 0..3 from its mask's label pixel fractions (NC, GG3, GG4, GG5): SICAPv2's rule.
+
+    SICAPv2's readme: non-cancerous patches come from non-cancerous slides, and "the labels in
+    cancerous patches are obtained by majority voting of the annotations". Non-cancer pixels of a
+    cancer slide are unannotated tissue, so they do not compete: the majority Gleason grade among
+    the cancer pixels, whatever share non-cancer has (a tie goes to the lower grade); NC only
+    when the mask has no cancer. The one definition for notebook 00's index, the generic tile
+    folder (PANDA, LAPC) and the fixtures, so that MIL pseudo labels mean the same everywhere.
+    """
+    f = np.asarray(fractions, float)[:4]
+    cancer = f[1:]
+    return 0 if not (cancer > 0).any() else 1 + int(np.argmax(cancer))
+
+
 def load_mask(path: str | Path) -> np.ndarray:
     """A mask file -> (H, W) uint8 labels 0..3."""
     path = Path(path)
@@ -258,13 +273,13 @@ def _check_tile(root: Path, name: str, masks: str) -> dict:
     if mpath is None:
         if masks == "required":
             raise DataError(f"{root / 'masks' / Path(name).stem}.png: mask missing for image {name}")
-        row.update(mask_path="", **{c: np.nan for c in FRACTION_COLUMNS})
+        row.update(mask_path="", mask_label=-1, **{c: np.nan for c in FRACTION_COLUMNS})
         return row
     m = load_mask(mpath)
     if m.shape != (im.height, im.width):
         raise DataError(f"{mpath}: mask is {m.shape[1]}x{m.shape[0]} but image {name} is {im.width}x{im.height}")
     frac = np.bincount(m.ravel(), minlength=4) / m.size
-    row.update(mask_path=str(mpath), **dict(zip(FRACTION_COLUMNS, frac)))
+    row.update(mask_path=str(mpath), mask_label=tile_label(frac), **dict(zip(FRACTION_COLUMNS, frac)))
     return row
 
 
@@ -273,7 +288,8 @@ def build_index(root: str | Path, *, on_bad_file: str = "error", masks: str = "r
     """The tile index of a SICAPv2 folder (one row per partition-listed patch).
 
     Columns: image_name, image_path, mask_path, slide_id, patient_id, split, cv_fold, NC..G5,
-    G4C, tile_label (0..3, majority), frac_NC..frac_GG5 (mask pixel fractions), slide_primary /
+    G4C, tile_label (0..3, the partition's: majority cancer grade), mask_label (:func:`tile_label`
+    of the mask, -1 without one), frac_NC..frac_GG5 (mask pixel fractions), slide_primary /
     slide_secondary (Gleason grades 0/3/4/5) and their labels, width, height.
 
     ``on_bad_file``: "error" stops at the first bad file; "skip" leaves it out and lists it in
@@ -312,13 +328,27 @@ def build_index(root: str | Path, *, on_bad_file: str = "error", masks: str = "r
         raise DataError(f"{root}: no usable patch ({len(skipped)} skipped; first problem: "
                         f"{skipped.rows[0]['problem'] if skipped.rows else 'partition files are empty'})")
     cols = ["image_name", "image_path", "mask_path", "slide_id", "patient_id", "split", "cv_fold",
-            *ONEHOT_COLUMNS, "G4C", "tile_label", *FRACTION_COLUMNS, "slide_primary", "slide_secondary",
+            *ONEHOT_COLUMNS, "G4C", "tile_label", "mask_label", *FRACTION_COLUMNS, "slide_primary", "slide_secondary",
             "slide_primary_label", "slide_secondary_label", "width", "height"]
     index = pd.DataFrame(rows)[cols]
     _check_patient_split(index, root)
+    _report_label_disagreement(index, root)
     if len(skipped):
         log.warning("%s: skipped %d file(s); see the skip report", root, len(skipped))
     return index, skipped
+
+
+def _report_label_disagreement(index: pd.DataFrame, root: Path) -> None:
+    """Warn about patches whose partition label is not their mask's :func:`tile_label`.
+
+    The partition's label is kept (it is the dataset's own), but a disagreement means the masks
+    and tables do not belong together, or that a lossy mask lost a region.
+    """
+    off = index[(index.mask_label >= 0) & (index.mask_label != index.tile_label)]
+    if len(off):
+        log.warning("%s: %d patch(es) whose partition label differs from their mask's majority cancer grade, "
+                    "e.g. %s (partition %s, mask %s)", root, len(off), off.image_name.iloc[0],
+                    LABELS[int(off.tile_label.iloc[0])], LABELS[int(off.mask_label.iloc[0])])
 
 
 def _check_patient_split(index: pd.DataFrame, root: Path) -> None:
