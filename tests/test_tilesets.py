@@ -301,16 +301,19 @@ def test_sigkill_mid_generation_then_rerun_completes(tmp_path):
     """A real process, killed with SIGKILL while it generates a slide; the rerun finishes the set with
     no duplicate or partial slide, and the result equals an uninterrupted run's."""
     folder = tmp_path / "killed" / "SD"
+    record = folder / "manifest.rank-0.json"  # the process's own record of its finished slides
     script = tmp_path / "gen.py"
     script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent), folder=str(folder), sleep=0.15))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 60
-        while time.time() < deadline:  # wait until 3 slides are in the manifest
-            m = folder / "manifest.csv"
-            if m.exists() and len(pd.read_csv(m)) >= 3:
-                break
+        while time.time() < deadline:  # wait until 3 slides are recorded
+            try:
+                if len(json.loads(record.read_text())["rows"]) >= 3:
+                    break
+            except FileNotFoundError:
+                pass
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.02)
         else:
@@ -323,21 +326,73 @@ def test_sigkill_mid_generation_then_rerun_completes(tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     plan = ts.make_plan(real_frame({0: 0, 1: 0, 2: 0, 3: 0}), 3, 5)
-    before = ts.read_manifest(folder)
+    before = json.loads(record.read_text())["rows"]
+    assert len(ts.read_manifest(folder)) == 0  # the manifest is merged at the end of a run
     assert 3 <= len(before) < len(plan.slides), "the kill did not land mid-generation"
-    assert all((folder / f).exists() for f in before.file)
+    assert all((folder / r["file"]).exists() for r in before)
+    (folder / "slides" / "syn-00011.tmp.npz").write_bytes(b"half")  # what a kill inside np.savez leaves
     lib = make_library()
-    r = _generate(folder, lib, plan)  # rerun (no sleep; same fingerprint)
+    r = _generate(folder, lib, plan)  # rerun (no sleep; same fingerprint): folds the record in first
     assert r["generated_now"] == len(plan.slides) - len(before)
     after = ts.read_manifest(folder)
-    assert after.slide_id.is_unique and set(after.slide_id) == set(plan.slides.slide_id)
+    assert after.slide_id.is_unique and after.slide_id.tolist() == plan.slides.slide_id.tolist()  # plan order
     assert sorted(p.name for p in (folder / "slides").iterdir()) == sorted(f"{s}.npz" for s in plan.slides.slide_id)
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.csv", "plan.json", "slides", "timing.json"]
     _generate(tmp_path / "clean" / "SD", lib, plan)
     _, la = ts.load_tileset(folder, "SD")
     _, lb = ts.load_tileset(tmp_path / "clean", "SD")
     for sid in plan.slides.slide_id:
         a, b = la(sid), lb(sid)
         assert all(np.array_equal(a[k], b[k]) for k in a), sid
+    assert (folder / "manifest.csv").read_bytes() == (tmp_path / "clean" / "SD" / "manifest.csv").read_bytes()
+    runs = json.loads((folder / "timing.json").read_text())["runs"]
+    assert [x.get("interrupted", False) for x in runs] == [True, False]
+    assert sum(x["slides"] for x in runs) == len(plan.slides)
+
+
+class BatchSensitiveGen(ColourGen):
+    """Tiles that also depend on the batch they were generated in (as batched floating point on a GPU
+    can): each call shifts its tiles by its tile count and first seed."""
+
+    def generate(self, masks, seeds):
+        out = super().generate(masks, seeds).astype(np.int16) + (len(seeds) * 7 + int(seeds[0]) % 13)
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def test_interrupted_run_resumes_to_the_same_bytes_even_for_a_batch_sensitive_generator(tmp_path):
+    """A run stopped in the middle of a slide group, resumed: the group is generated whole again (the
+    same batches, only its missing slides written), so even tiles that depend on their batch equal
+    those of an uninterrupted run, and the manifest is byte-identical."""
+    lib = make_library()
+    plan = ts.make_plan(real_frame({0: 0, 1: 0, 2: 0, 3: 0}), 3, 5)
+    groups = ts.slide_groups([len(ts.sample_slide(lib, r.primary, r.secondary, r.tertiary, r.seed, 2, 5)["mask_ids"])
+                              for r in plan.slides.itertuples()], 6)
+    assert any(len(g) > 1 for g in groups[:3])
+    first = next(g for g in groups if len(g) > 1)
+    stop_after = plan.slides.slide_id[first[0]]  # the first slide of a group of several
+
+    def stop(sid):
+        if sid == stop_after:
+            raise KeyboardInterrupt
+
+    folder = tmp_path / "cut" / "SD"
+    with pytest.raises(KeyboardInterrupt):
+        _generate(folder, lib, plan, gen=BatchSensitiveGen(), batch_tiles=6, on_slide=stop)
+    r = _generate(folder, lib, plan, gen=BatchSensitiveGen(), batch_tiles=6)
+    assert r["generated_now"] == len(plan.slides) - first[0] - 1
+    _generate(tmp_path / "clean" / "SD", lib, plan, gen=BatchSensitiveGen(), batch_tiles=6)
+    _, la = ts.load_tileset(folder, "SD")
+    _, lb = ts.load_tileset(tmp_path / "clean", "SD")
+    for sid in plan.slides.slide_id:
+        a, b = la(sid), lb(sid)
+        assert all(np.array_equal(a[k], b[k]) for k in a), sid
+    assert (folder / "manifest.csv").read_bytes() == (tmp_path / "clean" / "SD" / "manifest.csv").read_bytes()
+
+
+def test_slide_groups_depend_on_the_plan_only():
+    assert ts.slide_groups([2, 3, 5, 1, 1, 1, 4], 4) == [[0, 1], [2], [3, 4, 5, 6]]
+    assert ts.slide_groups([2, 3], 100) == [[0, 1]]
+    assert ts.slide_groups([], 4) == []
 
 
 def test_mosaic():

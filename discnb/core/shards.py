@@ -132,9 +132,10 @@ def remove_tmp(folder: Path, pattern: str = io.TMP_GLOB) -> None:
 
 def run(folder: Path, name: str, *, todo: Callable[[], Sequence[U]], work: Callable[[U], None],
         setup: Callable[[], None] | None = None, merge: Callable[[], object] | None = None,
-        procs: Processes | None = None, poll: float = 0.5):
+        start: Callable[[list[U]], None] | None = None, procs: Processes | None = None, poll: float = 0.5):
     """The sharded-work protocol of the module docstring; returns ``merge()``'s value on every
-    process (None without ``merge``). ``name`` names the markers in ``folder``."""
+    process (None without ``merge``). ``name`` names the markers in ``folder``; ``start(mine)``,
+    if given, sees this process's units before the first ``work`` (e.g. for a progress bar)."""
     procs = procs or processes()
     folder = Path(folder)
     if procs.is_main:
@@ -145,7 +146,10 @@ def run(folder: Path, name: str, *, todo: Callable[[], Sequence[U]], work: Calla
     procs.barrier()
     units = list(todo())
     procs.barrier()
-    for u in procs.mine(units):
+    mine = procs.mine(units)
+    if start is not None:
+        start(mine)
+    for u in mine:
         work(u)
     procs.wait_for_markers(folder, name, poll)
     procs.barrier()

@@ -61,14 +61,25 @@ Reading a tile set::
     slide = load(manifest.slide_id[0])                 # dict: tiles, masks, mask_ids, seeds
     for row in manifest.itertuples(): ...              # row.primary, row.secondary: slide labels
 
-**Resume**: slides are written one by one, each npz atomically (tmp file + ``os.replace``), then its
-manifest row (the manifest is rewritten via tmp + replace); a rerun skips every slide in the manifest,
-so a killed run never leaves a half-written or duplicated slide. A folder made with another plan or
-another generator fingerprint (retrained weights, other steps) is *stale*: with ``replace_stale`` its
-files are deleted and it is generated afresh, otherwise it is an error that names the folder. One
-process per generator folder at a time.
+**Resume and several processes**: a generator call is one *group* of consecutive slides of the plan
+(:func:`slide_groups`, fixed by the plan and ``batch_tiles``), the work unit of
+:mod:`discnb.core.shards`. Each slide's npz is written atomically (tmp file + ``os.replace``) by the
+process that owns its group, then added to that process's record ``manifest.rank-K.json``; the main
+process merges the records into ``manifest.csv`` (plan order) and ``timing.json`` when all processes
+are done, and at the start of a run it folds in a killed run's records and deletes stray tmp files.
+A rerun (with any number of processes) skips every finished slide, so a killed run never leaves a
+half-written or duplicated slide; a group cut short is generated whole again (the same batches) and
+only its missing slides are written. Because the groups and every tile's noise depend on the plan
+only, one process, N processes (``accelerate launch``) and a resumed run write the same slides and
+the same ``manifest.csv`` (timing aside). A folder made with another plan or another generator
+fingerprint (retrained weights, other steps) is *stale*: with ``replace_stale`` its files are deleted
+and it is generated afresh, otherwise it is an error that names the folder. One run per generator
+folder at a time.
 
-From a terminal: ``python -m discnb.pipelines.tilesets --params params/demo/03_tile_sets.yaml``.
+From a terminal: ``python -m discnb.pipelines.tilesets --params params/demo/03_tile_sets.yaml``; on
+several GPUs: ``accelerate launch --config_file params/accelerate/multi_gpu.yaml -m
+discnb.pipelines.tilesets --params params/paper/03_tile_sets.yaml`` (the slide groups are split over
+the processes; the ablation, the timing table, the figure and the checks are the main process's).
 """
 
 from __future__ import annotations
@@ -89,7 +100,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from discnb import K, LABELS, plots
-from discnb.core import io, paths
+from discnb.core import io, paths, shards
 from discnb.core.notebook import cli
 from discnb.core.train import pick_device
 from discnb.data import shapes
@@ -422,77 +433,150 @@ def _write_manifest(folder: Path, m: pd.DataFrame) -> None:
     io.atomic_file(folder / "manifest.csv", lambda tmp: m[MANIFEST_COLUMNS].to_csv(tmp, index=False))
 
 
+RECORD = "manifest"  # each process's record of the slides it wrote: manifest.rank-K.json (merged, then deleted)
+
+
 def _clear(folder: Path) -> None:
     """Delete a stale tile set (only the files this module writes)."""
     for name in ("manifest.csv", "plan.json", "timing.json"):
         (folder / name).unlink(missing_ok=True)
+    for p in shards.rank_paths(folder, RECORD, ".json"):
+        p.unlink()
     shutil.rmtree(folder / "slides", ignore_errors=True)
+
+
+def slide_groups(n_tiles, batch_tiles: int) -> list[list[int]]:
+    """The plan's slides (their tile counts, in plan order) in groups of consecutive slides, each
+    closed once it holds ``batch_tiles`` tiles: the generator's calls. A function of the plan
+    only, so the generator sees the same batches (and batched floating point gives the same bits)
+    whichever slides are already finished and whichever process computes a group."""
+    groups, cur, n = [], [], 0
+    for i, m in enumerate(n_tiles):
+        cur.append(i)
+        n += int(m)
+        if n >= batch_tiles:
+            groups.append(cur)
+            cur, n = [], 0
+    return groups + ([cur] if cur else [])
+
+
+def _on_cpu(gen) -> bool:
+    return str(getattr(gen, "device", "cpu")).startswith("cpu")
 
 
 def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, lib: dict, *, image_size: int,
                      min_tiles: int, max_tiles: int, scheme: str = "random", batch_tiles: int = 16,
                      generator_name: str = "", lib_fingerprint: str = "", extra: dict | None = None,
                      replace_stale: bool = False, progress: bool = True,
-                     on_slide: Callable[[str], None] | None = None) -> dict:
+                     on_slide: Callable[[str], None] | None = None, procs: shards.Processes | None = None) -> dict:
     """Generate (or finish) the tile set of one generator in ``folder``; returns its timing/summary.
 
-    Slides missing from the manifest are generated in plan order; consecutive slides are grouped
-    until they hold ``batch_tiles`` tiles, so the generator sees full batches. Each slide is then
-    written atomically and its manifest row added (tmp + replace). ``gen.generate(masks, seeds)``
-    must give (N,H,W,3) uint8.
+    The plan's slides are grouped in plan order until a group holds ``batch_tiles`` tiles
+    (:func:`slide_groups`), so the generator sees full batches; a group is one call of
+    ``gen.generate(masks, seeds)`` (which must give (N,H,W,3) uint8) and the work unit of
+    :func:`discnb.core.shards.run`: under ``accelerate launch`` the unfinished groups are split over
+    the processes (one process: all of them), each writing its slides atomically and its own
+    record ``manifest.rank-K.json``; the main process merges the records into ``manifest.csv``
+    (plan order) and ``timing.json`` once all are done, and at the start of a run folds in those of
+    a killed run. A group with some slides finished is generated whole again (the same batches) and
+    only its missing slides are written. So N processes, one process and a resumed run all write
+    the same slides and the same manifest (timing aside).
     """
     folder = Path(folder)
     lib = library_info(lib)
     size = int(image_size)
+    procs = procs or shards.processes(_on_cpu(gen))
     settings = {"version": VERSION, "generator": generator_name, "generator_fingerprint": gen_fingerprint,
                 "plan_fingerprint": plan.fingerprint(), "library_fingerprint": lib_fingerprint,
                 "image_size": size, "min_tiles": int(min_tiles), "max_tiles": int(max_tiles), "scheme": scheme}
     key = io.fingerprint(settings)
     plan_file = folder / "plan.json"
-    if plan_file.exists():
+    stale = None
+    if plan_file.exists():  # every process checks, so all of them stop on an error
         old = json.loads(plan_file.read_text())
         if old.get("key") != key:
-            diff = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
+            stale = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
             if not replace_stale:
-                raise ValueError(f"{folder}: this tile set was made with other settings ({', '.join(diff)} differ: "
+                raise ValueError(f"{folder}: this tile set was made with other settings ({', '.join(stale)} differ: "
                                  f"e.g. retrained generator weights or another plan). Delete the folder, or set "
                                  f"replace_stale: true to regenerate it")
-            warnings.warn(f"{folder}: stale tile set ({', '.join(diff)} changed); deleting it and generating afresh")
-            _clear(folder)
-    (folder / "slides").mkdir(parents=True, exist_ok=True)
-    for tmp in list((folder / "slides").glob(io.TMP_GLOB)) + list(folder.glob(io.TMP_GLOB)):
-        tmp.unlink()  # left by a killed run
-    io.write_text(plan_file, json.dumps({"key": key, "settings": settings, **(extra or {}), "plan": plan.to_json()},
-                                             indent=1, default=int) + "\n")
-
-    manifest = read_manifest(folder)
-    gone = [r.slide_id for r in manifest.itertuples() if not (folder / r.file).exists()]
-    if gone:
-        warnings.warn(f"{folder}: {len(gone)} manifest row(s) without their file (e.g. {gone[:3]}); generating them again")
-        manifest = manifest[~manifest.slide_id.isin(gone)]
-    manifest = manifest.drop_duplicates("slide_id", keep="last")
-    done = set(manifest.slide_id)
-    todo = plan.slides[~plan.slides.slide_id.isin(done)]
-
-    specs = []
-    for r in todo.itertuples():
-        smp = sample_slide(lib, r.primary, r.secondary, r.tertiary, r.seed, min_tiles, max_tiles, scheme, masks=False)
-        specs.append((r, smp))  # masks are built per group below (all of them at once can be GBs)
     timing_file = folder / "timing.json"
-    timing = json.loads(timing_file.read_text()) if timing_file.exists() else \
-        {"generator": generator_name, "slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0, "runs": []}
-    run = {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}
-    bar = tqdm(total=sum(len(s["mask_ids"]) for _, s in specs), desc=f"{generator_name or 'tiles'}", unit="tile",
-               disable=not progress, mininterval=1)
-    bar.set_postfix(slides=f"{len(done)}/{len(plan.slides)}")
-    i = 0
-    while i < len(specs):
+    slide_ids = plan.slides.slide_id.tolist()
+    rank_of = {sid: i for i, sid in enumerate(slide_ids)}
+
+    def merge_records(interrupted: bool = False) -> int:
+        """manifest.csv and timing.json plus every process's record (deleted after); returns the
+        number of slides the records add."""
+        manifest = read_manifest(folder)
+        timing = json.loads(timing_file.read_text()) if timing_file.exists() else \
+            {"generator": generator_name, "slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0, "runs": []}
+        records = shards.rank_paths(folder, RECORD, ".json")
+        rows, run = [], {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}
+        for r in records:
+            rec = json.loads(r.read_text())
+            rows += rec["rows"]
+            for k in run:
+                run[k] += rec["run"][k]
+        if rows:
+            new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+            manifest = pd.concat([manifest, new], ignore_index=True) if len(manifest) else new
+        gone = [r.slide_id for r in manifest.itertuples() if not (folder / r.file).exists()]
+        if gone:
+            warnings.warn(f"{folder}: {len(gone)} manifest row(s) without their file (e.g. {gone[:3]}); generating them again")
+            manifest = manifest[~manifest.slide_id.isin(gone)]
+        manifest = manifest.drop_duplicates("slide_id", keep="last")
+        manifest = manifest.iloc[np.argsort([rank_of.get(x, len(rank_of)) for x in manifest.slide_id], kind="stable")]
+        _write_manifest(folder, manifest.reset_index(drop=True))
+        if run["slides"]:
+            for k in run:
+                timing[k] += run[k]
+            timing["runs"].append({**run, "processes": len(records), **({"interrupted": True} if interrupted else {}),
+                                   "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                   **(extra or {}).get("sampling", {})})
+        timing.update(generator=generator_name, generator_fingerprint=gen_fingerprint,
+                      sec_per_tile=timing["generate_seconds"] / timing["tiles"] if timing["tiles"] else None,
+                      sec_per_slide=timing["slide_seconds"] / timing["slides"] if timing["slides"] else None,
+                      mean_tiles_per_slide=timing["tiles"] / timing["slides"] if timing["slides"] else None)
+        io.write_text(timing_file, json.dumps(timing, indent=1) + "\n")
+        for r in records:
+            r.unlink()
+        return run["slides"]
+
+    def setup() -> None:
+        if stale is not None:
+            warnings.warn(f"{folder}: stale tile set ({', '.join(stale)} changed); deleting it and generating afresh")
+            _clear(folder)
+        (folder / "slides").mkdir(parents=True, exist_ok=True)
+        shards.remove_tmp(folder / "slides")  # left by a killed run
+        shards.remove_tmp(folder)
+        io.write_text(plan_file, json.dumps({"key": key, "settings": settings, **(extra or {}), "plan": plan.to_json()},
+                                            indent=1, default=int) + "\n")
+        merge_records(interrupted=True)
+
+    # every process draws every slide's masks and seeds (cheap; the masks themselves are built per group)
+    specs = [(r, sample_slide(lib, r.primary, r.secondary, r.tertiary, r.seed, min_tiles, max_tiles, scheme, masks=False))
+             for r in plan.slides.itertuples()]
+    groups = slide_groups([len(s["mask_ids"]) for _, s in specs], batch_tiles)
+    missing: set[int] = set()
+
+    def todo() -> list[int]:
+        m = read_manifest(folder)
+        done = {sid for sid, f in zip(m.slide_id, m.file) if (folder / f).exists()}
+        missing.update(i for i, sid in enumerate(slide_ids) if sid not in done)
+        return [g for g, idx in enumerate(groups) if any(i in missing for i in idx)]
+
+    record = shards.rank_path(folder, RECORD, procs.rank, ".json")
+    mine = {"rows": [], "run": {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}}
+    bar = tqdm(total=0, desc=f"{generator_name or 'tiles'}", unit="tile", disable=not (progress and procs.is_main),
+               mininterval=1)
+
+    def start(units: list[int]) -> None:
+        bar.total = sum(len(specs[i][1]["mask_ids"]) for g in units for i in groups[g] if i in missing)
+        bar.refresh()
+
+    def work(g: int) -> None:
         t0 = time.perf_counter()
-        group, n = [], 0
-        while i < len(specs) and (not group or n < batch_tiles):
-            group.append(specs[i])
-            n += len(specs[i][1]["mask_ids"])
-            i += 1
+        group = [specs[i] for i in groups[g]]
         for _, smp in group:
             smp["masks"] = build_masks(lib, smp["mask_ids"], smp["labels"], size)
         masks = np.concatenate([s["masks"] for _, s in group])
@@ -507,42 +591,41 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
         if tiles.shape != (len(masks), size, size, 3) or tiles.dtype != np.uint8:
             raise ValueError(f"generator {generator_name!r} returned {tiles.dtype} {tiles.shape}; expected uint8 "
                              f"{(len(masks), size, size, 3)}")
-        o = 0
-        for r, smp in group:
+        o, written = 0, 0
+        for i, (r, smp) in zip(groups[g], group):
             m = len(smp["mask_ids"])
-            rel = f"slides/{r.slide_id}.npz"
-            _write_slide(folder / rel, tiles=tiles[o:o + m], masks=smp["masks"], mask_ids=smp["mask_ids"],
-                         seeds=smp["seeds"])
+            if i in missing:  # a resumed group: its finished slides are not written again
+                rel = f"slides/{r.slide_id}.npz"
+                _write_slide(folder / rel, tiles=tiles[o:o + m], masks=smp["masks"], mask_ids=smp["mask_ids"],
+                             seeds=smp["seeds"])
+                mine["rows"].append({"slide_id": r.slide_id, "primary": int(r.primary), "secondary": int(r.secondary),
+                                     "tertiary": int(r.tertiary),
+                                     "weights": json.dumps([round(float(x), 6) for x in smp["weights"]]),
+                                     "n_tiles": m, "seed": int(r.seed), "file": rel})
+                mine["run"]["slides"] += 1
+                mine["run"]["tiles"] += m
+                written += m
+                io.write_text(record, json.dumps(mine) + "\n")
+                if on_slide:
+                    on_slide(r.slide_id)
+                bar.update(m)
             o += m
             del smp["masks"]
-            row = {"slide_id": r.slide_id, "primary": int(r.primary), "secondary": int(r.secondary),
-                   "tertiary": int(r.tertiary), "weights": json.dumps([round(float(x), 6) for x in smp["weights"]]),
-                   "n_tiles": m, "seed": int(r.seed), "file": rel}
-            manifest = pd.concat([manifest, pd.DataFrame([row])], ignore_index=True)
-            _write_manifest(folder, manifest)
-            if on_slide:
-                on_slide(r.slide_id)
-        run["slides"] += len(group)
-        run["tiles"] += n
-        run["generate_seconds"] += gen_s
-        run["slide_seconds"] += time.perf_counter() - t0
-        bar.update(n)
-        bar.set_postfix(slides=f"{len(manifest)}/{len(plan.slides)}")
+        share = written / len(masks)  # the time of the slides written (all of the group's but when resumed)
+        mine["run"]["generate_seconds"] += gen_s * share
+        mine["run"]["slide_seconds"] += (time.perf_counter() - t0) * share
+        io.write_text(record, json.dumps(mine) + "\n")
+
+    generated = shards.run(folder, "generation", todo=todo, work=work, setup=setup, merge=merge_records, start=start,
+                           procs=procs)
     bar.close()
-    if run["slides"]:
-        for k in ("slides", "tiles", "generate_seconds", "slide_seconds"):
-            timing[k] += run[k]
-        timing["runs"].append({**run, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}).get("sampling", {})})
-    timing.update(generator=generator_name, generator_fingerprint=gen_fingerprint,
-                  sec_per_tile=timing["generate_seconds"] / timing["tiles"] if timing["tiles"] else None,
-                  sec_per_slide=timing["slide_seconds"] / timing["slides"] if timing["slides"] else None,
-                  mean_tiles_per_slide=timing["tiles"] / timing["slides"] if timing["slides"] else None)
-    io.write_text(timing_file, json.dumps(timing, indent=1) + "\n")
-    missing = set(plan.slides.slide_id) - set(manifest.slide_id)
-    if missing:
-        raise RuntimeError(f"{folder}: {len(missing)} planned slide(s) still missing after generation")
+    manifest = read_manifest(folder)
+    timing = json.loads(timing_file.read_text())
+    missing_now = set(slide_ids) - set(manifest.slide_id)
+    if missing_now:
+        raise RuntimeError(f"{folder}: {len(missing_now)} planned slide(s) still missing after generation")
     return {"folder": str(folder), "slides": len(manifest), "tiles": int(manifest.n_tiles.sum()),
-            "generated_now": run["slides"], **{k: timing[k] for k in ("sec_per_tile", "sec_per_slide")}}
+            "generated_now": int(generated), **{k: timing[k] for k in ("sec_per_tile", "sec_per_slide")}}
 
 
 # ============================================================================== reading back
@@ -592,7 +675,9 @@ def plan_from_params(P, inputs: dict) -> Plan:
 
 
 def build(P, generator: str, plan: Plan, inputs: dict, progress: bool = True) -> dict:
-    """Build generator ``generator`` (any registered name) and generate its tile set for ``plan``."""
+    """Build generator ``generator`` (any registered name) and generate its tile set for ``plan``
+    (under ``accelerate launch``: this process's part of it)."""
+    procs = shards.processes(P.device == "cpu")  # before the model goes to a GPU: each process has its own
     device = str(pick_device(P.device))
     S = P.sampling
     ctx = GeneratorContext(train_ldm.ldm_dir(P), inputs["image_size"], S["steps"], S["scheduler"], S["batch_size"], device,
@@ -604,7 +689,7 @@ def build(P, generator: str, plan: Plan, inputs: dict, progress: bool = True) ->
                            min_tiles=P.min_tiles, max_tiles=P.max_tiles, scheme=P.weights,
                            batch_tiles=S["batch_size"], generator_name=generator,
                            lib_fingerprint=inputs["lib_fingerprint"], extra=extra,
-                           replace_stale=P.replace_stale, progress=progress)
+                           replace_stale=P.replace_stale, progress=progress, procs=procs)
     return res | {"device": device, "steps": S["steps"]}
 
 
@@ -715,23 +800,33 @@ def build_all(P, plan: Plan, inputs: dict, progress: bool = True) -> dict:
 
 def run(P, progress: bool = True, checks: bool = True) -> dict:
     """Every step of notebook 03, in its order: plan, ablation, every generator's tile set, timing,
-    the figure and the checks."""
+    the figure and the checks. Under ``accelerate launch`` every process generates its part of each
+    tile set, and only the main process runs the rest (``ablation`` is None on the others)."""
+    procs = shards.processes(P.device == "cpu")
     inputs = load_inputs(P)
     plan = plan_from_params(P, inputs)
-    summary, per = run_ablation(P, inputs)
-    save_ablation(P, summary, per)
+    summary = None
+    if procs.is_main:
+        summary, per = run_ablation(P, inputs)
+        save_ablation(P, summary, per)
     results = build_all(P, plan, inputs, progress)
-    timing_path = write_timing(P, results)
-    figure(P)
-    if checks:
-        check(P, plan, summary, timing_path)
-    plt.close("all")
+    if procs.is_main:
+        timing_path = write_timing(P, results)
+        figure(P)
+        if checks:
+            check(P, plan, summary, timing_path)
+        plt.close("all")
     return {"plan": plan, "ablation": summary, "results": results}
 
 
 def main(argv=None) -> int:
-    P, a = cli(NOTEBOOK, "pipelines.tilesets", "Generate synthetic tile sets (notebook 03) from a terminal.", out_dir, argv)
+    def is_main(P):
+        return shards.processes(P.device == "cpu").is_main
+    P, a = cli(NOTEBOOK, "pipelines.tilesets", "Generate synthetic tile sets (notebook 03) from a terminal.", out_dir, argv,
+               main_process=is_main)
     out = run(P, progress=not a.no_progress, checks=not a.no_checks)
+    if not is_main(P):
+        return 0
     print(out["plan"].table.to_string())
     print(out["ablation"].to_string())
     print(json.dumps(out["results"], indent=1))
