@@ -186,3 +186,23 @@ def test_tile_label_is_sicap_rule_in_both_loaders(tmp_path, caplog):
         index, _ = data.build_index(root, progress=False)
     assert index.set_index("image_name").loc[name.name, ["tile_label", "mask_label"]].tolist() == [0, 2]
     assert f"1 patch(es) whose partition label differs from their mask's majority cancer grade, e.g. {name.name}" in caplog.text
+
+
+def test_thin_biopsy_keeps_its_cells_at_the_default_min_tissue(tmp_path):
+    """A needle core thinner than a tile (issue 17, defect 6): every grid cell it crosses is ~45%
+    tissue. SICAPv2 kept patches with > 20% tissue and CLAM has no tissue-fraction threshold, so
+    the default must keep them (0.5 kept 3 of 14 cells of a real thin biopsy)."""
+    cells, src = 14, 128  # 64-px tiles at 1 µm/px = 128 level-0 px at 0.5 µm/px
+    rng = np.random.default_rng(0)
+    img = np.full((2 * src, cells * src, 3), 242, np.uint8)
+    band = int(0.45 * src)
+    img[:band] = (np.array([205, 95, 160]) + rng.integers(-10, 10, (band, cells * src, 3))).clip(0, 255)
+    write_pyramid(tmp_path / "thin.tiff", img)
+    tiles = panda.tile_slide(tmp_path / "thin.tiff", tile_px=64)
+    assert [(t["y"], t["x"]) for t in tiles] == [(0, c * src) for c in range(cells)]
+    assert all(0.4 < t["tissue"] < 0.5 for t in tiles)
+    # the cells without tissue are still dropped, and the CLI and prepare_panda share the default
+    assert panda.tile_slide(tmp_path / "thin.tiff", tile_px=64, min_tissue=0.5) == []
+    import inspect
+    assert inspect.signature(panda.prepare_panda).parameters["min_tissue"].default == panda.MIN_TISSUE == \
+        inspect.signature(panda.tile_slide).parameters["min_tissue"].default

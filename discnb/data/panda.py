@@ -11,8 +11,8 @@ out-of-distribution PANDA", tiled with CLAM's tissue detection and tile extracti
 * finds tissue on the lowest pyramid level (CLAM's recipe: HSV saturation, median blur 7, Otsu
   threshold) and cuts a grid of tiles at SICAPv2's magnification (``target_mpp`` ≈ 1 µm/px; PANDA's
   level 0 is ≈ 0.5 µm/px, so a 512-px tile covers 1024 level-0 pixels), keeps tiles with at least
-  ``min_tissue`` tissue, at most ``max_tiles`` per slide (a seeded random choice, kept in grid
-  order);
+  ``min_tissue`` tissue (:data:`MIN_TISSUE` = 0.2, SICAPv2's own patch selection), at most
+  ``max_tiles`` per slide (a seeded random choice, kept in grid order);
 * optional ``train_label_masks/<id>_mask.tiff`` (labels in the red channel): Radboud's 3/4/5 are
   Gleason 3/4/5 and 0/1/2 (background, stroma, benign epithelium) non-cancer, written as SICAPv2's
   mask values 0/3/4/5; Karolinska's masks (0 background, 1 benign, 2 cancer without a grade) cannot
@@ -52,6 +52,12 @@ from discnb.data import sicap as data
 GRADE_TO_LABEL = data.GRADE_TO_LABEL
 RADBOUD_TO_MASK = np.array([0, 0, 0, 3, 4, 5] + [0] * 250, np.uint8)  # red-channel value -> SICAPv2 mask value
 COORD_RE = re.compile(r"xini_(\d+)_yini_(\d+)")
+# Least tissue fraction of a kept grid cell. SICAPv2's own patches were kept at > 20 % tissue (its
+# readme), so 0.2 selects OOD tiles as the training tiles were selected. CLAM (create_patches_fp.py)
+# has no fraction threshold at all: its default contour_fn "four_pt" keeps a patch when any of four
+# points (centre +- a quarter tile) lies in a tissue contour. 0.5 dropped most cells of thin needle
+# biopsies, which cross a fixed grid at 0.4-0.5 tissue per cell.
+MIN_TISSUE = 0.2
 
 
 class PandaError(ValueError):
@@ -172,7 +178,7 @@ def tissue_mask(rgb: np.ndarray, median: int = 7, sthresh: float | None = None) 
 
 
 def tile_slide(image_path: str | Path, mask_path: str | Path | None = None, *, tile_px: int = 512,
-               target_mpp: float = 1.0, base_mpp: float = 0.5, min_tissue: float = 0.5,
+               target_mpp: float = 1.0, base_mpp: float = 0.5, min_tissue: float = MIN_TISSUE,
                max_tiles: int = 100, seed: int = 0, sthresh: float | None = None) -> list[dict]:
     """Tiles of one slide at ``target_mpp`` µm/px, ``tile_px`` square, where tissue covers at least
     ``min_tissue``: a list of {x, y (level-0 px), tile (tile_px,tile_px,3) uint8, mask
@@ -228,7 +234,7 @@ def tile_slide(image_path: str | Path, mask_path: str | Path | None = None, *, t
 
 # ============================================================================== PANDA -> folder
 def prepare_panda(root: str | Path, out: str | Path, *, n_per_label: int = 100, max_tiles: int = 100,
-                  tile_px: int = 512, target_mpp: float = 1.0, base_mpp: float = 0.5, min_tissue: float = 0.5,
+                  tile_px: int = 512, target_mpp: float = 1.0, base_mpp: float = 0.5, min_tissue: float = MIN_TISSUE,
                   providers: tuple[str, ...] = (), seed: int = 0, progress: bool = True) -> Path:
     """PANDA (``root/train.csv``, ``root/train_images/<id>.tiff``, optional
     ``root/train_label_masks/<id>_mask.tiff``) -> a balanced generic tile folder ``out``.
@@ -401,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile-px", type=int, default=512)
     ap.add_argument("--target-mpp", type=float, default=1.0)
     ap.add_argument("--base-mpp", type=float, default=0.5)
-    ap.add_argument("--min-tissue", type=float, default=0.5)
+    ap.add_argument("--min-tissue", type=float, default=MIN_TISSUE,
+                    help=f"least tissue fraction of a kept tile (default {MIN_TISSUE}: SICAPv2's own > 20%%)")
     ap.add_argument("--provider", action="append", default=[], help="keep only this data_provider (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
