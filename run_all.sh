@@ -2,6 +2,8 @@
 # discnb: run the numbered notebooks headlessly, or the tests.
 #
 #   ./run_all.sh [--profile smoke|demo|paper] [--from NN] [--only NN]   run the notebooks in order
+#   ./run_all.sh --profile paper --dry-run [--from NN] [--only NN]      the paper's model sizes and settings, counts
+#                                                                         capped (params/dryrun/), stand-in data, CPU
 #   ./run_all.sh test [PYTEST ARGS...]                                    unit tests + nbval over notebooks/,
 #                                                                         then notebook vs python -m discnb.pipelines.<stage> files
 #
@@ -11,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 REPO=$(pwd)
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 ensure_env() {
     if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && python - "$REPO" <<'PY' 2>/dev/null
@@ -50,12 +52,13 @@ if [ "${1:-}" = "test" ]; then
     exec "$PY" -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 --durations=15 "$@"
 fi
 
-PROFILE=smoke FROM="" ONLY=""
+PROFILE=smoke FROM="" ONLY="" DRY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile) PROFILE=${2:?--profile needs smoke, demo or paper}; shift 2 ;;
         --from) FROM=${2:?--from needs a notebook number, e.g. 01}; shift 2 ;;
         --only) ONLY=${2:?--only needs a notebook number, e.g. 00}; shift 2 ;;
+        --dry-run) DRY=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "unknown option $1" >&2; usage 2 ;;
     esac
@@ -64,6 +67,10 @@ case "$PROFILE" in smoke|demo|paper) ;; *) echo "--profile must be smoke, demo o
 
 ensure_env
 export MPLBACKEND=Agg PYTHONHASHSEED=0 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+if [ "$DRY" = 1 ]; then
+    [ "$PROFILE" = paper ] || { echo "--dry-run is the paper profile's: use --profile paper --dry-run" >&2; exit 2; }
+    exec "$PY" -m discnb.pipelines.dryrun --only "$ONLY" --from "$FROM"
+fi
 EXEC="outputs/executed/$PROFILE"
 mkdir -p "$EXEC"
 

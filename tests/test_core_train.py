@@ -3,6 +3,7 @@ killed and resumed equals an uninterrupted one, and 2 processes equal 1."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -140,3 +141,24 @@ def test_load_state_dict_unwraps_and_strips(tmp_path):
     torch.testing.assert_close(io.load_state_dict(tmp_path / "w.safetensors"), sd)
     with pytest.raises(FileNotFoundError, match="no such weights file. get it from X"):
         io.load_state_dict(tmp_path / "none.pth", hint="get it from X")
+
+
+def test_a_run_shorter_than_one_validation_still_selects_best(tmp_path):
+    """The paper dry run trains 2 steps with validation once per epoch (never reached): ``best``
+    must still exist (it used to be missing, and notebook 01 failed loading it), from the final weights."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g)
+    data, val = train.TensorData({"x": x[:32]}), train.TensorData({"x": x[32:]})
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    cfg = train.FitConfig(out_dir=str(tmp_path), max_steps=2, global_batch=4, lr=0.01, cpu=True, validate_every=0,
+                          checkpoint_every=100, progress=False)
+    saved = []
+
+    def save(m, d):
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(m.state_dict(), d / "w.pt")
+        saved.append(d.name)
+    s = train.fit(model, lambda m, b, generator=None: m(b["x"]).pow(2).mean(), data, cfg, val=val, save_fn=save)
+    assert (tmp_path / "best" / "w.pt").exists() and s["best_step"] == 2 and math.isfinite(s["best_val_loss"])
+    assert torch.equal(torch.load(tmp_path / "best" / "w.pt")["weight"], torch.load(tmp_path / "final" / "w.pt")["weight"])

@@ -356,6 +356,15 @@ def fit(model: nn.Module, loss_fn: Callable, train: TensorData, cfg: FitConfig, 
         save_checkpoint()
     if val is None or not len(val):
         save_model("best")  # nothing to select on: the final weights
+    elif state["best_step"] < 0:  # a run shorter than one validation interval (the paper dry run): judge the final weights
+        v = validate() if acc.is_main_process else float("nan")
+        if acc.is_main_process:
+            state["best_val"], state["best_step"] = v, state["step"]
+            save_model("best")
+            _log(acc, metrics_path, {"step": state["step"], "epoch": state["epoch"], "loss": loss_v,
+                                     "lr": opt.param_groups[0]["lr"], "val_loss": v,
+                                     "elapsed_s": time.perf_counter() - t0})
+        acc.wait_for_everyone()
     save_model("final")
     _finish_trackers(acc)
     steps_done = state["step"] - step0
