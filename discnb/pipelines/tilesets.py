@@ -511,10 +511,11 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
         timing = json.loads(timing_file.read_text()) if timing_file.exists() else \
             {"generator": generator_name, "slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0, "runs": []}
         records = shards.rank_paths(folder, RECORD, ".json")
-        rows, run = [], {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}
+        rows, run, world = [], {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}, 1
         for r in records:
             rec = json.loads(r.read_text())
             rows += rec["rows"]
+            world = max(world, int(rec["processes"]))
             for k in run:
                 run[k] += rec["run"][k]
         if rows:
@@ -530,7 +531,7 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
         if run["slides"]:
             for k in run:
                 timing[k] += run[k]
-            timing["runs"].append({**run, "processes": len(records), **({"interrupted": True} if interrupted else {}),
+            timing["runs"].append({**run, "processes": world, **({"interrupted": True} if interrupted else {}),
                                    "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                    **(extra or {}).get("sampling", {})})
         timing.update(generator=generator_name, generator_fingerprint=gen_fingerprint,
@@ -566,7 +567,7 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
         return [g for g, idx in enumerate(groups) if any(i in missing for i in idx)]
 
     record = shards.rank_path(folder, RECORD, procs.rank, ".json")
-    mine = {"rows": [], "run": {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}}
+    mine = {"processes": procs.world, "rows": [], "run": {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}}
     bar = tqdm(total=0, desc=f"{generator_name or 'tiles'}", unit="tile", disable=not (progress and procs.is_main),
                mininterval=1)
 

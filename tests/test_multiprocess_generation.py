@@ -1,0 +1,159 @@
+"""Generation over several processes (issue 17, :mod:`discnb.core.shards`): DISC data and tile sets made
+by 2 CPU processes (``accelerate launch``, gloo, as the training test) equal those of one process byte for
+byte, and a run with one process SIGKILLed mid-run resumes, with 2 processes or 1, to the same bytes with
+nothing duplicated or left behind.
+
+The runs are tests/generate_toy.py: a tiny random pixel-conditioned SD (DDIM, 2 steps), real sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import generate_toy
+from discnb.core import shards
+from discnb.core.paths import REPO
+
+SCRIPT = Path(__file__).with_name("generate_toy.py")
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+LAUNCH = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "params/accelerate/cpu_2proc.yaml")]
+
+
+def _one(what: str, out: Path) -> dict:
+    """A one-process run, in this process (imports paid once), with one torch thread as the launched ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return generate_toy.generate(what, str(out))
+    finally:
+        torch.set_num_threads(n)
+
+
+def _gen(what: str, out: Path, *args, launch: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, *(launch or []), str(SCRIPT), what, str(out), *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _ok(r: subprocess.CompletedProcess) -> None:
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def disc_ref(tmp_path_factory) -> Path:
+    """DISC data written by one process."""
+    out = tmp_path_factory.mktemp("disc") / "one"
+    _one("disc", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tileset_ref(tmp_path_factory) -> Path:
+    """A tile set written by one process."""
+    out = tmp_path_factory.mktemp("tileset") / "one"
+    _one("tileset", out)
+    return out
+
+
+def assert_same_disc_data(a: Path, b: Path) -> None:
+    """The same files; shard files byte-identical (so their tensors are equal); manifests equal but
+    for each shard's seconds."""
+    assert _files(a) == _files(b) == ["manifest.json"] + [f"shard-{s:05d}.safetensors" for s in range(4)]
+    for f in _files(a):
+        if f.endswith(".safetensors"):
+            ta, tb = load_file(str(a / f)), load_file(str(b / f))
+            assert ta.keys() == tb.keys() and all(ta[k].equal(tb[k]) for k in ta), f
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+    def manifest(folder):
+        m = json.loads((folder / "manifest.json").read_text())
+        for rec in m["shards"].values():
+            rec.pop("seconds")
+        return m
+    ma, mb = manifest(a), manifest(b)
+    assert ma == mb and list(ma["shards"]) == ["0", "1", "2", "3"]
+
+
+def assert_same_tileset(a: Path, b: Path) -> None:
+    """The same files; every slide's arrays equal; manifest.csv byte-identical (it holds no timing)."""
+    assert _files(a) == _files(b)
+    assert {"manifest.csv", "plan.json", "timing.json"} <= set(_files(a))
+    assert not [f for f in _files(a) if ".rank-" in f or ".tmp" in f]
+    assert (a / "manifest.csv").read_bytes() == (b / "manifest.csv").read_bytes()
+    m = pd.read_csv(a / "manifest.csv", dtype={"slide_id": str})
+    assert m.slide_id.is_unique and len(m) == 12
+    for f in m.file:
+        with np.load(a / f) as za, np.load(b / f) as zb:
+            assert za.files == zb.files and all(np.array_equal(za[k], zb[k]) for k in za.files), f
+    ja, jb = json.loads((a / "plan.json").read_text()), json.loads((b / "plan.json").read_text())
+    assert ja == jb
+
+
+@pytest.mark.slow
+def test_disc_data_two_processes_equal_one(disc_ref, tmp_path):
+    out = tmp_path / "two"
+    r = _gen("disc", out, launch=LAUNCH)
+    _ok(r)
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"shards": ["0", "1", "2", "3"]}
+    assert_same_disc_data(disc_ref, out)
+
+
+@pytest.mark.slow
+def test_disc_data_killed_process_resumes_to_the_same_bytes(disc_ref, tmp_path):
+    """Process 1 (shards 2 and 3) is SIGKILLed as it starts shard 3; the launcher stops process 0.
+    A rerun with 2 processes redoes only the unfinished shards and deletes stray tmp files."""
+    out = tmp_path / "run"
+    killed = _gen("disc", out, "--kill-rank", 1, "--kill-at", 2, launch=LAUNCH)
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    assert not (out / "shard-00003.safetensors").exists() and (out / "shard-00002.safetensors").exists()
+    assert json.loads((out / "manifest.json").read_text())["shards"] == {}  # merged at the end only
+    assert list(json.loads((out / "manifest.rank-1.json").read_text())) == ["2"]  # process 1's record
+    (out / "shard-00003.tmp.safetensors").write_bytes(b"half")  # what a kill inside save_file leaves
+    recorded = [f"shard-{int(s):05d}.safetensors" for p in shards.rank_paths(out, "manifest", ".json")
+                for s in json.loads(p.read_text())]
+    stamps = {n: (out / n).stat().st_mtime_ns for n in recorded}
+    _ok(_gen("disc", out, launch=LAUNCH))
+    assert_same_disc_data(disc_ref, out)
+    assert all((out / n).stat().st_mtime_ns == stamps[n] for n in recorded), "a finished shard was redone"
+
+
+@pytest.mark.slow
+def test_tileset_two_processes_equal_one(tileset_ref, tmp_path):
+    out = tmp_path / "two"
+    r = _gen("tileset", out, launch=LAUNCH)
+    _ok(r)
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["slides"] == 12 and res["generated_now"] == 12
+    assert_same_tileset(tileset_ref, out)
+    runs = json.loads((out / "timing.json").read_text())["runs"]
+    assert [(x["slides"], x["processes"]) for x in runs] == [(12, 2)]
+
+
+@pytest.mark.slow
+def test_tileset_killed_process_resumes_with_another_process_count(tileset_ref, tmp_path):
+    """Process 1 is SIGKILLed as it starts its second slide group; the rerun, with one process, folds
+    both processes' records in, generates only the missing slides and ends with the files of a clean run."""
+    out = tmp_path / "run"
+    killed = _gen("tileset", out, "--kill-rank", 1, "--kill-at", 2, launch=LAUNCH)
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    recs = {p.name: json.loads(p.read_text())["rows"] for p in shards.rank_paths(out, "manifest", ".json")}
+    assert recs.get("manifest.rank-1.json"), recs  # process 1 finished its first group
+    written = sum(len(v) for v in recs.values())
+    assert 0 < written < 12 and len(list((out / "slides").glob("*.npz"))) >= written
+    assert _one("tileset", out)["generated_now"] == 12 - written
+    assert_same_tileset(tileset_ref, out)
+    runs = json.loads((out / "timing.json").read_text())["runs"]
+    assert sum(x["slides"] for x in runs) == 12 and runs[0]["interrupted"] and runs[-1]["processes"] == 1
