@@ -112,3 +112,56 @@ def test_tilecnn_is_trained_once_then_reused(tmp_path):
     assert (folder / "final" / "model.safetensors").exists() and not list(folder.glob("checkpoint-*"))
     with pytest.raises(ValueError, match="even"):
         features.TileCNN(3)
+
+
+# ------------------------------------------------------------------ chunks as work units (issue 17)
+def _loaders(tiles, size=3, calls=None, fail_at=None):
+    """One loader per ``size`` tiles (keys t0, t1, ...); ``calls`` collects the chunks loaded; the
+    loader of chunk ``fail_at`` raises (a run stopped there)."""
+    def loader(i):
+        def load():
+            if i == fail_at:
+                raise KeyboardInterrupt
+            if calls is not None:
+                calls.append(i)
+            part = tiles[i * size:(i + 1) * size]
+            return [f"t{i * size + j}" for j in range(len(part))], part
+        return load
+    return [loader(i) for i in range(-(-len(tiles) // size))]
+
+
+def test_chunk_loaders_give_the_features_of_one_pass_and_leave_no_parts(tmp_path):
+    tiles = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    ext = mean_extractor()
+    got = features.cached_features(ext, tmp_path / "a", "real", "fp", _loaders(tiles), progress=False)
+
+    def one_pass():
+        for k, t in (ld() for ld in _loaders(tiles)):
+            yield k, t
+    ref = features.cached_features(ext, tmp_path / "b", "real", "fp", one_pass, progress=False)
+    assert np.array_equal(got["feats"], ref["feats"]) and list(got["keys"]) == [f"t{i}" for i in range(8)]
+    assert sorted(p.name for p in (tmp_path / "a" / "features" / ext.key).iterdir()) == ["real.npz"]
+
+
+def test_stopped_extraction_resumes_from_its_finished_chunks(tmp_path):
+    """Chunk 2 of 3 fails: chunks 0 and 1 stay as parts; the rerun loads only chunk 2, merges in chunk
+    order and deletes the parts; parts made from another source version are not reused."""
+    tiles = np.random.default_rng(2).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    ext = mean_extractor()
+    folder = tmp_path / "features" / ext.key
+    with pytest.raises(KeyboardInterrupt):
+        features.cached_features(ext, tmp_path, "real", "fp", _loaders(tiles, fail_at=2), progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["real.part-00000.npz", "real.part-00001.npz"]
+    (folder / "real.part-00002.tmp.npz").write_bytes(b"half")
+    calls = []
+    got = features.cached_features(ext, tmp_path, "real", "fp", _loaders(tiles, calls=calls), progress=False)
+    assert calls == [2] and not got["cached"]
+    assert sorted(p.name for p in folder.iterdir()) == ["real.npz"]
+    clean = features.cached_features(ext, tmp_path / "clean", "real", "fp", _loaders(tiles), progress=False)
+    assert np.array_equal(got["feats"], clean["feats"]) and list(got["keys"]) == list(clean["keys"])
+    # a stopped run of another source version: its parts are deleted, every chunk is extracted again
+    with pytest.raises(KeyboardInterrupt):
+        features.cached_features(ext, tmp_path, "real", "fp-old", _loaders(tiles, fail_at=2), progress=False)
+    calls.clear()
+    features.cached_features(ext, tmp_path, "real", "fp-new", _loaders(tiles, calls=calls), progress=False)
+    assert calls == [0, 1, 2] and sorted(p.name for p in folder.iterdir()) == ["real.npz"]

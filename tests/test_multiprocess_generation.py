@@ -21,8 +21,12 @@ import torch
 from safetensors.torch import load_file
 
 import generate_toy
-from discnb.core import shards
+from discnb.core import params, shards
 from discnb.core.paths import REPO
+from discnb.data import shapes
+from discnb.generative import generators
+from discnb.pipelines import carcinonet as cn
+from test_tilesets import BatchSensitiveGen, make_library
 
 SCRIPT = Path(__file__).with_name("generate_toy.py")
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -157,3 +161,53 @@ def test_tileset_killed_process_resumes_with_another_process_count(tileset_ref, 
     assert_same_tileset(tileset_ref, out)
     runs = json.loads((out / "timing.json").read_text())["runs"]
     assert sum(x["slides"] for x in runs) == 12 and runs[0]["interrupted"] and runs[-1]["processes"] == 1
+
+
+# ----------------------------------------------- CarcinoNet's tile cache in chunks (one process here)
+class BatchedSensitive:
+    """A generator that batches like SDGenerator (``batch_size`` tiles per batch) and whose tiles depend
+    on their batch (as batched floating point on a GPU can); counts its calls, fails at ``fail_at``."""
+
+    def __init__(self, batch_size: int, fail_at: int = 0):
+        self.inner, self.batch_size, self.calls, self.fail_at = BatchSensitiveGen(), batch_size, 0, fail_at
+
+    def generate(self, masks, seeds):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        bs = self.batch_size
+        return np.concatenate([self.inner.generate(masks[s:s + bs], seeds[s:s + bs]) for s in range(0, len(masks), bs)])
+
+
+def test_carcinonet_tile_cache_in_chunks_equals_one_call_and_resumes(tmp_path, monkeypatch):
+    """synthetic_tiles makes its tiles in chunks of synth.batch_size (the units split over processes):
+    the cache holds the tiles of one call on all masks (today's file), and a run stopped after a chunk
+    resumes from its finished chunks, leaving only the cache file."""
+    ddir = tmp_path / "data"
+    ddir.mkdir()
+    shapes.save_library(ddir / "shape_maps.npz", make_library(size=16))
+    P = params.validate("04_carcinonet", {"data_dir": str(ddir), "ldm_dir": str(tmp_path / "ldm"), "device": "cpu",
+                                          "output_dir": str(tmp_path / "cn"),
+                                          "synth": {"n_tiles": 10, "steps": 2, "scheduler": "ddim", "batch_size": 4,
+                                                    "seed": 1}})
+    made = []
+
+    def factory(ctx, fail_at=0):
+        made.append(BatchedSensitive(ctx.batch_size, fail_at))
+        return made[-1], "batched-1"
+    generators.available()
+    monkeypatch.setitem(generators.GENERATORS, "SD", lambda ctx: factory(ctx, fail_at=2))
+    with pytest.raises(KeyboardInterrupt):
+        cn.synthetic_tiles(P, "SD", 16, progress=False)
+    folder = tmp_path / "cn" / "synthetic"
+    assert [p.name.split(".", 1)[1] for p in folder.iterdir()] == ["chunk4-00000.npz"]
+    monkeypatch.setitem(generators.GENERATORS, "SD", factory)
+    got = cn.synthetic_tiles(P, "SD", 16, progress=False)
+    assert made[-1].calls == 2 and not got["cached"]  # chunks 1 and 2 (of 4, 4, 2 tiles)
+    assert [p.name for p in folder.iterdir()] == [Path(got["path"]).name]
+    masks, seeds = cn.synthetic_masks(shapes.load_library(ddir / "shape_maps.npz"), 10, 1, 16)
+    ref = BatchedSensitive(4).generate(masks, seeds.tolist())
+    assert np.array_equal(got["images"], ref) and np.array_equal(got["masks"], masks)
+    assert got["meta"]["n_tiles"] == 10 and got["meta"]["sec_per_tile"] >= 0
+    again = cn.synthetic_tiles(P, "SD", 16, progress=False)
+    assert again["cached"] and made[-1].calls == 0 and np.array_equal(again["images"], ref)

@@ -36,7 +36,7 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import timm
@@ -47,7 +47,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from discnb import K
-from discnb.core import paths
+from discnb.core import paths, shards
 from discnb.core.io import atomic_file, fingerprint, load_state_dict, write_json
 from discnb.core.train import FitConfig, TensorData, fit
 from discnb.data import sicap as data
@@ -224,53 +224,113 @@ def tilecnn_extractor(cfg: dict, out: Path, train_tiles: Callable[[], tuple[np.n
 
 
 # ===================================================================================== cache
+Loader = Callable[[], tuple[list[str], np.ndarray]]
+
+
+def _load_features(path: Path, meta: dict) -> dict | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if json.loads(str(z["meta"])) == meta:
+                feats, keys = z["feats"], z["keys"].astype(str)
+                return {"feats": feats, "keys": keys, "index": {k: i for i, k in enumerate(keys)},
+                        "path": str(path), "cached": True}
+    except (OSError, ValueError, KeyError) as e:
+        warnings.warn(f"{path}: unreadable feature file ({e}); extracting again")
+    return None
+
+
 def cached_features(ext: Extractor, out: Path, source: str, fingerprint: str,
-                    chunks: Callable[[], Iterable[tuple[list[str], np.ndarray]]],
-                    progress: bool = True, total: int | None = None) -> dict:
+                    chunks: Sequence[Loader] | Callable[[], Iterable[tuple[list[str], np.ndarray]]],
+                    progress: bool = True, total: int | None = None, procs: shards.Processes | None = None) -> dict:
     """Features of one tile source, from ``<out>/features/<ext.key>/<source>.npz`` when that file
-    was made from the same source (``fingerprint``), else computed from ``chunks() -> iterable of
-    (tile keys, tiles uint8 (n,H,W,3))`` and written atomically.
+    was made from the same source (``fingerprint``), else computed and written atomically.
+
+    ``chunks``: a sequence of loaders, each ``() -> (tile keys, tiles uint8 (n,H,W,3))`` (see
+    :func:`index_chunks`), or a callable returning an iterable of such pairs (then one unit). Each
+    chunk is a work unit of :func:`discnb.core.shards.run`: under ``accelerate launch`` every
+    process extracts its part of the chunks into ``<source>.part-<i>.npz`` (with the source's
+    meta), and the main process merges them, in chunk order, into the one feature file and deletes
+    them; a killed run keeps its finished parts. The features of a chunk are the extractor's on
+    that chunk alone, as in one process, so the file holds the same features.
 
     Returns {"feats": (N, D) float32, "keys": array of str, "index": {key: row}, "path", "cached"}.
     """
-    path = out / "features" / ext.key / f"{source}.npz"
+    folder = out / "features" / ext.key
+    path = folder / f"{source}.npz"
     meta = {"source": source, "fingerprint": fingerprint, "extractor": ext.key, "dim": ext.dim}
-    if path.exists():
+    if path.exists() and (got := _load_features(path, meta)) is not None:
+        return got
+    procs = procs or shards.processes(str(ext.device).startswith("cpu"))
+    # work units: each a callable returning an iterable of (keys, tiles)
+    units = [(lambda ld=ld: [ld()]) for ld in chunks] if isinstance(chunks, Sequence) else [chunks]
+    part_meta = {**meta, "chunks": len(units)}
+
+    def part(i: int) -> Path:
+        return folder / f"{source}.part-{i:05d}.npz"
+
+    def part_ok(p: Path) -> bool:
         try:
-            with np.load(path, allow_pickle=False) as z:
-                if json.loads(str(z["meta"])) == meta:
-                    feats, keys = z["feats"], z["keys"].astype(str)
-                    return {"feats": feats, "keys": keys, "index": {k: i for i, k in enumerate(keys)},
-                            "path": str(path), "cached": True}
-        except (OSError, ValueError, KeyError) as e:
-            warnings.warn(f"{path}: unreadable feature file ({e}); extracting again")
-    feats, keys = [], []
-    bar = tqdm(total=total, desc=f"features {source} ({ext.name})", disable=not progress, mininterval=2)
-    for k, tiles in chunks():
-        if len(k) != len(tiles):
-            raise ValueError(f"source {source}: {len(k)} keys for {len(tiles)} tiles")
-        if len(k):
-            feats.append(ext(tiles))
-            keys += list(k)
-        bar.update(len(k))
+            with np.load(p, allow_pickle=False) as z:
+                return json.loads(str(z["meta"])) == part_meta
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def setup() -> None:
+        shards.remove_tmp(folder, f"{source}.tmp*")
+        shards.remove_tmp(folder, f"{source}.part-*.tmp*")
+        for p in folder.glob(f"{source}.part-*.npz"):  # of another source version
+            if not part_ok(p):
+                p.unlink()
+
+    bar = tqdm(total=total, desc=f"features {source} ({ext.name})", disable=not (progress and procs.is_main),
+               mininterval=2)
+
+    def work(i: int) -> None:
+        feats, keys = [], []
+        for k, tiles in units[i]():
+            if len(k) != len(tiles):
+                raise ValueError(f"source {source}: {len(k)} keys for {len(tiles)} tiles")
+            if len(k):
+                feats.append(ext(tiles))
+                keys += list(k)
+            bar.update(len(k))
+        f = np.concatenate(feats) if feats else np.zeros((0, ext.dim), np.float32)
+        atomic_file(part(i), lambda tmp: np.savez(tmp, feats=f, keys=np.array(keys, dtype=str),
+                                                  meta=np.array(json.dumps(part_meta))))
+
+    def merge() -> None:
+        feats, keys = [], []
+        for i in range(len(units)):
+            with np.load(part(i), allow_pickle=False) as z:
+                feats.append(z["feats"])
+                keys += z["keys"].astype(str).tolist()
+        f = np.concatenate(feats) if feats else np.zeros((0, ext.dim), np.float32)
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"source {source}: tile keys are not unique")
+        atomic_file(path, lambda tmp: np.savez(tmp, feats=f, keys=np.array(keys, dtype=str),
+                                               meta=np.array(json.dumps(meta))))
+        for i in range(len(units)):
+            part(i).unlink()
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shards.run(folder, source, todo=lambda: [i for i in range(len(units)) if not part_ok(part(i))], work=work,
+               setup=setup, merge=merge, procs=procs)
     bar.close()
-    feats = np.concatenate(feats) if feats else np.zeros((0, ext.dim), np.float32)
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"source {source}: tile keys are not unique")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_file(path, lambda tmp: np.savez(tmp, feats=feats, keys=np.array(keys, dtype=str), meta=np.array(json.dumps(meta))))
-    keys_a = np.array(keys, dtype=str)
-    return {"feats": feats, "keys": keys_a, "index": {k: i for i, k in enumerate(keys)}, "path": str(path),
-            "cached": False}
+    got = _load_features(path, meta)
+    if got is None:
+        raise RuntimeError(f"{path}: the merged feature file is unreadable")
+    return got | {"cached": False}
 
 
-def index_chunks(index, size: int, chunk: int = 256) -> Callable[[], Iterator[tuple[list[str], np.ndarray]]]:
-    """Chunks of (image names, tiles) of a tile index (prep.read_index / the generic tile folder),
-    loaded at ``size`` px so that all of them are never in memory at once."""
+def index_chunks(index, size: int, chunk: int = 256) -> list[Loader]:
+    """Loaders of chunks of (image names, tiles) of a tile index (prep.read_index / the generic tile
+    folder), each loading its tiles at ``size`` px when called, so that all of them are never in
+    memory at once (and a process of ``accelerate launch`` loads only its own)."""
 
-    def gen():
-        for s in range(0, len(index), chunk):
+    def loader(s: int) -> Loader:
+        def load():
             part = index.iloc[s:s + chunk]
             imgs, _ = data.load_tiles(part, size, progress=False)
-            yield part.image_name.astype(str).tolist(), imgs
-    return gen
+            return part.image_name.astype(str).tolist(), imgs
+        return load
+    return [loader(s) for s in range(0, len(index), chunk)]

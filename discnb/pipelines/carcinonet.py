@@ -33,9 +33,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from tqdm.auto import tqdm
 
 from discnb import K, LABELS, plots
-from discnb.core import paths
+from discnb.core import paths, shards
 from discnb.core.io import atomic_file, fingerprint, write_json
 from discnb.core.notebook import cli
 from discnb.core.train import pick_device
@@ -95,41 +96,97 @@ def synthetic_masks(lib: dict, n: int, seed: int, size: int) -> tuple[np.ndarray
     return masks, (np.int64(seed) * 1_000_003 + np.arange(n)).astype(np.int64)
 
 
+def _read_tile_cache(cache: Path, n_tiles: int, image_size: int) -> dict | None:
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            got = {k: z[k] for k in ("images", "masks", "seeds")} | {"meta": json.loads(str(z["meta"]))}
+        if got["images"].shape == (n_tiles, image_size, image_size, 3):
+            return got | {"path": str(cache), "cached": True}
+    except (OSError, ValueError, KeyError) as e:
+        warnings.warn(f"{cache}: unreadable tile cache ({e}); generating again")
+    return None
+
+
 def synthetic_tiles(P, name: str, image_size: int, progress: bool = True) -> dict:
     """Tiles of generator ``name`` for the fixed mask/noise plan, generated once and cached in
-    ``carcinonet/synthetic/<name>-<key>.npz`` (atomic). Returns images, masks, seeds, meta."""
+    ``carcinonet/synthetic/<name>-<key>.npz`` (atomic). Returns images, masks, seeds, meta.
+
+    The tiles are made in chunks of ``synth.batch_size`` (one generator batch each, as one call on
+    all tiles batches them, so the tiles are those of one call), the work units of
+    :func:`discnb.core.shards.run`: under ``accelerate launch`` each process generates its part of
+    the chunks into ``<name>-<key>.chunk<B>-<i>.npz``, and the main process merges them into the
+    one cache file and deletes them; a killed run keeps its finished chunks. Every process returns
+    the whole set."""
     S = P.synth
     lib_path = prep.data_dir(P) / "shape_maps.npz"
     lib = shapes.load_library(lib_path)
     plan_key = fingerprint([S["n_tiles"], S["seed"], image_size], lib_path)
+    procs = shards.processes(P.device == "cpu")  # before the model goes to a GPU: each process has its own
     device = str(pick_device(P.device))
     ctx = GeneratorContext(train_ldm.ldm_dir(P), image_size, S["steps"], S["scheduler"], S["batch_size"], device,
                            P.mixed_precision == "bf16")
     gen, gen_key = build_generator(name, ctx)
     key = fingerprint(f"{gen_key}/{plan_key}", n=12)
-    cache = out_dir(P) / "synthetic" / f"{name}-{key}.npz"
-    if cache.exists():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                got = {k: z[k] for k in ("images", "masks", "seeds")} | {"meta": json.loads(str(z["meta"]))}
-            if got["images"].shape == (S["n_tiles"], image_size, image_size, 3):
-                return got | {"path": str(cache), "cached": True}
-        except (OSError, ValueError, KeyError) as e:
-            warnings.warn(f"{cache}: unreadable tile cache ({e}); generating again")
+    folder = out_dir(P) / "synthetic"
+    cache = folder / f"{name}-{key}.npz"
+    if cache.exists() and (got := _read_tile_cache(cache, S["n_tiles"], image_size)) is not None:
+        return got
     masks, seeds = synthetic_masks(lib, S["n_tiles"], S["seed"], image_size)
-    t0 = time.perf_counter()
-    imgs = gen.generate(masks, seeds.tolist())
-    meta = {"generator": name, "generator_fingerprint": gen_key, "plan_fingerprint": plan_key, "n_tiles": S["n_tiles"],
-            "seed": S["seed"], "steps": S["steps"], "scheduler": S["scheduler"], "device": device,
-            "sec_per_tile": (time.perf_counter() - t0) / max(1, len(masks)), "ldm_dir": str(ctx.ldm_dir)}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_file(cache, lambda tmp: np.savez_compressed(tmp, images=imgs, masks=masks, seeds=seeds,
-                                                       meta=np.array(json.dumps(meta))))
-    return {"images": imgs, "masks": masks, "seeds": seeds, "meta": meta, "path": str(cache), "cached": False}
+    step = int(S["batch_size"])
+    n_chunks = -(-len(masks) // step)
+    stem = f"{cache.stem}.chunk{step}-"
+
+    def part(c: int) -> Path:
+        return folder / f"{stem}{c:05d}.npz"
+
+    def setup() -> None:
+        shards.remove_tmp(folder, f"{cache.stem}.tmp*")
+        shards.remove_tmp(folder, f"{cache.stem}.chunk*.tmp*")
+        for p in folder.glob(f"{cache.stem}.chunk*.npz"):  # chunks of another batch size
+            if not p.name.startswith(stem):
+                p.unlink()
+
+    bar = tqdm(total=0, desc=f"synthetic tiles {name}", unit="tile", disable=not (progress and procs.is_main), mininterval=2)
+
+    def start(mine: list[int]) -> None:
+        bar.total = sum(min(step, len(masks) - c * step) for c in mine)
+        bar.refresh()
+
+    def work(c: int) -> None:
+        sl = slice(c * step, min(len(masks), (c + 1) * step))
+        t0 = time.perf_counter()
+        imgs = np.asarray(gen.generate(masks[sl], seeds[sl].tolist()))
+        sec = time.perf_counter() - t0
+        atomic_file(part(c), lambda tmp: np.savez(tmp, images=imgs, seconds=np.float64(sec)))
+        bar.update(len(imgs))
+
+    def merge() -> None:
+        imgs, secs = [], 0.0
+        for c in range(n_chunks):
+            with np.load(part(c), allow_pickle=False) as z:
+                imgs.append(z["images"])
+                secs += float(z["seconds"])
+        images = np.concatenate(imgs)
+        meta = {"generator": name, "generator_fingerprint": gen_key, "plan_fingerprint": plan_key,
+                "n_tiles": S["n_tiles"], "seed": S["seed"], "steps": S["steps"], "scheduler": S["scheduler"],
+                "device": device, "sec_per_tile": secs / max(1, len(masks)), "ldm_dir": str(ctx.ldm_dir)}
+        atomic_file(cache, lambda tmp: np.savez_compressed(tmp, images=images, masks=masks, seeds=seeds,
+                                                           meta=np.array(json.dumps(meta))))
+        for c in range(n_chunks):
+            part(c).unlink()
+
+    shards.run(folder, cache.stem, todo=lambda: [c for c in range(n_chunks) if not part(c).exists()], work=work,
+               setup=setup, merge=merge, start=start, procs=procs)
+    bar.close()
+    got = _read_tile_cache(cache, S["n_tiles"], image_size)
+    if got is None:
+        raise RuntimeError(f"{cache}: the merged tile cache is unreadable")
+    return got | {"cached": False}
 
 
 def all_synthetic_tiles(P, D: dict, progress: bool = True) -> dict[str, dict]:
-    """:func:`synthetic_tiles` of every generator in ``generators``."""
+    """:func:`synthetic_tiles` of every generator in ``generators`` (under ``accelerate launch``: the
+    chunks of each split over the processes)."""
     return {g: synthetic_tiles(P, g, D["image_size"], progress) for g in P.generators}
 
 

@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from discnb import LABELS, plots
-from discnb.core import paths
+from discnb.core import paths, shards
 from discnb.core.io import atomic_file, fingerprint, write_json
 from discnb.core.notebook import cli
 from discnb.core.train import pick_device
@@ -121,14 +121,16 @@ def tileset_fingerprint(folder: Path, manifest: pd.DataFrame) -> str:
     return fingerprint(folder / "manifest.csv", stats)
 
 
-def tileset_chunks(manifest: pd.DataFrame):
-    """(keys "<slide_id>/<i>", tiles) per synthetic slide."""
-    def gen():
-        for sid, p in zip(manifest.slide_id, manifest.path):
+def tileset_chunks(manifest: pd.DataFrame) -> list:
+    """One loader per synthetic slide: ``() -> (keys "<slide_id>/<i>", tiles)`` (the work units of
+    :func:`discnb.grading.features.cached_features`)."""
+    def loader(sid: str, p: str):
+        def load():
             with np.load(p, allow_pickle=False) as z:
                 tiles = z["tiles"]
-            yield [f"{sid}/{i}" for i in range(len(tiles))], tiles
-    return gen
+            return [f"{sid}/{i}" for i in range(len(tiles))], tiles
+        return load
+    return [loader(sid, p) for sid, p in zip(manifest.slide_id, manifest.path)]
 
 
 def find_tilesets(P, generators) -> tuple[dict[str, pd.DataFrame], list[str]]:
@@ -209,17 +211,20 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
 
 
 def extract_all(P, ext: features.Extractor, S: dict, progress: bool = True) -> dict:
-    """Features of every source (cached): real, ood, synth-<generator>."""
+    """Features of every source (cached): real, ood, synth-<generator>. Under ``accelerate launch``
+    each source's tile chunks are split over the processes (:func:`discnb.grading.features.cached_features`)
+    and every process returns all features."""
     out = out_dir(P)
+    procs = shards.processes(P.device == "cpu")
     F_ = {"real": features.cached_features(ext, out, "real", S["real_fp"], features.index_chunks(S["index"], ext.input_size),
-                                           progress, len(S["index"]))}
+                                           progress, len(S["index"]), procs)}
     if S["ood"] is not None:
         F_["ood"] = features.cached_features(ext, out, "ood", S["ood_fp"], features.index_chunks(S["ood"], ext.input_size),
-                                             progress, len(S["ood"]))
+                                             progress, len(S["ood"]), procs)
     for g, m in S["tilesets"].items():
         fp = tileset_fingerprint(tilesets_dir(P) / g, m)
         F_[f"synth-{g}"] = features.cached_features(ext, out, f"synth-{g}", fp, tileset_chunks(m), progress,
-                                                    int(m.n_tiles.sum()) if "n_tiles" in m else None)
+                                                    int(m.n_tiles.sum()) if "n_tiles" in m else None, procs)
     return F_
 
 

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from discnb import LABELS, plots
-from discnb.core import io, paths
+from discnb.core import io, paths, shards
 from discnb.core.notebook import cli
 from discnb.core.train import TensorData, fit, pick_device, process_state
 from discnb.data import shapes
@@ -74,11 +74,15 @@ def check_out_dir(P) -> None:
 
 # ================================================================================ DISC data
 def make_disc_data(P, progress: bool = True) -> dict:
-    """Generate (or finish) the DISC data: ``disc_data.n`` sets of separated z_0^k, in shards."""
+    """Generate (or finish) the DISC data: ``disc_data.n`` sets of separated z_0^k, in shards.
+    Under ``accelerate launch`` the unfinished shards are split over the processes (the same bytes
+    as one process: :func:`discnb.generative.disc.generate_disc_data`); every process returns the data."""
     D = P.disc_data
+    procs = shards.processes(P.device == "cpu")  # before SD goes to a GPU: each process has its own
     sd, key = generators.build_generator("SD", context(P, D))
     t0 = time.perf_counter()
-    manifest = disc.generate_disc_data(sd, out_dir(P) / "disc_data", D["n"], D["seed"], D["shard_size"], key, progress)
+    manifest = disc.generate_disc_data(sd, out_dir(P) / "disc_data", D["n"], D["seed"], D["shard_size"], key, progress,
+                                       procs=procs)
     data = disc.load_disc_data(out_dir(P) / "disc_data")
     secs = sum(s["seconds"] for s in manifest["shards"].values())
     return data | {"seconds_total": secs, "sec_per_set": secs / max(1, D["n"]), "this_call_s": time.perf_counter() - t0}
@@ -357,13 +361,14 @@ def main(argv: list[str] | None = None) -> int:
                configure=lambda ap: ap.add_argument("--stage", choices=("all", "data", "finetune", "compare"),
                                                     default="all",
                                                     help="all = the notebook (one process); under accelerate launch "
-                                                         "run data (one process), then finetune, then compare"))
+                                                         "run data (shards split over the processes), then finetune, "
+                                                         "then compare (one process)"))
     progress = not a.no_progress
     if a.stage == "all":
         res = run(P, progress, checks=not a.no_checks)
         print(table(res["summary"], P.models).to_string())
         print(res["cost"].to_string())
-    elif a.stage == "data" and is_main(P):
+    elif a.stage == "data":  # every process: its part of the shards
         make_disc_data(P, progress)
     elif a.stage == "finetune":
         for v, f in finetune_all(P, disc.load_disc_data(out_dir(P) / "disc_data"), progress).items():
