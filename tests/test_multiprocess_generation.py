@@ -56,6 +56,23 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
+def test_one_process_runs_the_protocol_in_order_without_markers(tmp_path):
+    """Under a plain run: setup, then every unit of todo() in order, then merge, whose value comes back;
+    no marker or record files; records of any rank are found by rank."""
+    procs = shards.processes(cpu=True)
+    assert (procs.rank, procs.world, procs.is_main) == (0, 1, True) and procs.mine([3, 1, 2]) == [3, 1, 2]
+    log = []
+    out = shards.run(tmp_path / "w", "job", setup=lambda: log.append("setup"), todo=lambda: log.append("todo") or [2, 0],
+                     start=lambda mine: log.append(("start", mine)), work=lambda u: log.append(u),
+                     merge=lambda: log.append("merge") or {"ok": 1}, procs=procs)
+    assert out == {"ok": 1} and log == ["setup", "todo", ("start", [2, 0]), 2, 0, "merge"]
+    assert list((tmp_path / "w").iterdir()) == []
+    for name in ("m.rank-10.json", "m.rank-2.json", "m.rank-x.json", "m.rank-1.csv", "other.rank-0.json"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in shards.rank_paths(tmp_path, "m", ".json")] == ["m.rank-2.json", "m.rank-10.json"]
+    assert shards.rank_path(tmp_path, "m", 3, ".json").name == "m.rank-3.json"
+
+
 @pytest.fixture(scope="module")
 def disc_ref(tmp_path_factory) -> Path:
     """DISC data written by one process."""
