@@ -199,6 +199,7 @@ def test_disc_generation_resumes_after_kill(tmp_path):
     p.wait()
     done_before = sorted(x.name for x in out.glob("shard-*.safetensors"))
     assert 0 < len(done_before) < 4
+    assert (out / "manifest.rank-0.json").exists()  # the process's own record; merged by the next run
     assert _run_gen(out, 0.0).wait() == 0
     data = disc.load_disc_data(out)
     assert len(data["seeds"]) == 7 and len(set(data["seeds"].tolist())) == 7
@@ -207,6 +208,8 @@ def test_disc_generation_resumes_after_kill(tmp_path):
     assert _run_gen(ref, 0.0).wait() == 0
     assert torch.equal(disc.load_disc_data(ref)["z0"], data["z0"])
     assert not list(out.glob(io.TMP_GLOB))
+    assert sorted(x.name for x in out.iterdir()) == ["manifest.json"] + [f"shard-{s:05d}.safetensors" for s in range(4)]
+    assert list(data["manifest"]["shards"]) == ["0", "1", "2", "3"]  # in order, whatever order they were made in
 
 
 def test_disc_data_refuses_other_settings(tmp_path):

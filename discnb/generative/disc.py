@@ -192,7 +192,11 @@ def generate_disc_data(gen: SDGenerator, out: str | Path, n: int, seed: int, sha
 
     mine: dict[str, dict] = {}
     record = shards.rank_path(out, "manifest", procs.rank, ".json")
-    bar = tqdm(desc="DISC data (shards)", disable=not (progress and procs.is_main), unit="shard")
+    bar = tqdm(total=0, desc="DISC data (shards)", disable=not (progress and procs.is_main), unit="shard")
+
+    def start(units: list[int]) -> None:  # the main process shows its own part
+        bar.total = len(units)
+        bar.refresh()
 
     def work(s: int) -> None:
         seeds = shard_seeds(seed, s, shard_size)[: min(shard_size, n - s * shard_size)]
@@ -208,7 +212,7 @@ def generate_disc_data(gen: SDGenerator, out: str | Path, n: int, seed: int, sha
     def merge() -> None:
         merge_records()
 
-    shards.run(out, "generation", todo=todo, work=work, setup=setup, merge=merge, procs=procs)
+    shards.run(out, "generation", todo=todo, work=work, setup=setup, merge=merge, start=start, procs=procs)
     bar.close()
     return json.loads(mpath.read_text())
 
