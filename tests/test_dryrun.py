@@ -42,6 +42,7 @@ def test_every_notebook_has_capped_paper_params(name):
     for key in ("unet", "model", "lams", "scheduler", "extractor_name", "transmil", "generators", "models"):
         if key in paper:
             assert P[key] == paper[key] or key == "model", (name, key)
+    assert P["checks"] is False
 
 
 def test_ddim200_is_ldm_schedule():

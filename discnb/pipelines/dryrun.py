@@ -51,14 +51,16 @@ def notebooks() -> list[str]:
     return sorted(p.stem for p in paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def merge(base: dict, over: dict, where: str) -> dict:
+def merge(base: dict, over: dict, where: str, defaults: dict | None = None) -> dict:
     """``base`` with ``over``'s values, nested dicts merged key by key; a key of ``over`` that
-    ``base`` lacks is an error (a mistyped cap would otherwise leave the paper's value running)."""
+    neither ``base`` nor the notebook's ``defaults`` has is an error (a mistyped cap would otherwise
+    leave the paper's value running)."""
     out = dict(base)
     for k, v in over.items():
-        if k not in base:
+        if k not in base and k not in (defaults or {}):
             raise params.ParamError(f"{where}: {k!r} is not a key of the paper parameters it overrides")
-        out[k] = merge(base[k], v, f"{where}.{k}") if isinstance(v, dict) and isinstance(base[k], dict) else v
+        b = base.get(k, (defaults or {}).get(k))
+        out[k] = merge(b, v, f"{where}.{k}") if isinstance(v, dict) and isinstance(b, dict) else v
     return out
 
 
@@ -67,7 +69,7 @@ def resolved_params(name: str) -> dict:
     base = params.load_yaml(paths.PARAMS / "paper" / f"{name}.yaml")
     over_file = OVERLAYS / f"{name}.yaml"
     over = params.load_yaml(over_file) if over_file.exists() else {}
-    P = merge(base, over, str(over_file.relative_to(paths.REPO)))
+    P = merge(base, over, str(over_file.relative_to(paths.REPO)), params.notebook_defaults(name))
     params.validate(name, P)
     return P
 
