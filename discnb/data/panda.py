@@ -346,11 +346,11 @@ def read_tile_folder(root: str | Path, progress: bool = False) -> pd.DataFrame:
         mp = _mask_for(root, slide, f)
         row = {"image_name": f.name, "image_path": str(f), "mask_path": str(mp) if mp else "", "slide_id": slide}
         if mp:
-            m = data.load_mask(mp)
+            m, changed = data.read_mask(mp)
             frac = np.bincount(m.ravel(), minlength=K)[:K] / m.size
-            row.update(dict(zip(data.FRACTION_COLUMNS, frac)), tile_label=data.tile_label(frac))
+            row.update(dict(zip(data.FRACTION_COLUMNS, frac)), tile_label=data.tile_label(frac), mask_changed=changed)
         else:
-            row.update({c: np.nan for c in data.FRACTION_COLUMNS}, tile_label=-1)
+            row.update({c: np.nan for c in data.FRACTION_COLUMNS}, tile_label=-1, mask_changed=np.nan)
         rows.append(row)
     idx = pd.DataFrame(rows)
     slides = None

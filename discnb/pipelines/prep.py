@@ -163,8 +163,9 @@ def read_index(out: Path, stem: str = "index") -> pd.DataFrame:
     path = Path(out) / f"{stem}.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no tile index; run notebooks/00_data_prep.ipynb for this profile first")
+    # "" is NaN only in the numeric columns of tiles without a mask (a slide id "NA" stays text)
     return pd.read_csv(path, dtype={"slide_id": str, "patient_id": str, "mask_path": str},
-                       keep_default_na=False, na_values={c: [""] for c in data.FRACTION_COLUMNS})
+                       keep_default_na=False, na_values={c: [""] for c in (*data.FRACTION_COLUMNS, "mask_changed")})
 
 
 def read_ood_index(out: Path, ood_split: str) -> pd.DataFrame:
