@@ -8,9 +8,10 @@ out-of-distribution PANDA", tiled with CLAM's tissue detection and tile extracti
 * picks a **balanced test set**: slides are added at random, rarest label first, until every label
   (NC, GG3, GG4, GG5 as primary or secondary) is present in ``n_per_label`` slides (a slide counts
   for every label it has, so a label may end up with more);
-* finds tissue on the lowest pyramid level (CLAM's recipe: HSV saturation, median blur 7, Otsu
-  threshold) and cuts a grid of tiles at SICAPv2's magnification (``target_mpp`` ≈ 1 µm/px; PANDA's
-  level 0 is ≈ 0.5 µm/px, so a 512-px tile covers 1024 level-0 pixels), keeps tiles with at least
+* finds tissue on the lowest pyramid level (CLAM's recipe: HSV saturation, median blur 7, then a
+  threshold: Otsu's here, CLAM's ``use_otsu`` option; CLAM's default is a fixed 8) and cuts a
+  grid of tiles at SICAPv2's magnification (``target_mpp`` ≈ 1 µm/px; PANDA's level 0 is ≈ 0.5
+  µm/px, so a 512-px tile covers 1024 level-0 pixels), keeps tiles with at least
   ``min_tissue`` tissue (:data:`MIN_TISSUE` = 0.2, SICAPv2's own patch selection), at most
   ``max_tiles`` per slide (a seeded random choice, kept in grid order);
 * optional ``train_label_masks/<id>_mask.tiff`` (labels in the red channel): Radboud's 3/4/5 are
