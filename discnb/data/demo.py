@@ -49,7 +49,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from discnb.core.io import atomic_dir
-from discnb.data.sicap import GRADE_TO_LABEL, MASK_VALUES
+from discnb.data.sicap import GRADE_TO_LABEL, MASK_VALUES, tile_label
 
 __all__ = [
     "make_demo_sicap",
@@ -1059,7 +1059,7 @@ def _generate(out, params, progress):
             Image.fromarray(img).save(out / "images" / f"{name}.jpg", quality=92, subsampling=0)
             Image.fromarray(LABEL_TO_DISK[mask]).save(out / "masks" / f"{name}.png")
             counts = np.bincount(mask.ravel(), minlength=4)
-            maj = int(np.argmax(counts))
+            maj = tile_label(counts / counts.sum())  # SICAPv2's rule, the one every loader uses
             onehot = np.eye(4, dtype=int)[maj]
             row = {"image_name": f"{name}.jpg", "NC": int(onehot[0]), "G3": int(onehot[1]),
                    "G4": int(onehot[2]), "G5": int(onehot[3]),
