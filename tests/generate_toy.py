@@ -3,6 +3,8 @@
     python tests/generate_toy.py disc OUT [--kill-rank R --kill-at N]
     python tests/generate_toy.py tileset OUT [--kill-rank R --kill-at N]
     python -m accelerate.commands.launch --config_file params/accelerate/cpu_2proc.yaml tests/generate_toy.py disc OUT
+    python tests/generate_toy.py carcinonet PARAMS [--log DIR]
+    python tests/generate_toy.py mil PARAMS [--kill-rank R --kill-at N] [--log DIR]
 
 ``disc``: 7 sets of separated latents in shards of 2 (4 shards) from a tiny random pixel-conditioned
 SD (DDIM, 2 steps). ``tileset``: the 12 slides of a 3-per-grade plan (2-5 tiles each, 32 px) from the
@@ -13,6 +15,13 @@ slide group), i.e. after its first N - 1 units were written and recorded: a real
 point, not a timed one (under ``accelerate launch`` the launcher then stops the other process too).
 Prints the generation's summary as JSON on the main process. Tests call :func:`generate` in-process for
 the one-process runs (one torch thread, as here).
+
+``carcinonet`` / ``mil``: notebook 04's / 05's command (``discnb.pipelines.<stage>.main``) on the
+parameter file PARAMS. For 04 the generator ``SD`` is a colour-from-mask fake and the pattern judge a
+stub (:func:`carcinonet_fakes`); its checks are off (3 training steps). ``--kill-rank R --kill-at N``
+(mil): process R SIGKILLs itself as it starts its N-th run. ``--log DIR``: every process lists the
+files it writes through the stage module's ``write_json`` / ``atomic_file``, ``plots.save`` and the
+parameters record in ``DIR/writes.rank-K.txt`` (who wrote what). :func:`stage` runs them in-process.
 """
 
 from __future__ import annotations
@@ -70,14 +79,96 @@ def generate(what: str, out: str, kill_rank: int = -1, kill_at: int = 0) -> dict
                                max_tiles=5, batch_tiles=4, generator_name="SD", progress=False)
 
 
+# ------------------------------------------------------------------------------ notebooks 04 and 05
+def stub_judge():
+    """A pattern judge that calls every pixel NC (notebook 01's judge is not trained here)."""
+    from discnb.grading import judge as jg
+    return jg.Judge(lambda tiles: np.zeros(np.asarray(tiles).shape[:3], np.uint8),
+                    {"scored_on": "val", "real": {"pixel_agreement": 1.0}})
+
+
+def carcinonet_fakes(setitem, setattr_):
+    """Notebook 04 without notebook 01: generator ``SD`` = a colour-from-mask fake (batch-independent,
+    seeded per tile), the judge a stub. ``setitem``/``setattr_``: monkeypatch's, or plain ones."""
+    from discnb.pipelines import carcinonet as cn
+    from test_tilesets import register_fake
+    register_fake(["SD"], setitem=setitem)
+    setattr_(cn, "load_judge", lambda P: stub_judge())
+
+
+class _Patches:
+    """setitem / setattr that remember what to restore."""
+
+    def __init__(self):
+        self.undo = []
+
+    def setitem(self, d, k, v):
+        self.undo.append((d.__setitem__, k, d[k]) if k in d else (lambda k_, _=None: d.pop(k_), k, None))
+        d[k] = v
+
+    def setattr(self, obj, name, v):
+        self.undo.append((lambda n, old: setattr(obj, n, old), name, getattr(obj, name)))
+        setattr(obj, name, v)
+
+    def restore(self):
+        for fn, k, v in reversed(self.undo):
+            fn(k, v)
+
+
+def log_writes(patch: _Patches, module, log_dir: str, rank: int) -> None:
+    """Append every file written through ``module.write_json`` / ``module.atomic_file``,
+    ``plots.save`` and ``notebook.record`` to ``log_dir/writes.rank-<rank>.txt``."""
+    from pathlib import Path
+
+    from discnb import plots
+    from discnb.core import notebook
+    log = Path(log_dir) / f"writes.rank-{rank}.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+
+    def wrap(fn, where):
+        def wrapped(*a, **k):
+            with log.open("a") as f:
+                f.writelines(f"{Path(p).resolve()}\n" for p in where(*a, **k))
+            return fn(*a, **k)
+        return wrapped
+    patch.setattr(module, "write_json", wrap(module.write_json, lambda path, *a, **k: [path]))
+    patch.setattr(module, "atomic_file", wrap(module.atomic_file, lambda path, *a, **k: [path]))
+    patch.setattr(plots, "save", wrap(plots.save, lambda fig, path, *a, **k: [path]))
+    patch.setattr(notebook, "record", wrap(notebook.record, lambda out, *a, **k: [Path(out) / "params.resolved.yaml",
+                                                                                 Path(out) / "provenance.json"]))
+
+
+def stage(what: str, params_file: str, kill_rank: int = -1, kill_at: int = 0, log: str = "") -> int:
+    """Notebook 04's or 05's command on ``params_file`` (this process's part under ``accelerate launch``)."""
+    procs = shards.processes(cpu=True)
+    patch = _Patches()
+    try:
+        if what == "carcinonet":
+            from discnb.pipelines import carcinonet as module
+            carcinonet_fakes(patch.setitem, patch.setattr)
+            argv = ["--params", params_file, "--no-progress", "--no-checks"]
+        else:
+            from discnb.pipelines import mil as module
+            patch.setattr(module, "run_one", killer(module.run_one, procs.rank, kill_rank, kill_at))
+            argv = ["--params", params_file, "--no-progress"]
+        if log:
+            log_writes(patch, module, log, procs.rank)
+        return module.main(argv)
+    finally:
+        patch.restore()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("disc", "tileset"))
-    ap.add_argument("out")
+    ap.add_argument("what", choices=("disc", "tileset", "carcinonet", "mil"))
+    ap.add_argument("out", help="the output folder (disc, tileset) or the parameter file (carcinonet, mil)")
     ap.add_argument("--kill-rank", type=int, default=-1)
     ap.add_argument("--kill-at", type=int, default=0)
+    ap.add_argument("--log", default="")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.what in ("carcinonet", "mil"):
+        raise SystemExit(stage(a.what, a.out, a.kill_rank, a.kill_at, a.log))
     res = generate(a.what, a.out, a.kill_rank, a.kill_at)
     if shards.processes(cpu=True).is_main:
         print(json.dumps(res, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)), flush=True)

@@ -4,12 +4,19 @@ byte, and a run with one process SIGKILLed mid-run resumes, with 2 processes or 
 nothing duplicated or left behind.
 
 The runs are tests/generate_toy.py: a tiny random pixel-conditioned SD (DDIM, 2 steps), real sampling.
+
+Notebooks 04 and 05 under ``accelerate launch`` (their commands, through tests/generate_toy.py, which lists
+who wrote what): the λ sweep of 05 from 2 processes (runs split between them) gives the records and results
+of one process, and resumes after a SIGKILL with its finished runs; in 04 the main process alone writes
+the shared files (done.json, results, fig8.npz, figures, parameters) and the folder is that of one process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +25,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import generate_toy
-from discnb.core import params, shards
+from discnb.core import params, paths, shards
 from discnb.core.paths import REPO
 from discnb.data import shapes
 from discnb.generative import generators
 from discnb.pipelines import carcinonet as cn
+from discnb.pipelines import mil
 from test_tilesets import BatchSensitiveGen, make_library
 
 SCRIPT = Path(__file__).with_name("generate_toy.py")
@@ -228,3 +237,228 @@ def test_carcinonet_tile_cache_in_chunks_equals_one_call_and_resumes(tmp_path, m
     assert got["meta"]["n_tiles"] == 10 and got["meta"]["sec_per_tile"] >= 0
     again = cn.synthetic_tiles(P, "SD", 16, progress=False)
     assert again["cached"] and made[-1].calls == 0 and np.array_equal(again["images"], ref)
+
+
+# ------------------------------------------------- notebooks 04 and 05 under accelerate launch (issue 17)
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; the launcher starts its processes in their own sessions)."""
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            kids.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        below = kids.get(todo.pop(), [])
+        out += below
+        todo += below
+    return out
+
+
+def _stage(what: str, params_file: Path, *args, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Notebook 04's / 05's command (tests/generate_toy.py stage) from 2 launched CPU processes. On a
+    timeout (processes waiting for each other) the launcher and the processes it started are killed
+    (by their ids) and the test fails."""
+    cmd = [sys.executable, *LAUNCH, str(SCRIPT), what, str(params_file), *map(str, args)]
+    p = subprocess.Popen(cmd, cwd=REPO, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*_descendants(p.pid), p.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out, err = p.communicate()
+        pytest.fail(f"{what} from 2 processes: no end after {timeout} s (processes waiting for each other: a collective "
+                    f"called by some processes only?)\n{out[-2000:]}\n{err[-4000:]}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def _stage_here(what: str, params_file: Path, figures: Path, *args) -> int:
+    """The same command as one process, in this process (one torch thread, figures in ``figures``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(paths, "FIGURES", figures)
+            return generate_toy.stage(what, str(params_file), *args)
+    finally:
+        torch.set_num_threads(n)
+
+
+def _written(log: Path) -> dict[int, list[Path]]:
+    """Files each process wrote through the stage's writers (tests/generate_toy.py --log)."""
+    return {int(p.stem.rsplit("-", 1)[1]): [Path(x) for x in p.read_text().split()] for p in log.glob("writes.rank-*.txt")}
+
+
+def _listing(folder: Path) -> list[str]:
+    """Relative file list, TensorBoard's volatile names normalised (as tests/test_stage_files.py)."""
+    from test_stage_files import file_list
+    return file_list(folder)
+
+
+def _yaml(path: Path, P) -> Path:
+    path.write_text(yaml.safe_dump(dict(P), sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------------------------- 05: the λ sweep
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory) -> Path:
+    """Tiny notebook-05 inputs (6 real slides x 3 tiles, tile sets SD and SD-DISC of 4 slides; 2 folds x
+    (TransMIL, Mixed Supervision, 2 generators x 2 λ) = 12 runs) and the sweep as one process in ``one/``."""
+    from test_transmil import fake_tileset
+    root = tmp_path_factory.mktemp("sweep")
+    fake_tileset(root / "ts", "SD")
+    fake_tileset(root / "ts", "SD-DISC", seed=1)
+    assert _stage_here("mil", _sweep_params(root, "one"), root / "figures-one") == 0
+    return root
+
+
+def _sweep_params(root: Path, name: str) -> Path:
+    from test_transmil import sweep_params
+    return _yaml(root / f"{name}.yaml", sweep_params(root, output_dir=str(root / name)))
+
+
+def _extractor_first(params_file: Path) -> None:
+    """What docs/usage.md asks before launching 05 with a tilecnn extractor: train it as one process."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert mil.main(["--params", str(params_file), "--stage", "extractor", "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(n)
+
+
+def _without_seconds(rec: dict) -> dict:
+    return rec | {"fit": {k: v for k, v in rec["fit"].items() if k != "seconds"}}
+
+
+def assert_same_sweep(a: Path, b: Path, reused: int = 0) -> None:
+    """The same files; every run's record equal but for its training time; results.csv equal but for
+    ``train_s``; results.json equal but for timings, the extractor's folder and ``reused`` (``reused``
+    runs of ``b`` came from an earlier run)."""
+    assert _listing(a) == _listing(b)
+    assert not [f for f in _listing(b) if ".rank-" in f or ".tmp" in f]
+    recs = sorted(p.name for p in (a / "runs").glob("*.json"))
+    assert len(recs) == 12
+    for name in recs:
+        ra, rb = (json.loads((d / "runs" / name).read_text()) for d in (a, b))
+        assert _without_seconds(ra) == _without_seconds(rb), name
+    ca, cb = (pd.read_csv(d / "results.csv").drop(columns="train_s") for d in (a, b))
+    pd.testing.assert_frame_equal(ca, cb, check_exact=True)
+    ja, jb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    assert ja["summary"] == jb["summary"] and ja["generators"] == jb["generators"] == ["SD", "SD-DISC"]
+    for j in (ja, jb):
+        j["extractor"].pop("folder")
+    assert ja["extractor"] == jb["extractor"] and ja["notes"] == jb["notes"]
+    assert [_without_seconds(r) | {"reused": False} for r in ja["runs"]] == \
+        [_without_seconds(r) | {"reused": False} for r in jb["runs"]]
+    assert sum(r["reused"] for r in jb["runs"]) == reused and not any(r["reused"] for r in ja["runs"])
+
+
+@pytest.mark.slow
+def test_sweep_two_processes_equal_one(sweep_root):
+    """Notebook 05's command from 2 processes: each trains whole runs (its part of the 12) and writes their
+    records; the main process alone writes the results, the figure and the parameters; the records and
+    results equal those of one process (the runs seed themselves)."""
+    f = _sweep_params(sweep_root, "two")
+    _extractor_first(f)
+    log = sweep_root / "log-two"
+    r = _stage("mil", f, "--log", log, env={"DISCNB_FIGURES": str(sweep_root / "figures-two")})
+    _ok(r)
+    assert "TransMIL" in r.stdout and "λ* (val)" in r.stdout  # the tables, printed once (main process)
+    assert r.stdout.count("λ* (val)") == 1
+    assert_same_sweep(sweep_root / "one", sweep_root / "two")
+    assert sorted(p.name for p in (sweep_root / "figures-two" / "smoke").iterdir()) == \
+        sorted(p.name for p in (sweep_root / "figures-one" / "smoke").iterdir()) == \
+        ["05_transmil_sweep.pdf", "05_transmil_sweep.png"]
+    w = _written(log)
+    out = sweep_root / "two"
+    shared = {out / "results.csv", out / "results.json", out / "params.resolved.yaml", out / "provenance.json",
+              sweep_root / "figures-two" / "smoke" / "05_transmil_sweep"}  # plots.save adds .png/.pdf
+    assert shared <= set(w[0]) and not shared & set(w[1])
+    runs0, runs1 = ({p for p in w[k] if p.parent == out / "runs"} for k in (0, 1))
+    assert set(w[1]) == runs1 and not runs0 & runs1  # process 1: its run records only, each run by one process
+    assert runs0 | runs1 == set((out / "runs").glob("*.json")) and len(runs0) == len(runs1) == 6
+
+
+@pytest.mark.slow
+def test_sweep_killed_process_resumes_with_finished_runs_reused(sweep_root):
+    """Process 1 is SIGKILLed as it starts its second run (the launcher stops process 0): the records
+    written so far stay; one process then trains only the other runs, to the results of a clean run."""
+    f = _sweep_params(sweep_root, "killed")
+    _extractor_first(f)
+    killed = _stage("mil", f, "--kill-rank", 1, "--kill-at", 2, env={"DISCNB_FIGURES": str(sweep_root / "figures-x")})
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    out = sweep_root / "killed"
+    done = [p for p in (out / "runs").glob("*.json") if ".tmp" not in p.name]
+    assert 1 <= len(done) < 12 and not (out / "results.csv").exists()
+    assert _stage_here("mil", f, sweep_root / "figures-killed") == 0
+    assert_same_sweep(sweep_root / "one", out, reused=len(done))
+
+
+# --------------------------------------------------------------------------------- 04: CarcinoNet
+def _carcinonet_params(root: Path, name: str) -> Path:
+    from test_carcinonet import TINY_MODEL
+    P = params.validate("04_carcinonet", {
+        "data_dir": str(root / "data"), "output_dir": str(root / name), "device": "cpu", "ood_split": "", "seeds": [0],
+        "checkpoint_every": 2, "model": TINY_MODEL, "generators": ["SD"], "lams": [0.5], "figure_tiles": 2, "eval_batch": 8,
+        "train": {"steps": 3, "batch": 4, "lr": 0.001, "weight_decay": 0.0, "warmup_steps": 0, "ema_decay": 0.0,
+                  "validate_every": 0, "focal_gamma": 2.0, "dice_weight": 1.0, "jitter": 0.05},
+        "synth": {"n_tiles": 8, "steps": 2, "scheduler": "ddim", "batch_size": 4, "seed": 1}})
+    return _yaml(root / f"{name}.yaml", P)
+
+
+def _no_rank_files(names: list[str]) -> list[str]:
+    """A 2-process checkpoint holds each process's RNG state (random_states_K.pkl): one process's has one."""
+    return [n for n in names if not re.search(r"/random_states_[1-9]\d*\.pkl$", n)]
+
+
+@pytest.mark.slow
+def test_carcinonet_two_processes_main_writes_the_shared_files(tmp_path):
+    """Notebook 04's command from 2 processes (fake generator SD, stub judge): both make their chunks of
+    the synthetic tiles and train every run together (DDP); the main process alone writes each run's
+    done.json, the results, fig8.npz, the figures and the parameters; the files are those of one
+    process, the synthetic tiles the same bytes (the DDP weights are not those of one process: each
+    process draws its own augmentations)."""
+    from ldm_fixture import prepared
+    from test_tilesets import make_library
+    prepared(tmp_path)  # 6 slides x 3 tiles (32 px)
+    shapes.save_library(tmp_path / "data" / "shape_maps.npz", make_library(size=32))
+    assert _stage_here("carcinonet", _carcinonet_params(tmp_path, "one"), tmp_path / "figures-one") == 0
+    log = tmp_path / "log"
+    r = _stage("carcinonet", _carcinonet_params(tmp_path, "two"), "--log", log,
+               env={"DISCNB_FIGURES": str(tmp_path / "figures-two")}, timeout=180)
+    _ok(r)
+    assert r.stdout.count("pixel_accuracy all") == 1  # the table, printed by the main process
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _no_rank_files(_listing(two)) == _listing(one)
+    assert not [f for f in _listing(two) if ".rank-" in f or ".tmp" in f or ".chunk" in f]
+    assert sorted(p.name for p in (tmp_path / "figures-two" / "smoke").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "figures-one" / "smoke").iterdir())
+    (cache,) = (one / "synthetic").glob("*.npz")
+    with np.load(cache) as za, np.load(two / "synthetic" / cache.name) as zb:
+        assert all(np.array_equal(za[k], zb[k]) for k in ("images", "masks", "seeds"))
+    keys = ["model", "generator", "lam", "seed", "test_set", "metric", "label"]
+    ra, rb = (pd.read_csv(d / "results.csv") for d in (one, two))
+    pd.testing.assert_frame_equal(ra[keys], rb[keys])
+    assert rb.value.dropna().between(0, 1).all() and rb.value.notna().any()
+    ja, jb = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert ja.keys() == jb.keys() and ja["confusion"].keys() == jb["confusion"].keys()
+    assert [(x["tag"], x["fit"]["processes"], x["fit"]["steps"]) for x in jb["runs"]] == [("real", 2, 3), ("SD-lam0.5", 2, 3)]
+    for run in jb["runs"]:  # what every process returned: the main process's summary, in done.json
+        assert json.loads((Path(run["dir"]) / "done.json").read_text())["fit"] == run["fit"]
+    f8a, f8b = cn.load_fig8(one / "fig8.npz"), cn.load_fig8(two / "fig8.npz")
+    assert f8a.keys() == f8b.keys() and all(f8a[k].shape == f8b[k].shape for k in f8a)
+    assert np.array_equal(f8a["test_tiles"], f8b["test_tiles"])
+    w = _written(log)
+    shared = {two / "results.csv", two / "results.json", two / "fig8.npz", two / "params.resolved.yaml",
+              two / "provenance.json", *(Path(x["dir"]) / "done.json" for x in jb["runs"]),
+              *(tmp_path / "figures-two" / "smoke" / n for n in ("04_carcinonet_predictions", "04_carcinonet_confusion",
+                                                                 "04_judge_synthetic"))}
+    assert shared <= set(w[0]) and not shared & set(w[1])
+    assert w[1] and all(p.parent == two / "synthetic" and ".chunk4-" in p.name for p in w[1])  # its tile chunks only

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -446,3 +447,64 @@ def test_notebook_parameter_files_are_valid():
     P = params.check_file("05_transmil_sweep", "params/paper/05_transmil_sweep.yaml")
     assert P.folds == [1, 2, 3, 4] and P.extractor["name"] == "lunit-vits16" and P.transmil["dim"] == 512
     assert np.allclose(P.lams, np.round(np.arange(0, 0.91, 0.05), 2))
+
+
+def test_interrupted_sweep_resumes_with_its_finished_runs(tmp_path, monkeypatch):
+    """A sweep stopped in its third run keeps the records of the first two (each written atomically by
+    its run); the next sweep deletes what a killed writer left, trains only the other runs, marks the
+    two as reused and returns every run in run_specs order."""
+    fake_tileset(tmp_path / "ts", "SD")
+    P = sweep_params(tmp_path, generators=["SD"], folds=[1], mixed_supervision=False)
+    S = mil.load_sources(P, progress=False)
+    ext = mil.build_extractor(P, S, progress=False)
+    B = mil.build_bags(P, S, mil.extract_all(P, ext, S, progress=False))
+    keys = mil.run_keys(P, S, ext)
+    specs = mil.run_specs(P, ["SD"])
+    assert [s.tag for s in specs] == ["TransMIL", "TransMIL+SD-lam0.25", "TransMIL+SD-lam0.5"]
+    real_run_one, calls = mil.run_one, []
+
+    def stop_at_third(*a, **k):
+        calls.append(a[2].tag)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run_one(*a, **k)
+    monkeypatch.setattr(mil, "run_one", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        mil.run_sweep(P, B, keys, progress=False)
+    runs_dir = tmp_path / "mil" / "runs"
+    assert len(list(runs_dir.glob("*.json"))) == 2
+    (runs_dir / "TransMIL+SD-lam0.5-fold1-seed0-0123456789.tmp.json").write_text("{half")  # a killed writer's
+    calls.clear()
+    runs = mil.run_sweep(P, B, keys, progress=False)
+    assert calls == ["TransMIL+SD-lam0.5"] and [r["tag"] for r in runs] == [s.tag for s in specs]
+    assert [r["reused"] for r in runs] == [True, True, False]
+    assert sorted(p.name for p in runs_dir.iterdir()) == sorted(mil.run_record(P, s, keys)[1].name for s in specs)
+    def text(rec):  # NaN (undefined AUROC) != NaN: compare the JSON
+        return json.dumps(rec, sort_keys=True, default=float)
+    stored = [json.loads(mil.run_record(P, s, keys)[1].read_text()) | {"reused": r["reused"]} for s, r in zip(specs, runs)]
+    assert [text(r) for r in stored] == [text(r) for r in runs]  # the returned runs are their records
+
+
+class TwoProcesses:
+    """What mil sees of ``accelerate launch`` with 2 processes, as the main one (no process group)."""
+    rank, world, is_main = 0, 2, True
+
+
+def test_several_processes_load_a_tilecnn_extractor_but_never_train_it(tmp_path, monkeypatch):
+    """Under accelerate launch a missing tilecnn extractor is an error naming the one-process step that
+    trains it (--stage extractor); once that ran, the processes load it."""
+    P = sweep_params(tmp_path)
+    S = mil.load_sources(P, progress=False)
+    real = mil.procs_of
+    monkeypatch.setattr(mil, "procs_of", lambda P: TwoProcesses())
+    with pytest.raises(ValueError, match=r"not trained yet.*--stage extractor"):
+        mil.build_extractor(P, S, progress=False)
+    assert not (tmp_path / "mil" / "extractors").exists() or not list((tmp_path / "mil" / "extractors").rglob("done.json"))
+    monkeypatch.setattr(mil, "procs_of", real)
+    f = tmp_path / "05.yaml"
+    f.write_text(yaml.safe_dump(dict(P)))
+    assert mil.main(["--params", str(f), "--stage", "extractor", "--no-progress"]) == 0
+    assert not (tmp_path / "mil" / "runs").exists()  # the extractor only
+    monkeypatch.setattr(mil, "procs_of", lambda P: TwoProcesses())
+    ext = mil.build_extractor(P, S, progress=False)
+    assert ext.name == "tilecnn" and ext.key.startswith("tilecnn-")

@@ -16,8 +16,13 @@ steps that the notebook calls cell by cell and :func:`run` calls in order:
    ``results.json``), :func:`save_fig8` (``fig8.npz``: what notebook 06 draws Fig. 8 from);
 5. the pattern judge's view of the synthetic tiles, and the figures.
 
-One process only: not under ``accelerate launch`` with several processes (generation and
-evaluation are not split over processes).
+Under ``accelerate launch`` (several processes, ``python -m`` only; the notebook is one process):
+step 2 splits each generator's tile chunks over the processes (:mod:`discnb.core.shards`); step 3
+trains each run with every process (DDP in :func:`discnb.core.train.fit`, the global batches of
+one process), and the main process alone writes its ``done.json``; steps 4-5 (evaluation, judge,
+results, ``fig8.npz``, figures, checks) run on the main process while the others wait for it by
+marker files (:func:`on_main`), as do parameters and provenance. A DDP run draws its augmentations
+and synthetic tiles per process, so its weights are not those of a one-process run.
 """
 
 from __future__ import annotations
@@ -56,6 +61,31 @@ ARCH_VERSION = 2  # bump when the code of the architecture changes: finished run
 # ===================================================================================== paths
 def out_dir(P) -> Path:
     return paths.param_dir(P, "output_dir", STAGE)
+
+
+# ================================================================================= processes
+def on_main(procs: shards.Processes, folder: Path, name: str, fn):
+    """``fn()`` on the main process only, while the others wait for it; returns its value on the
+    main process, None on the others (one process: just ``fn()``).
+
+    The others wait by marker files (``<folder>/<name>.rank-K.done``, deleted after), not in a
+    collective barrier, which would time out (NCCL: 10 min) during a long evaluation. The barriers
+    here only meet processes that are already together. If ``fn`` raises, the main process exits
+    and the launcher stops the waiting ones."""
+    if procs.world == 1:
+        return fn()
+    folder = Path(folder)
+    if procs.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        shards.clear_markers(folder, name)  # a killed run's
+    procs.barrier()
+    out = fn() if procs.is_main else None
+    procs.wait_for_markers(folder, name)
+    procs.barrier()
+    if procs.is_main:
+        shards.clear_markers(folder, name)
+    procs.barrier()  # nobody writes the next marker of this name before these are gone
+    return out
 
 
 # ====================================================================================== data
@@ -227,7 +257,10 @@ def run_dir(P, sig: dict, s: RunSpec) -> Path:
 
 def train_run(P, D: dict, s: RunSpec, synth: dict | None = None, progress: bool = True) -> dict:
     """Train one CarcinoNet (real only, or real + synthetic with Eq. 4), or reuse a finished run
-    with the same signature. Returns {dir, generator, lam, seed, fit}; the model is in ``dir/best``."""
+    with the same signature. Returns {dir, generator, lam, seed, fit}; the model is in ``dir/best``.
+
+    Under ``accelerate launch`` every process calls it (the run is trained by DDP); the main
+    process writes ``done.json`` and every process returns the main process's summary."""
     if s.generator is not None and synth is None:
         raise ValueError(f"run {s.tag}: synthetic tiles of {s.generator!r} are needed")
     synth_key = None if s.generator is None else Path(synth["path"]).stem
@@ -243,7 +276,12 @@ def train_run(P, D: dict, s: RunSpec, synth: dict | None = None, progress: bool 
                                signature=sig, mixed_precision=P.mixed_precision, cpu=P.device == "cpu",
                                checkpoint_every=P.checkpoint_every, checkpoints_total_limit=P.checkpoints_total_limit,
                                resume=P.resume, desc=f"CarcinoNet {s.tag} seed {s.seed}", progress=progress)
-    write_json(done, {"signature": sig, "fit": summary})
+    procs = shards.processes(P.device == "cpu")
+    if procs.is_main:
+        write_json(done, {"signature": sig, "fit": summary})
+    procs.barrier()  # done.json is there before any process looks for the next run's (quick: fit ends together)
+    if not procs.is_main:  # fit's validation and selection ran on the main process: its summary
+        summary = json.loads(done.read_text())["fit"]
     return info | {"fit": summary, "reused": False}
 
 
@@ -461,11 +499,9 @@ def check(P, D: dict, synth: dict, runs: list[dict], results: pd.DataFrame, judg
 
 
 # ======================================================================================= CLI
-def run(P, progress: bool = True, checks: bool = True) -> dict:
-    """Every step of notebook 04, in its order, writing the same files."""
-    D = load_data(P, progress)
-    synth = all_synthetic_tiles(P, D, progress)
-    runs = train_all(P, D, synth, progress)
+def evaluate_and_save(P, D: dict, synth: dict[str, dict], runs: list[dict], checks: bool = True) -> dict:
+    """Steps 4-5 of notebook 04 (one process): evaluation, the judge, results, ``fig8.npz``,
+    figures and the checks."""
     results, confusions = evaluate(P, runs, D)
     summary = summarize(results)
     judge = load_judge(P)
@@ -478,14 +514,30 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
             plt.close(fig)
     if checks:
         check(P, D, synth, runs, results, judge)
-    return {"data": D, "synthetic": synth, "runs": runs, "judge": judge, "judged": judged, "results": results,
-            "summary": summary, "confusion": confusions, "fig8": fig8}
+    return {"judge": judge, "judged": judged, "results": results, "summary": summary, "confusion": confusions,
+            "fig8": fig8}
+
+
+def run(P, progress: bool = True, checks: bool = True) -> dict:
+    """Every step of notebook 04, in its order, writing the same files. Under ``accelerate launch``
+    every process makes its part of the synthetic tiles and takes part in every training run; the
+    main process evaluates and writes the rest (the others wait, and return without ``results``)."""
+    procs = shards.processes(P.device == "cpu")
+    D = load_data(P, progress and procs.is_main)
+    synth = all_synthetic_tiles(P, D, progress)
+    runs = train_all(P, D, synth, progress)
+    out = {"data": D, "synthetic": synth, "runs": runs}
+    rest = on_main(procs, out_dir(P), "evaluation", lambda: evaluate_and_save(P, D, synth, runs, checks))
+    return out | (rest or {})
 
 
 def main(argv: list[str] | None = None) -> int:
-    P, a = cli(NOTEBOOK, "pipelines.carcinonet", __doc__.split("\n\n")[0], out_dir, argv)
+    def is_main(P):
+        return shards.processes(P.device == "cpu").is_main
+    P, a = cli(NOTEBOOK, "pipelines.carcinonet", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main)
     res = run(P, progress=not a.no_progress, checks=not a.no_checks)
-    print(metric_table(res["summary"]).to_string())
+    if is_main(P):
+        print(metric_table(res["summary"]).to_string())
     return 0
 
 

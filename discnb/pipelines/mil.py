@@ -24,6 +24,16 @@ calls cell by cell and :func:`run` calls in order:
    std over folds and seeds; ``results.csv`` (tidy) for notebook 06, ``results.json``, and a table
    with the **best λ per generator chosen on validation** (plus, flagged, the λ that is best on
    each test set, which is how the paper's text reads its Fig. 6); figure ``05_transmil_sweep``.
+
+Under ``accelerate launch`` (several processes, ``python -m`` only; the notebook is one process),
+the tile features are split over the processes by tile chunk and the runs by run
+(:func:`run_sweep`): the run list is fixed by the parameters, each run seeds itself and is trained
+whole by one process, which writes its record; the main process then gathers the records and
+alone writes the results, the figure, parameters and provenance (the others wait, :func:`on_main`).
+So the records, ``results.csv`` and ``results.json`` hold what one process writes but for the
+timings. PANDA's tiles are prepared by the main process. A ``tilecnn`` extractor must already be
+trained (one process: ``--stage extractor``): trained by DDP it would be another model than one
+process's.
 """
 
 from __future__ import annotations
@@ -78,6 +88,36 @@ def out_dir(P) -> Path:
 
 def tilesets_dir(P) -> Path:
     return paths.param_dir(P, "tilesets_dir", "tilesets")
+
+
+# ================================================================================= processes
+def procs_of(P) -> shards.Processes:
+    """The processes of ``accelerate launch`` (one under a plain run or in the notebook)."""
+    return shards.processes(P.device == "cpu")
+
+
+def on_main(procs: shards.Processes, folder: Path, name: str, fn):
+    """``fn()`` on the main process only, while the others wait for it; returns its value on the
+    main process, None on the others (one process: just ``fn()``).
+
+    The others wait by marker files (``<folder>/<name>.rank-K.done``, deleted after), not in a
+    collective barrier, which would time out (NCCL: 10 min) during a long step. The barriers here
+    only meet processes that are already together. If ``fn`` raises, the main process exits and
+    the launcher stops the waiting ones."""
+    if procs.world == 1:
+        return fn()
+    folder = Path(folder)
+    if procs.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        shards.clear_markers(folder, name)  # a killed run's
+    procs.barrier()
+    out = fn() if procs.is_main else None
+    procs.wait_for_markers(folder, name)
+    procs.barrier()
+    if procs.is_main:
+        shards.clear_markers(folder, name)
+    procs.barrier()  # nobody writes the next marker of this name before these are gone
+    return out
 
 
 # ================================================================================= tile sets
@@ -167,10 +207,12 @@ def load_sources(P, progress: bool = True) -> dict:
     out: dict = {"index": index, "data_dir": ddir, "notes": []}
     if P.panda.get("root"):
         pz = P.panda
-        folder = panda.prepare_panda(paths.resolve(pz["root"]), out_dir(P) / "panda", n_per_label=pz["n_per_label"],
-                                     max_tiles=pz["max_tiles"], tile_px=pz["tile_px"], target_mpp=pz["target_mpp"],
-                                     base_mpp=pz["base_mpp"], min_tissue=pz["min_tissue"],
-                                     providers=tuple(pz.get("providers", [])), seed=P.seed, progress=progress)
+        procs = procs_of(P)  # several processes: the main one prepares the tiles, the others wait
+        folder = out_dir(P) / "panda"
+        on_main(procs, out_dir(P), "panda", lambda: panda.prepare_panda(
+            paths.resolve(pz["root"]), folder, n_per_label=pz["n_per_label"], max_tiles=pz["max_tiles"],
+            tile_px=pz["tile_px"], target_mpp=pz["target_mpp"], base_mpp=pz["base_mpp"], min_tissue=pz["min_tissue"],
+            providers=tuple(pz.get("providers", [])), seed=P.seed, progress=progress))
         out["ood"], out["ood_name"], out["ood_fp"] = panda.read_tile_folder(folder), "PANDA", _folder_fp(folder)
     elif P.ood_dir:
         folder = paths.resolve(P.ood_dir)
@@ -191,7 +233,11 @@ def _folder_fp(folder: Path) -> str:
 
 
 def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
-    """The extractor named by ``P.extractor['name']`` (see :mod:`discnb.grading.features`)."""
+    """The extractor named by ``P.extractor['name']`` (see :mod:`discnb.grading.features`).
+
+    Under ``accelerate launch`` a ``tilecnn`` extractor is loaded, never trained: a ``ValueError``
+    asks for the one-process ``--stage extractor`` first (DDP would train another model than one
+    process, and the processes would all write its folder)."""
     E = P.extractor
     dev = str(pick_device(P.device))
     if E["name"] in features.PRETRAINED:
@@ -203,7 +249,14 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
     if train.empty:
         raise data.DataError(f"{S['data_dir']}/index.csv: no training tile with a mask to train the tilecnn extractor")
 
-    def tiles():
+    procs = procs_of(P)
+
+    def tiles():  # called only when no finished extractor of this signature is there
+        if procs.world > 1:
+            raise ValueError(f"the tilecnn extractor is not trained yet ({out_dir(P) / 'extractors'}); under accelerate "
+                             f"launch it is not trained ({procs.world} processes would train another model than one and "
+                             "all write its folder): train it first with one process, python -m discnb.pipelines.mil "
+                             "--params FILE --stage extractor, then launch again")
         imgs, _ = data.load_tiles(train, size, progress=progress)
         return imgs, train[list(data.FRACTION_COLUMNS)].to_numpy(np.float32)
     key = fingerprint(S["real_fp"], "train-split")
@@ -322,19 +375,35 @@ def run_specs(P, generators) -> list[RunSpec]:
     return specs
 
 
-def run_one(P, B: dict, spec: RunSpec, keys: dict, progress: bool = False) -> dict:
-    """Train and evaluate one run, or reuse its stored result (same signature)."""
+def run_record(P, spec: RunSpec, keys: dict) -> tuple[dict, Path]:
+    """A run's signature (what makes its result what it is) and the file of its record,
+    ``runs/<tag>-fold<k>-seed<s>-<hash of the signature>.json``."""
     sig = {"version": ARCH_VERSION, "model": spec.model,
            "arch": dict(P.transmil) if spec.model == "TransMIL" else dict(P.mixed), "train": dict(P.train),
            "features": keys["extractor"], "real": keys["real"], "ood": keys.get("ood", ""),
            "synth": keys.get(f"synth-{spec.generator}") if spec.generator else None,
            "generator": spec.generator, "lam": spec.lam, "fold": spec.fold, "seed": spec.seed}
     h = fingerprint(sig, n=10)
-    path = out_dir(P) / "runs" / f"{spec.tag}-fold{spec.fold}-seed{spec.seed}-{h}.json"
+    return sig, out_dir(P) / "runs" / f"{spec.tag}-fold{spec.fold}-seed{spec.seed}-{h}.json"
+
+
+def stored_run(P, spec: RunSpec, keys: dict) -> dict | None:
+    """The stored record of a finished run of the same signature (None without ``reuse_runs``)."""
+    sig, path = run_record(P, spec, keys)
     if P.reuse_runs and path.exists():
         rec = json.loads(path.read_text())
         if rec.get("signature") == sig:
-            return rec | {"reused": True}
+            return rec
+    return None
+
+
+def run_one(P, B: dict, spec: RunSpec, keys: dict, progress: bool = False) -> dict:
+    """Train and evaluate one run, or reuse its stored result (same signature). The run seeds
+    itself (weights, dropout, slide order), so its result does not depend on what ran before it
+    or in which process; its record is written atomically."""
+    sig, path = run_record(P, spec, keys)
+    if (rec := stored_run(P, spec, keys)) is not None:
+        return rec | {"reused": True}
     dev = pick_device(P.device)
     parts = fold_slides(B, spec.fold)
     bags = {k: [B["real"][i] for i in v] for k, v in parts.items()}
@@ -367,15 +436,51 @@ def run_keys(P, S: dict, ext: features.Extractor) -> dict:
 
 
 def run_sweep(P, B: dict, keys: dict, progress: bool = True) -> list[dict]:
-    """Every run of :func:`run_specs` for the generators that have slides (cached runs reused)."""
+    """Every run of :func:`run_specs` for the generators that have slides (cached runs reused), in
+    the order of :func:`run_specs`.
+
+    The runs are the work units of :func:`discnb.core.shards.run`, numbered by their place in
+    :func:`run_specs` (fixed by the parameters, whatever the process count). Under ``accelerate
+    launch`` each process trains its part of the unfinished runs (a contiguous slice of them, whole
+    runs) and writes each one's record; when all are done every process reads every record (so a
+    run's result is its record, whoever trained it). A killed sweep keeps its finished records:
+    the next one, with any number of processes, trains only the others."""
     if not P.seeds or not P.folds:
         raise ValueError("folds and seeds must each name at least one")
     specs = run_specs(P, list(B["synth"]))
-    out = []
-    bar = tqdm(specs, desc="runs", disable=not progress, mininterval=2)
-    for s in bar:
+    procs = procs_of(P)
+    folder = out_dir(P) / "runs"
+    trained: dict[int, dict] = {}
+    state: dict = {}
+
+    def todo() -> list[int]:
+        state["todo"] = [i for i, s in enumerate(specs) if stored_run(P, s, keys) is None]
+        return state["todo"]
+
+    bar = tqdm(total=0, desc="runs", disable=not (progress and procs.is_main), mininterval=2)
+
+    def start(mine: list[int]) -> None:
+        bar.total = len(mine)
+        bar.refresh()
+
+    def work(i: int) -> None:
+        s = specs[i]
         bar.set_postfix_str(f"{s.tag} fold {s.fold} seed {s.seed}")
-        out.append(run_one(P, B, s, keys))
+        trained[i] = run_one(P, B, s, keys)
+        bar.update(1)
+
+    shards.run(folder, "sweep", todo=todo, work=work, setup=lambda: shards.remove_tmp(folder), start=start, procs=procs)
+    bar.close()
+    fresh = set(state["todo"])
+    out = []
+    for i, s in enumerate(specs):
+        if procs.world == 1 and i in trained:  # one process: as it was trained (its record holds the same)
+            out.append(trained[i])
+            continue
+        path = run_record(P, s, keys)[1]
+        if not path.exists():
+            raise RuntimeError(f"{path}: run {s.tag} fold {s.fold} seed {s.seed} has no record after the sweep")
+        out.append(json.loads(path.read_text()) | {"reused": i not in fresh})
     return out
 
 
@@ -514,28 +619,52 @@ def check(P, S: dict, ext: features.Extractor, B: dict, runs: list[dict], result
 
 
 # ======================================================================================= CLI
-def run(P, progress: bool = True, checks: bool = True) -> dict:
-    """Every step of notebook 05, in its order, writing the same files."""
-    S = load_sources(P, progress)
-    print(describe_sources(S))
-    ext = build_extractor(P, S, progress)
-    F_ = extract_all(P, ext, S, progress)
-    B = build_bags(P, S, F_)
-    runs = run_sweep(P, B, run_keys(P, S, ext), progress)
+def save_all(P, S: dict, ext: features.Extractor, B: dict, runs: list[dict], checks: bool = True) -> dict:
+    """Step 4 of notebook 05 (one process): results, ``results.csv``/``results.json``, the figure, the checks."""
     df = results_frame(runs, ext.key)
     summary = summarize(df)
     save_results(P, df, summary, results_extra(S, ext, B, runs))
     plt.close(sweep_figure(P, summary, S))
     if checks:
         check(P, S, ext, B, runs, df)
-    return {"sources": S, "extractor": ext, "features": F_, "bags": B, "runs": runs, "results": df, "summary": summary}
+    return {"results": df, "summary": summary}
+
+
+def run(P, progress: bool = True, checks: bool = True) -> dict:
+    """Every step of notebook 05, in its order, writing the same files. Under ``accelerate launch``
+    the features and the runs are split over the processes; the main process writes the results
+    and the figure (the others wait, and return without ``results``/``summary``)."""
+    procs = procs_of(P)
+    S = load_sources(P, progress and procs.is_main)
+    if procs.is_main:
+        print(describe_sources(S))
+    ext = build_extractor(P, S, progress and procs.is_main)
+    F_ = extract_all(P, ext, S, progress)
+    B = build_bags(P, S, F_)
+    runs = run_sweep(P, B, run_keys(P, S, ext), progress)
+    out = {"sources": S, "extractor": ext, "features": F_, "bags": B, "runs": runs}
+    return out | (on_main(procs, out_dir(P), "results", lambda: save_all(P, S, ext, B, runs, checks)) or {})
 
 
 def main(argv: list[str] | None = None) -> int:
-    P, a = cli(NOTEBOOK, "pipelines.mil", __doc__.split("\n\n")[0], out_dir, argv)
+    def is_main(P):
+        return procs_of(P).is_main
+    P, a = cli(NOTEBOOK, "pipelines.mil", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main,
+               configure=lambda ap: ap.add_argument(
+                   "--stage", choices=("all", "extractor"), default="all",
+                   help="all = the notebook's steps (under accelerate launch: features and runs split over the "
+                        "processes); extractor = only train (or load) the feature extractor, one process: what "
+                        "accelerate launch needs first with a tilecnn extractor"))
+    if a.stage == "extractor":
+        S = load_sources(P, not a.no_progress)
+        ext = build_extractor(P, S, not a.no_progress)
+        if is_main(P):
+            print(f"extractor {ext.key}: {ext.dim}-d, input {ext.input_size} px; {ext.info}")
+        return 0
     res = run(P, progress=not a.no_progress, checks=not a.no_checks)
-    print(baseline_table(res["summary"]).to_string())
-    print(best_lambda_table(res["summary"]).to_string())
+    if is_main(P):
+        print(baseline_table(res["summary"]).to_string())
+        print(best_lambda_table(res["summary"]).to_string())
     return 0
 
 
