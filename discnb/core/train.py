@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -356,7 +356,7 @@ def fit(model: nn.Module, loss_fn: Callable, train: TensorData, cfg: FitConfig, 
         save_checkpoint()
     if val is None or not len(val):
         save_model("best")  # nothing to select on: the final weights
-    elif state["best_step"] < 0:  # a run shorter than one validation interval (the paper dry run): judge the final weights
+    elif _on_main_says(acc, state["best_step"] < 0):  # shorter than one validation interval (the paper dry run): judge the final weights
         v = validate() if acc.is_main_process else float("nan")
         if acc.is_main_process:
             state["best_val"], state["best_step"] = v, state["step"]
@@ -394,6 +394,16 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(f, _FIELDS)
         w.writeheader()
         w.writerows(rows)
+
+
+def _on_main_says(acc, flag: bool) -> bool:
+    """The main process's ``flag`` on every process: state only the main process updates (best
+    step) must not send the processes down different paths, or their collectives pair up wrongly."""
+    if acc.num_processes == 1:
+        return flag
+    box = [flag]
+    broadcast_object_list(box, from_process=0)
+    return bool(box[0])
 
 
 def _log(acc, path: Path, row: dict) -> None:
