@@ -425,3 +425,15 @@ def test_slide_conditioned_generator_gets_each_tiles_slide_labels(tmp_path):
     man = ts.read_manifest(tmp_path / "SD-tile+slide")
     expected = [(int(r.primary), int(r.secondary)) for r in man.itertuples() for _ in range(int(r.n_tiles))]
     assert gen.seen == expected and len(set(expected)) > 1
+
+
+def test_figure_of_a_plan_without_synthetic_slides_warns_instead_of_crashing(tmp_path):
+    """Real slides that already reach target_per_grade leave nothing to synthesise (the paper dry
+    run's first notebook-03 failure: matplotlib's 'Number of columns must be a positive integer')."""
+    folder = tmp_path / "SD"
+    folder.mkdir()
+    ts._write_manifest(folder, ts.read_manifest(folder))
+    P = params.Params({"profile": "smoke", "output_dir": str(tmp_path), "generators": ["SD"], "figure_slides": 2,
+                       "figure_tiles": 4, "target_per_grade": 1})
+    with pytest.warns(UserWarning, match="no synthetic slide to draw"):
+        assert ts.figure(P) is None

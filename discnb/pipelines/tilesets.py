@@ -762,8 +762,13 @@ def figure_rows(P, generators, n_slides: int, max_tiles: int) -> tuple[dict, lis
 
 
 def figure(P):
-    """Figure ``03_tile_sets``: per slide its mask mosaic, then each generator's tile mosaic."""
+    """Figure ``03_tile_sets``: per slide its mask mosaic, then each generator's tile mosaic (None,
+    with a warning, when the plan has no synthetic slide: the real ones already reach the target)."""
     rows, titles = figure_rows(P, P.generators, P.figure_slides, P.figure_tiles)
+    if not titles:
+        warnings.warn(f"no synthetic slide to draw: the real slides already reach target_per_grade "
+                      f"{P.target_per_grade} for every grade (raise it to synthesise slides)")
+        return None
     fig = plots.image_grid(rows, titles, size=2.4)
     plots.save(fig, paths.figures_dir(P.profile) / "03_tile_sets")
     return fig
