@@ -130,6 +130,30 @@ def remove_tmp(folder: Path, pattern: str = io.TMP_GLOB) -> None:
             p.unlink(missing_ok=True)
 
 
+def on_main(procs: Processes, folder: Path, name: str, fn):
+    """``fn()`` on the main process only, while the others wait for it; returns its value on the
+    main process, None on the others (one process: just ``fn()``).
+
+    The others wait by marker files (``<folder>/<name>.rank-K.done``, deleted after), not in a
+    collective barrier, which would time out (NCCL: 10 min) during a long step. The barriers
+    here only meet processes that are already together. If ``fn`` raises, the main process exits
+    and the launcher stops the waiting ones."""
+    if procs.world == 1:
+        return fn()
+    folder = Path(folder)
+    if procs.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        clear_markers(folder, name)  # a killed run's
+    procs.barrier()
+    out = fn() if procs.is_main else None
+    procs.wait_for_markers(folder, name)
+    procs.barrier()
+    if procs.is_main:
+        clear_markers(folder, name)
+    procs.barrier()  # nobody writes the next marker of this name before these are gone
+    return out
+
+
 def run(folder: Path, name: str, *, todo: Callable[[], Sequence[U]], work: Callable[[U], None],
         setup: Callable[[], None] | None = None, merge: Callable[[], object] | None = None,
         start: Callable[[list[U]], None] | None = None, procs: Processes | None = None, poll: float = 0.5):

@@ -21,7 +21,7 @@ step 2 splits each generator's tile chunks over the processes (:mod:`discnb.core
 trains each run with every process (DDP in :func:`discnb.core.train.fit`, the global batches of
 one process), and the main process alone writes its ``done.json``; steps 4-5 (evaluation, judge,
 results, ``fig8.npz``, figures, checks) run on the main process while the others wait for it by
-marker files (:func:`on_main`), as do parameters and provenance. A DDP run draws its augmentations
+marker files (:func:`discnb.core.shards.on_main`), as do parameters and provenance. A DDP run draws its augmentations
 and synthetic tiles per process, so its weights are not those of a one-process run.
 """
 
@@ -61,31 +61,6 @@ ARCH_VERSION = 2  # bump when the code of the architecture changes: finished run
 # ===================================================================================== paths
 def out_dir(P) -> Path:
     return paths.param_dir(P, "output_dir", STAGE)
-
-
-# ================================================================================= processes
-def on_main(procs: shards.Processes, folder: Path, name: str, fn):
-    """``fn()`` on the main process only, while the others wait for it; returns its value on the
-    main process, None on the others (one process: just ``fn()``).
-
-    The others wait by marker files (``<folder>/<name>.rank-K.done``, deleted after), not in a
-    collective barrier, which would time out (NCCL: 10 min) during a long evaluation. The barriers
-    here only meet processes that are already together. If ``fn`` raises, the main process exits
-    and the launcher stops the waiting ones."""
-    if procs.world == 1:
-        return fn()
-    folder = Path(folder)
-    if procs.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        shards.clear_markers(folder, name)  # a killed run's
-    procs.barrier()
-    out = fn() if procs.is_main else None
-    procs.wait_for_markers(folder, name)
-    procs.barrier()
-    if procs.is_main:
-        shards.clear_markers(folder, name)
-    procs.barrier()  # nobody writes the next marker of this name before these are gone
-    return out
 
 
 # ====================================================================================== data
@@ -527,7 +502,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
     synth = all_synthetic_tiles(P, D, progress)
     runs = train_all(P, D, synth, progress)
     out = {"data": D, "synthetic": synth, "runs": runs}
-    rest = on_main(procs, out_dir(P), "evaluation", lambda: evaluate_and_save(P, D, synth, runs, checks))
+    rest = shards.on_main(procs, out_dir(P), "evaluation", lambda: evaluate_and_save(P, D, synth, runs, checks))
     return out | (rest or {})
 
 

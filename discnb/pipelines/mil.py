@@ -29,7 +29,7 @@ Under ``accelerate launch`` (several processes, ``python -m`` only; the notebook
 the tile features are split over the processes by tile chunk and the runs by run
 (:func:`run_sweep`): the run list is fixed by the parameters, each run seeds itself and is trained
 whole by one process, which writes its record; the main process then gathers the records and
-alone writes the results, the figure, parameters and provenance (the others wait, :func:`on_main`).
+alone writes the results, the figure, parameters and provenance (the others wait, :func:`discnb.core.shards.on_main`).
 So the records, ``results.csv`` and ``results.json`` hold what one process writes but for the
 timings. PANDA's tiles are prepared by the main process. A ``tilecnn`` extractor must already be
 trained (one process: ``--stage extractor``): trained by DDP it would be another model than one
@@ -94,30 +94,6 @@ def tilesets_dir(P) -> Path:
 def procs_of(P) -> shards.Processes:
     """The processes of ``accelerate launch`` (one under a plain run or in the notebook)."""
     return shards.processes(P.device == "cpu")
-
-
-def on_main(procs: shards.Processes, folder: Path, name: str, fn):
-    """``fn()`` on the main process only, while the others wait for it; returns its value on the
-    main process, None on the others (one process: just ``fn()``).
-
-    The others wait by marker files (``<folder>/<name>.rank-K.done``, deleted after), not in a
-    collective barrier, which would time out (NCCL: 10 min) during a long step. The barriers here
-    only meet processes that are already together. If ``fn`` raises, the main process exits and
-    the launcher stops the waiting ones."""
-    if procs.world == 1:
-        return fn()
-    folder = Path(folder)
-    if procs.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        shards.clear_markers(folder, name)  # a killed run's
-    procs.barrier()
-    out = fn() if procs.is_main else None
-    procs.wait_for_markers(folder, name)
-    procs.barrier()
-    if procs.is_main:
-        shards.clear_markers(folder, name)
-    procs.barrier()  # nobody writes the next marker of this name before these are gone
-    return out
 
 
 # ================================================================================= tile sets
@@ -209,7 +185,7 @@ def load_sources(P, progress: bool = True) -> dict:
         pz = P.panda
         procs = procs_of(P)  # several processes: the main one prepares the tiles, the others wait
         folder = out_dir(P) / "panda"
-        on_main(procs, out_dir(P), "panda", lambda: panda.prepare_panda(
+        shards.on_main(procs, out_dir(P), "panda", lambda: panda.prepare_panda(
             paths.resolve(pz["root"]), folder, n_per_label=pz["n_per_label"], max_tiles=pz["max_tiles"],
             tile_px=pz["tile_px"], target_mpp=pz["target_mpp"], base_mpp=pz["base_mpp"], min_tissue=pz["min_tissue"],
             providers=tuple(pz.get("providers", [])), seed=P.seed, progress=progress))
@@ -643,7 +619,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
     B = build_bags(P, S, F_)
     runs = run_sweep(P, B, run_keys(P, S, ext), progress)
     out = {"sources": S, "extractor": ext, "features": F_, "bags": B, "runs": runs}
-    return out | (on_main(procs, out_dir(P), "results", lambda: save_all(P, S, ext, B, runs, checks)) or {})
+    return out | (shards.on_main(procs, out_dir(P), "results", lambda: save_all(P, S, ext, B, runs, checks)) or {})
 
 
 def main(argv: list[str] | None = None) -> int:
