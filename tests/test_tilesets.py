@@ -297,6 +297,16 @@ print("done", flush=True)
 """
 
 
+
+def assert_same_tileset(a_dir, b_dir, plan):
+    """Every planned slide's arrays and the manifest's bytes are those of the other folder."""
+    _, la = ts.load_tileset(a_dir, "SD")
+    _, lb = ts.load_tileset(b_dir, "SD")
+    for sid in plan.slides.slide_id:
+        a, b = la(sid), lb(sid)
+        assert all(np.array_equal(a[k], b[k]) for k in a), sid
+    assert (Path(a_dir) / "manifest.csv").read_bytes() == (Path(b_dir) / "manifest.csv").read_bytes()
+
 def test_sigkill_mid_generation_then_rerun_completes(tmp_path):
     """A real process, killed with SIGKILL while it generates a slide; the rerun finishes the set with
     no duplicate or partial slide, and the result equals an uninterrupted run's."""
@@ -339,12 +349,7 @@ def test_sigkill_mid_generation_then_rerun_completes(tmp_path):
     assert sorted(p.name for p in (folder / "slides").iterdir()) == sorted(f"{s}.npz" for s in plan.slides.slide_id)
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.csv", "plan.json", "slides", "timing.json"]
     _generate(tmp_path / "clean" / "SD", lib, plan)
-    _, la = ts.load_tileset(folder, "SD")
-    _, lb = ts.load_tileset(tmp_path / "clean", "SD")
-    for sid in plan.slides.slide_id:
-        a, b = la(sid), lb(sid)
-        assert all(np.array_equal(a[k], b[k]) for k in a), sid
-    assert (folder / "manifest.csv").read_bytes() == (tmp_path / "clean" / "SD" / "manifest.csv").read_bytes()
+    assert_same_tileset(folder, tmp_path / "clean" / "SD", plan)
     runs = json.loads((folder / "timing.json").read_text())["runs"]
     assert [x.get("interrupted", False) for x in runs] == [True, False]
     assert sum(x["slides"] for x in runs) == len(plan.slides)
@@ -381,12 +386,7 @@ def test_interrupted_run_resumes_to_the_same_bytes_even_for_a_batch_sensitive_ge
     r = _generate(folder, lib, plan, gen=BatchSensitiveGen(), batch_tiles=6)
     assert r["generated_now"] == len(plan.slides) - first[0] - 1
     _generate(tmp_path / "clean" / "SD", lib, plan, gen=BatchSensitiveGen(), batch_tiles=6)
-    _, la = ts.load_tileset(folder, "SD")
-    _, lb = ts.load_tileset(tmp_path / "clean", "SD")
-    for sid in plan.slides.slide_id:
-        a, b = la(sid), lb(sid)
-        assert all(np.array_equal(a[k], b[k]) for k in a), sid
-    assert (folder / "manifest.csv").read_bytes() == (tmp_path / "clean" / "SD" / "manifest.csv").read_bytes()
+    assert_same_tileset(folder, tmp_path / "clean" / "SD", plan)
 
 
 def test_slide_groups_depend_on_the_plan_only():
