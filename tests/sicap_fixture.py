@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
-from discnb.data.sicap import tile_label
+from discnb.data import fixtures
 
 # slide -> (patient, primary, secondary, split, fold)
 SLIDES = {
@@ -47,23 +46,8 @@ def write_sicap(root: Path, mask_ext: str = ".png", seed: int = 0) -> Path:
                 Image.fromarray(m).save(root / "masks" / f"{name}.png")
             else:
                 Image.fromarray(m).save(root / "masks" / f"{name}.jpg", quality=75)
-            onehot = np.eye(4, dtype=int)[tile_label(np.bincount(m.ravel(), minlength=6)[[0, 3, 4, 5]] / m.size)]
-            row = {"image_name": f"{name}.jpg", "NC": onehot[0], "G3": onehot[1], "G4": onehot[2],
-                   "G5": onehot[3], "G4C": 0}
+            row = fixtures.partition_row(f"{name}.jpg", m)
             rows[split].append(row)
             if split == "train":
                 folds[fold].append(row)
-    part = root / "partition"
-    (part / "Test").mkdir(parents=True)
-    for split, r in rows.items():
-        pd.DataFrame(r).to_excel(part / "Test" / f"{split.capitalize()}.xlsx", index=False)
-    train_all = pd.DataFrame(rows["train"])
-    for k, r in folds.items():
-        d = part / "Validation" / f"Val{k}"
-        d.mkdir(parents=True)
-        test_k = pd.DataFrame(r)
-        test_k.to_excel(d / "Test.xlsx", index=False)
-        train_all[~train_all.image_name.isin(test_k.image_name)].to_excel(d / "Train.xlsx", index=False)
-    pd.DataFrame([{"slide_id": s, "patient_id": v[0], "Gleason_primary": v[1], "Gleason_secondary": v[2]}
-                  for s, v in SLIDES.items()]).to_excel(root / "wsi_labels.xlsx", index=False)
-    return root
+    return fixtures.write_tables(root, SLIDES, rows, folds)

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from discnb.data.sicap import tile_label
+
 # slide -> (patient, Gleason primary, secondary, official split, CV fold of the train split)
 SICAP_SLIDES = {
     "16B0001851": ("1001", 3, 4, "train", 1),
@@ -90,14 +92,24 @@ def write_sicapv2(root: str | Path, *, size: int = 512, tiles_per_slide: int = 3
             Image.fromarray(_tissue(rng, size, size, glands=12)).save(root / "images" / f"{name}.jpg", quality=90)
             m = _sicap_mask(rng, size, p, s)
             Image.fromarray(m).save(root / "masks" / f"{name}.png")
-            counts = np.bincount(m.ravel(), minlength=6)[[0, 3, 4, 5]]
-            onehot = np.eye(4, dtype=int)[counts.argmax()]
-            row = {"image_name": f"{name}.jpg", "NC": onehot[0], "G3": onehot[1], "G4": onehot[2],
-                   "G5": onehot[3], "G4C": 0}
+            row = partition_row(f"{name}.jpg", m)
             rows[split].append(row)
             if split == "train":
                 folds[fold].append(row)
-    part = root / "partition"
+    return write_tables(root, SICAP_SLIDES, rows, folds)
+
+
+def partition_row(image_name: str, mask: np.ndarray) -> dict:
+    """A partition row of SICAPv2 for a tile and its 0/3/4/5 mask: the one-hot label by SICAPv2's rule."""
+    onehot = np.eye(4, dtype=int)[tile_label(np.bincount(mask.ravel(), minlength=6)[[0, 3, 4, 5]] / mask.size)]
+    return {"image_name": image_name, "NC": onehot[0], "G3": onehot[1], "G4": onehot[2], "G5": onehot[3], "G4C": 0}
+
+
+def write_tables(root: Path, slides: dict, rows: dict[str, list], folds: dict[int, list]) -> Path:
+    """SICAPv2's tables: ``partition/Test/{Train,Test}.xlsx`` from ``rows`` (split -> rows),
+    ``partition/Validation/ValK/{Train,Test}.xlsx`` from ``folds`` (K -> held-out train rows), and
+    ``wsi_labels.xlsx`` from ``slides`` (slide -> (patient, primary, secondary, ...))."""
+    part = Path(root) / "partition"
     (part / "Test").mkdir(parents=True, exist_ok=True)
     for split, r in rows.items():
         pd.DataFrame(r).to_excel(part / "Test" / f"{split.capitalize()}.xlsx", index=False)
@@ -109,8 +121,8 @@ def write_sicapv2(root: str | Path, *, size: int = 512, tiles_per_slide: int = 3
         held.to_excel(d / "Test.xlsx", index=False)
         train_all[~train_all.image_name.isin(held.image_name)].to_excel(d / "Train.xlsx", index=False)
     pd.DataFrame([{"slide_id": s, "patient_id": v[0], "Gleason_primary": v[1], "Gleason_secondary": v[2]}
-                  for s, v in SICAP_SLIDES.items()]).to_excel(root / "wsi_labels.xlsx", index=False)
-    return root
+                  for s, v in slides.items()]).to_excel(Path(root) / "wsi_labels.xlsx", index=False)
+    return Path(root)
 
 
 def _pyramid(path: Path, arr: np.ndarray, factor: int = 4, nearest: bool = False) -> None:
