@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 import yaml
@@ -112,7 +113,7 @@ def first_stage_memory(n_tiles: int = 12_000, size: int = 256) -> dict:
     per = size * size * 3
     return {"n_tiles": n_tiles, "image_size": size, "float32_gb": round(n_tiles * per * 4 / 1e9, 2),
             "uint8_gb": round(n_tiles * per / 1e9, 2),
-            "dtype_now": str(ae.pixels(ae.to_uint8(torch.zeros(1, 3, 2, 2))).dtype)}
+            "dtype_now": str(ae.pixels(np.zeros((1, 2, 2, 3), np.uint8)).dtype)}
 
 
 def run_notebook(name: str, progress: bool = True) -> dict:
