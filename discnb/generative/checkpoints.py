@@ -92,8 +92,15 @@ def first_stage_folder(P01) -> Path:
 
 def build_model(P01, image_size: int, latent_size: int, latent_scale: float, condition: str | None = None) -> ldm.MaskLDM:
     """An untrained SD of notebook 01's ``unet`` settings (condition: SD's own, or an ablation's)."""
-    return ldm.MaskLDM.from_config({**P01.unet, "condition": condition or P01.condition}, image_size, latent_size,
-                                   latent_scale)
+    return ldm.MaskLDM.from_config({**P01.unet, **guidance(P01), "condition": condition or P01.condition}, image_size,
+                                   latent_size, latent_scale)
+
+
+def guidance(P01) -> dict:
+    """Notebook 01's classifier-free-guidance and min-SNR settings (beyond the paper; see
+    :class:`discnb.generative.ldm.MaskLDM`): ``sd.cond_drop``, ``sd.snr_gamma`` (training) and
+    ``guidance_scale`` (sampling)."""
+    return {"cond_drop": P01.sd["cond_drop"], "snr_gamma": P01.sd["snr_gamma"], "guidance_scale": P01.guidance_scale}
 
 
 def load_sd(P01, which: str = "best", condition: str | None = None) -> ldm.MaskLDM:
@@ -103,7 +110,10 @@ def load_sd(P01, which: str = "best", condition: str | None = None) -> ldm.MaskL
     if condition not in (None, P01.condition) and not (folder / "ldm.json").exists():
         raise FileNotFoundError(f"{folder}: no {condition}-conditioned SD; add {condition!r} to ablation_conditions in "
                                 f"notebook 01's parameters (profile {P01.profile}) and run it again (SD itself is reused)")
-    return ldm.MaskLDM.from_pretrained(folder)
+    model = ldm.MaskLDM.from_pretrained(folder)
+    # the guidance scale is a sampling setting: notebook 01's current one, not the one saved at training
+    model.guidance_scale = ldm.check_guidance(model.cond_drop, P01.guidance_scale, model.snr_gamma)[1]
+    return model
 
 
 def load_trained(P01, which: str = "best", condition: str | None = None) -> tuple:

@@ -95,13 +95,14 @@ class SCGenerator(SDGenerator):
         # one stacked batch: every branch of every tile, each from its tile's z_T
         zb = z[tile.to(z.device)].clone()
         cond = make_condition(label.view(-1, 1, 1).expand(-1, H, H).contiguous(), "pixel").to(self.device)
-        self.nfe += self.steps * len(label)
+        self.nfe += self.steps * len(label) * self.evals_per_step
         callback = None
         if self.fuse_every_step:
             def callback(i, t, zs):
                 return self._fuse_branches(zs, tile, label, masks_lat, len(z))[tile.to(zs.device)]
         with torch.autocast("cuda", torch.bfloat16, enabled=self.bf16):
-            zs = denoise(self.model, zb, cond, self.steps, self.scheduler, callback=callback)
+            zs = denoise(self.model, zb, cond, self.steps, self.scheduler, callback=callback,
+                         guidance_scale=self.guidance_scale)
         return self._fuse_branches(zs, tile, label, masks_lat, len(z))
 
     @staticmethod
@@ -125,9 +126,10 @@ def separated_latents(gen: SDGenerator, seeds, batch_size: int | None = None) ->
         H = gen.model.tau.config.image_size
         label = torch.arange(K).repeat(len(chunk))
         cond = make_condition(label.view(-1, 1, 1).expand(-1, H, H).contiguous(), "pixel").to(gen.device)
-        gen.nfe += gen.steps * len(label)
+        gen.nfe += gen.steps * len(label) * gen.evals_per_step
         with torch.autocast("cuda", torch.bfloat16, enabled=gen.bf16):
-            zs = denoise(gen.model, z.repeat_interleave(K, 0), cond, gen.steps, gen.scheduler)
+            zs = denoise(gen.model, z.repeat_interleave(K, 0), cond, gen.steps, gen.scheduler,
+                         guidance_scale=gen.guidance_scale)
         out.append(zs.float().cpu().view(len(chunk), K, *zs.shape[1:]))
     z0 = torch.cat(out)
     if not torch.isfinite(z0).all():

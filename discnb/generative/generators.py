@@ -66,7 +66,8 @@ def _sd_like(ctx: GeneratorContext, name: str, condition: str | None) -> tuple:
     P01 = checkpoints.ldm_params(ctx.ldm_dir)
     checkpoints.check_ldm(ctx.ldm_dir, P01, ctx.image_size)
     model, vq = checkpoints.load_trained(P01, condition=condition)
-    key = fingerprint([name, ctx.steps, ctx.scheduler], checkpoints.sd_folder(P01, condition),
+    key = fingerprint([name, ctx.steps, ctx.scheduler] + ([model.guidance_scale] if model.guidance_scale != 1 else []),
+                      checkpoints.sd_folder(P01, condition),
                       checkpoints.first_stage_folder(P01))
     return _sampler(SDGenerator, ctx, model, vq, name), key
 
@@ -112,7 +113,9 @@ def _finetuned(name: str):
         folder = disc_dir(ctx.ldm_dir) / FINETUNED[name] / "best"
         if not (folder / "ldm.json").exists():
             raise FileNotFoundError(f"{folder}: no {name} model; run notebooks/02_sc_disc.ipynb for this profile first")
-        return _sampler(SDGenerator, ctx, MaskLDM.from_pretrained(folder), sd.vq, name), fingerprint(name, key, folder)
+        model = MaskLDM.from_pretrained(folder)
+        model.guidance_scale = sd.model.guidance_scale  # one guidance scale for SD, SD-SC and SD-DISC (issue 15)
+        return _sampler(SDGenerator, ctx, model, sd.vq, name), fingerprint(name, key, folder)
     return builder
 
 

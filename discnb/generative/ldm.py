@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.training_utils import compute_snr
 
 from discnb import K
 
@@ -134,6 +135,15 @@ class MaskLDM(nn.Module):
     weight on low-noise-to-signal steps, where the layout (and so the mask) is decided; on the CPU
     demo this made samples drift to ~4x the latents' std and ignore their masks (docs/demo-results.md).
 
+    ``cond_drop`` and ``guidance_scale`` (beyond the paper; off in the paper profile) are classifier-free
+    guidance on the mask (Ho & Salimans 2022): training replaces the condition image of a share
+    ``cond_drop`` of the batch items by the null condition (all zeros: no label anywhere, a value no
+    real one-hot mask takes), and sampling (:func:`discnb.generative.sampling.denoise`) returns
+    eps_null + s (eps_mask - eps_null). The null condition is used only in that unconditional
+    branch; SC's constant masks and DISC's fused masks are ordinary conditions. ``snr_gamma`` > 0
+    weights Eq. 1 per item with min-SNR-gamma (Hang et al. 2023). All three are stored with the
+    model, so SD-SC (SD's weights) and SD-DISC (SD fine-tuned) train and sample the same way.
+
     ``concat_mask`` (beyond the paper's Sec. 2.1; off in the paper profile) is LDM's "hybrid"
     conditioning: the condition image, area-averaged to the latent grid (label fractions per latent
     pixel), is also concatenated to z_t, as LDM does for its own semantic-map-to-image f4 model
@@ -143,7 +153,8 @@ class MaskLDM(nn.Module):
     """
 
     def __init__(self, unet: UNet2DConditionModel, tau: MaskEncoder, condition: str = "pixel",
-                 latent_scale: float = 1.0, concat_mask: bool = False, prediction: str = "eps"):
+                 latent_scale: float = 1.0, concat_mask: bool = False, prediction: str = "eps",
+                 cond_drop: float = 0.0, guidance_scale: float = 1.0, snr_gamma: float = 0.0):
         super().__init__()
         self.unet, self.tau = unet, tau
         self.condition = check_condition(condition)
@@ -152,18 +163,20 @@ class MaskLDM(nn.Module):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.prediction = prediction
+        self.cond_drop, self.guidance_scale, self.snr_gamma = check_guidance(cond_drop, guidance_scale, snr_gamma)
         self.register_buffer("alphas_cumprod", noise_scheduler().alphas_cumprod.clone().float(), persistent=False)
 
     @classmethod
     def from_config(cls, cfg: dict, image_size: int, latent_size: int, latent_scale: float = 1.0) -> "MaskLDM":
         """SD from notebook 01's ``unet`` parameters (every key given) and its ``condition``."""
         condition, concat = cfg["condition"], bool(cfg["concat_mask"])
+        guidance = {k: cfg[k] for k in ("cond_drop", "guidance_scale", "snr_gamma") if k in cfg}
         tau = MaskEncoder(in_channels=cond_channels(condition), image_size=image_size,
                           token_side=cfg["token_side"], channels=tuple(cfg["tau_channels"]), width=cfg["context_dim"])
         unet = build_unet(latent_size, cfg["channels"], cfg["attention"], cfg["layers_per_block"],
                           cfg["context_dim"], cfg["head_channels"], cfg["transformer_layers"],
                           extra_in_channels=cond_channels(condition) if concat else 0)
-        return cls(unet, tau, condition, latent_scale, concat, cfg["prediction"])
+        return cls(unet, tau, condition, latent_scale, concat, cfg["prediction"], **guidance)
 
     @property
     def latent_channels(self) -> int:
@@ -200,7 +213,9 @@ class MaskLDM(nn.Module):
         self.unet.save_pretrained(path / "unet")
         self.tau.save_pretrained(path / "mask_encoder")
         (path / "ldm.json").write_text(json.dumps({"condition": self.condition, "latent_scale": self.latent_scale,
-                                                   "concat_mask": self.concat_mask, "prediction": self.prediction},
+                                                   "concat_mask": self.concat_mask, "prediction": self.prediction,
+                                                   "cond_drop": self.cond_drop, "guidance_scale": self.guidance_scale,
+                                                   "snr_gamma": self.snr_gamma},
                                                   indent=2))
 
     @classmethod
@@ -210,7 +225,39 @@ class MaskLDM(nn.Module):
             raise FileNotFoundError(f"{path}: not a saved MaskLDM (no ldm.json); train it with notebooks/01_train_ldm.ipynb")
         meta = json.loads((path / "ldm.json").read_text())
         return cls(UNet2DConditionModel.from_pretrained(path / "unet"), MaskEncoder.from_pretrained(path / "mask_encoder"),
-                   meta["condition"], meta["latent_scale"], meta["concat_mask"], meta["prediction"])
+                   meta["condition"], meta["latent_scale"], meta["concat_mask"], meta["prediction"],
+                   # models saved before classifier-free guidance and min-SNR were options: both off
+                   meta.get("cond_drop", 0.0), meta.get("guidance_scale", 1.0), meta.get("snr_gamma", 0.0))
+
+
+def check_guidance(cond_drop: float, guidance_scale: float, snr_gamma: float) -> tuple[float, float, float]:
+    """The classifier-free-guidance and min-SNR settings, checked: a guidance scale other than 1
+    needs a model trained with ``cond_drop`` > 0 (otherwise its null-condition branch never saw
+    training and the guided sample extrapolates from noise)."""
+    if not 0.0 <= cond_drop < 1.0:
+        raise ValueError(f"cond_drop (share of training items with the null mask) must be in [0, 1), got {cond_drop}")
+    if guidance_scale < 1.0:
+        raise ValueError(f"guidance_scale must be >= 1 (1 = no guidance), got {guidance_scale}")
+    if guidance_scale != 1.0 and cond_drop == 0.0:
+        raise ValueError(f"guidance_scale {guidance_scale} needs a model trained with cond_drop > 0 (its unconditional "
+                         "branch); set sd.cond_drop (e.g. 0.15) or guidance_scale 1.0")
+    if snr_gamma < 0:
+        raise ValueError(f"snr_gamma must be >= 0 (0 = plain Eq. 1), got {snr_gamma}")
+    return float(cond_drop), float(guidance_scale), float(snr_gamma)
+
+
+def null_condition(cond: torch.Tensor) -> torch.Tensor:
+    """The classifier-free-guidance null condition: no label anywhere (all-zero planes)."""
+    return torch.zeros_like(cond)
+
+
+def drop_condition(cond: torch.Tensor, p: float) -> torch.Tensor:
+    """Training with classifier-free guidance: each item's condition becomes the null one with
+    probability ``p`` (torch's global RNG, which fit seeds and its checkpoints restore)."""
+    if p <= 0:
+        return cond
+    keep = (torch.rand(len(cond)) >= p).to(cond.device).view(-1, *([1] * (cond.dim() - 1)))
+    return cond * keep.to(cond.dtype)
 
 
 def noise_scheduler() -> DDPMScheduler:
@@ -226,16 +273,42 @@ def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
     ``generator`` (CPU) fixes t and eps, for a validation loss that is comparable across epochs;
     ``t_range`` (lo, hi) restricts t to [lo, hi) (default: all of 0..T-1). A v-predicting model
     (``prediction: v``, beyond the paper) is trained on the MSE of v instead of eps.
+
+    Beyond the paper, from the model's settings (:class:`MaskLDM`), in training mode only (so
+    validation losses stay Eq. 1's): ``cond_drop`` replaces some items' conditions by the null one
+    (classifier-free guidance), and ``snr_gamma`` > 0 weights each item with min-SNR-gamma, as the
+    diffusers training examples do: min(SNR_t, gamma) / SNR_t for eps, / (SNR_t + 1) for v.
     """
+    net = getattr(model, "module", model)  # DDP-wrapped under accelerate
+    train_mode = net.training and generator is None
+    gamma = getattr(net, "snr_gamma", 0.0) if train_mode else 0.0
     z0, cond = batch["z"], batch["cond"]
+    if train_mode:
+        cond = drop_condition(cond, getattr(net, "cond_drop", 0.0))
     B = z0.shape[0]
     lo, hi = t_range or (0, len(alphas_cumprod))
     noise = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
     t = torch.randint(lo, hi, (B,), generator=generator).to(z0.device)
     ab = alphas_cumprod.to(z0.device)[t].view(B, 1, 1, 1).to(z0.dtype)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
-    net = getattr(model, "module", model)  # DDP-wrapped under accelerate
-    return F.mse_loss(model(z_t, t, cond, raw=True).float(), net.target(z0, noise, t).float())
+    if not gamma > 0:
+        return F.mse_loss(model(z_t, t, cond, raw=True).float(), net.target(z0, noise, t).float())
+    per_item = F.mse_loss(model(z_t, t, cond, raw=True).float(), net.target(z0, noise, t).float(),
+                          reduction="none").mean((1, 2, 3))
+    return (per_item * min_snr_weights(t, gamma, net.prediction)).mean()
+
+
+_SCHEDULER = None
+
+
+def min_snr_weights(t: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) of timesteps ``t``, with diffusers' ``compute_snr``
+    on the training schedule: min(SNR, gamma) / SNR for eps prediction, / (SNR + 1) for v."""
+    global _SCHEDULER
+    _SCHEDULER = _SCHEDULER or noise_scheduler()
+    snr = compute_snr(_SCHEDULER, t.cpu()).to(t.device)
+    w = torch.clamp(snr, max=gamma)
+    return w / snr if prediction == "eps" else w / (snr + 1)
 
 
 @torch.no_grad()

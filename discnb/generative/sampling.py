@@ -19,7 +19,8 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from discnb.generative.autoencoder import decode, to_uint8
-from discnb.generative.ldm import BETA_END, BETA_SCHEDULE, BETA_START, T_TRAIN, MaskLDM, check_mask, make_condition
+from discnb.generative.ldm import (BETA_END, BETA_SCHEDULE, BETA_START, T_TRAIN, MaskLDM, check_guidance, check_mask,
+                                   make_condition, null_condition)
 
 SCHEDULERS = ("ddim", "dpm++")
 
@@ -41,18 +42,36 @@ def initial_noise(seeds, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
+def evals_per_step(guidance_scale: float) -> int:
+    """U-Net evaluations per tile and step: 2 with classifier-free guidance (the null branch), else 1."""
+    return 2 if guidance_scale != 1.0 else 1
+
+
+def guided_eps(model: MaskLDM, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance_scale: float = 1.0):
+    """eps_theta(z_t, t, c); with classifier-free guidance (beyond the paper, :class:`MaskLDM`)
+    eps_null + s (eps_c - eps_null), both branches in one batch."""
+    if guidance_scale == 1.0:
+        return model(z, t, cond)
+    e_null, e_cond = model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([null_condition(cond), cond])).chunk(2)
+    return e_null + guidance_scale * (e_cond - e_null)
+
+
 @torch.no_grad()
 def denoise(model: MaskLDM, z: torch.Tensor, cond: torch.Tensor, steps: int, scheduler: str = "ddim",
-            eta: float = 0.0, callback=None) -> torch.Tensor:
+            eta: float = 0.0, callback=None, guidance_scale: float | None = None) -> torch.Tensor:
     """Run the reverse process from z_T; one timestep serves the whole batch.
 
     ``callback(i, t, z)`` (optional) sees the latents after each step (SC fuses there when
-    asked to fuse at every timestep)."""
+    asked to fuse at every timestep). ``guidance_scale``: classifier-free guidance on the mask
+    (None: the model's own, :attr:`MaskLDM.guidance_scale`; 1 = none)."""
+    s = getattr(model, "guidance_scale", 1.0) if guidance_scale is None else float(guidance_scale)
+    if s != 1.0:
+        check_guidance(model.cond_drop, s, model.snr_gamma)
     sched = make_scheduler(scheduler)
     sched.set_timesteps(steps)
     kw = {"eta": eta} if scheduler == "ddim" else {}
     for i, t in enumerate(sched.timesteps):
-        eps = model(z, t.expand(len(z)).to(z.device), cond)
+        eps = guided_eps(model, z, t.expand(len(z)).to(z.device), cond, s)
         z = sched.step(eps.float(), t, z, **kw).prev_sample
         if callback is not None:
             z = callback(i, t, z)
@@ -69,12 +88,16 @@ class SDGenerator:
     name = "SD"
 
     def __init__(self, model: MaskLDM, vq, steps: int = 200, scheduler: str = "ddim", batch_size: int = 16,
-                 device: str | torch.device = "cpu", bf16: bool = False):
+                 device: str | torch.device = "cpu", bf16: bool = False, guidance_scale: float | None = None):
         self.model, self.vq = model.eval(), vq.eval()
+        # classifier-free guidance on the mask: the model's own scale unless given (1 = none)
+        self.guidance_scale = check_guidance(getattr(model, "cond_drop", 0.0),
+                                             getattr(model, "guidance_scale", 1.0) if guidance_scale is None
+                                             else float(guidance_scale), getattr(model, "snr_gamma", 0.0))[1]
         self.steps, self.scheduler, self.batch_size = steps, scheduler, batch_size
         self.device = torch.device(device)
         self.bf16 = bf16 and self.device.type == "cuda"
-        self.nfe = 0  # UNet evaluations (per tile), the cost measure
+        self.nfe = 0  # UNet evaluations (summed over tiles; x2 with guidance), the cost measure
         self.model.to(self.device)
         self.vq.to(self.device)
         if self.device.type == "cuda":
@@ -93,10 +116,15 @@ class SDGenerator:
     def _cond(self, masks: torch.Tensor, slide_labels) -> torch.Tensor:
         return make_condition(masks, self.model.condition, slide_labels).to(self.device)
 
+    @property
+    def evals_per_step(self) -> int:
+        return evals_per_step(self.guidance_scale)
+
     def _denoise(self, z: torch.Tensor, masks: torch.Tensor, slide_labels) -> torch.Tensor:
-        self.nfe += self.steps * len(z)
+        self.nfe += self.steps * len(z) * self.evals_per_step
         with torch.autocast("cuda", torch.bfloat16, enabled=self.bf16):
-            return denoise(self.model, z, self._cond(masks, slide_labels), self.steps, self.scheduler)
+            return denoise(self.model, z, self._cond(masks, slide_labels), self.steps, self.scheduler,
+                           guidance_scale=self.guidance_scale)
 
     def latents(self, masks, seeds, slide_labels=None) -> torch.Tensor:
         """z_0 (in the LDM's scaled latent space) for label masks (N,H,W) and one seed per tile."""

@@ -130,8 +130,10 @@ def encode_split(vq, split: dict, latent_scale: float | None = None) -> tuple[di
 
 
 def ldm_signature(P, image_size: int, condition: str | None = None) -> dict:
-    return {"kind": "ldm", "condition": condition or P.condition, "unet": dict(P.unet), "image_size": image_size,
-            "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
+    sig = {"kind": "ldm", "condition": condition or P.condition, "unet": dict(P.unet), "image_size": image_size,
+           "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
+    # only when on: SDs trained without classifier-free guidance or min-SNR keep their signature
+    return sig | {k: P.sd[k] for k in ("cond_drop", "snr_gamma") if P.sd[k]}
 
 
 def ldm_batch_loss(condition: str, alphas_cumprod: torch.Tensor):
