@@ -153,3 +153,41 @@ def test_judge_report_rows():
     t = jg.judge_table(rows)
     assert list(t.columns) == [f"IoU {k}" for k in LABELS] + ["mean IoU", "pixel agreement", "tiles"]
     assert t.loc["real (untouched tiles)", "mean IoU"] == 0.4
+
+
+# ------------------------------------------------------------------------------ the judges three ways (issue 15)
+def test_judge_report_scores_two_judges_three_ways_and_chance(tmp_path, monkeypatch):
+    """Notebook 01 trains the judge on real tiles and on reconstructions (same recipe, two folders),
+    and judge.json holds real_on_real, real_on_recon, recon_on_recon (the ceiling) and chance, each
+    recomputable from the stored judges."""
+    import yaml
+    from discnb.core import params, paths
+    from discnb.grading import adherence
+    from discnb.pipelines import train_ldm
+    from ldm_fixture import prepared
+
+    monkeypatch.setattr(paths, "OUTPUTS", tmp_path / "outputs")
+    monkeypatch.delenv("DISCNB_FIGURES", raising=False)
+    monkeypatch.setattr(paths, "FIGURES", tmp_path / "figures")
+    P = params.validate("01_train_ldm", yaml.safe_load(prepared(tmp_path).read_text()) | {
+        "judge": {"seed": 0, "input": "first_stage", "model": MODEL, "train": TRAIN}})
+    train_ldm.first_stage(P, train_ldm.load_split(P, progress=False), progress=False)
+    judges = train_ldm.train_judges(P, progress=False)
+    assert train_ldm.judge_folder(P, "first_stage") == train_ldm.judge_dir(train_ldm.out_dir(P))
+    assert (train_ldm.judge_folder(P, "real") / "judge.json").exists()
+    assert judges["real"].info["input"] == "real" and judges["first_stage"].info["input"] == "first_stage"
+    rep = train_ldm.judge_report(P, judges)
+    assert set(rep) >= {"real_on_real", "real_on_recon", "recon_on_recon", "chance"}
+    tiles = judges["tiles"]
+    recon = jg.first_stage_view(tiles["imgs"], train_ldm.ck.first_stage_folder(P))
+    assert rep["real_on_recon"]["mean_iou"] == pytest.approx(judges["real"](recon, tiles["masks"])["mean_iou"])
+    assert rep["recon_on_recon"]["mean_iou"] == pytest.approx(judges["first_stage"](recon, tiles["masks"])["mean_iou"])
+    shuffled = tiles["masks"][adherence.chance_order(len(tiles["masks"]))]
+    assert rep["chance"]["mean_iou"] == pytest.approx(judges["first_stage"](recon, shuffled)["mean_iou"])
+    assert rep["real_on_real"]["mean_iou"] == pytest.approx(judges["real"](tiles["imgs"], tiles["masks"])["mean_iou"])
+    assert json.loads((paths.results_dir("smoke") / "judge.json").read_text()) == json.loads(json.dumps(rep))
+    assert str(paths.results_dir("smoke")).startswith(str(tmp_path))
+    again = train_ldm.train_judges(P, progress=False)  # stored: loaded, not retrained
+    assert again["real"].info["fit"] == judges["real"].info["fit"]
+    train_ldm.judge_figure(P)
+    assert (tmp_path / "figures" / "smoke" / "01_judge_curves.png").exists()

@@ -47,6 +47,24 @@ def param_dir(P, key: str, stage: str) -> Path:
     return resolve(P[key]) if P[key] else output_dir(P["profile"], stage, create=False)
 
 
+def results_dir(profile: str, create: bool = True) -> Path:
+    """Where a profile's small result tables go (the ones a README cites, e.g. ``judge.json``).
+
+    Like :func:`figures_dir`: the committed ``results/demo/`` and ``results/paper/``; smoke runs
+    write under ``outputs/smoke/results/``. With ``DISCNB_FIGURES`` set (tests, the dry run) they go
+    beside those figures, so such runs never touch the committed tables.
+    """
+    if os.environ.get("DISCNB_FIGURES"):
+        d = FIGURES / "results" / check_profile(profile)
+    elif check_profile(profile) in ("demo", "paper"):
+        d = REPO / "results" / profile
+    else:
+        d = OUTPUTS / profile / "results"
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def figures_dir(profile: str, create: bool = True) -> Path:
     """Where a profile's figures go.
 

@@ -151,18 +151,86 @@ def check_conditions(P) -> None:
             raise params.ParamError(f"ablation_conditions: {c!r} is SD's own condition; list only the others")
 
 
-def train_judge(P, progress: bool = True) -> jg.Judge:
+def train_judge(P, progress: bool = True, D: dict | None = None, recipe_input: str | None = None) -> jg.Judge:
     """The pattern judge (the real-only CarcinoNet, frozen; ``judge``: its recipe) trained once, here,
     before any notebook uses it: on real tiles, or (``input: first_stage``) on real tiles passed
     through this notebook's first stage, the domain of every generated tile. Stored in
-    ``outputs/<profile>/judge/`` and reused while its signature matches."""
+    ``outputs/<profile>/judge/`` and reused while its signature matches. ``recipe_input`` other than
+    ``judge.input``: the second judge of :func:`train_judges` (same recipe, the other input),
+    stored in ``judge-<input>/``."""
     J = dict(P.judge)
     seed = J.pop("seed")
-    D = prep.split_tiles(prep.data_dir(P), P.val_fold, ood_split="", progress=progress)
-    return jg.train_judge(D, J, judge_dir(out_dir(P)), seed=seed,
+    own = recipe_input in (None, J["input"])
+    J["input"] = J["input"] if own else recipe_input
+    D = D if D is not None else prep.split_tiles(prep.data_dir(P), P.val_fold, ood_split="", progress=progress)
+    return jg.train_judge(D, J, judge_folder(P, J["input"]), seed=seed,
                           first_stage=ck.first_stage_folder(P) if J["input"] == "first_stage" else None,
                           device=P.device, mixed_precision=P.mixed_precision, checkpoint_every=P.checkpoint_every,
                           checkpoints_total_limit=P.checkpoints_total_limit, resume=P.resume, progress=progress)
+
+
+def train_judges(P, progress: bool = True) -> dict:
+    """Both judges of the measurement (beyond the paper; issue 15), the same recipe and seed:
+    ``first_stage``, trained on first-stage reconstructions of the real training tiles (the
+    adherence judge every later notebook loads when ``judge.input`` is ``first_stage``, and the
+    ceiling), and ``real``, trained on the untouched tiles (how much of what tells the grades apart
+    the first stage keeps). Returns {input: Judge, "tiles": the held-out split they are scored on}."""
+    D = prep.split_tiles(prep.data_dir(P), P.val_fold, ood_split="", progress=progress)
+    judges = {i: train_judge(P, progress, D, i) for i in ("real", "first_stage")}
+    on = "val" if len(D["val"]["imgs"]) else "test"
+    return judges | {"tiles": D[on]}
+
+
+def judge_report(P, judges: dict) -> dict:
+    """``judge.json`` (also in :func:`discnb.core.paths.results_dir`): the judges scored three ways on
+    the held-out tiles, each {mean_iou, iou per class, pixel_agreement}:
+
+    - ``real_on_real``: the real-trained judge on the real tiles (can the grades be told apart?);
+    - ``real_on_recon``: the same judge on their first-stage reconstructions (what the first stage keeps);
+    - ``recon_on_recon``: the judge trained on reconstructions, on the reconstructions: the **ceiling**
+      no generator can beat, since every generated tile is decoded by the same first stage;
+    - ``chance``: that judge on the reconstructions against a fixed permutation of the masks.
+    """
+    from discnb.grading import adherence
+    real, fs, tiles = judges["real"], judges["first_stage"], judges["tiles"]
+    recon = jg.first_stage_view(tiles["imgs"], ck.first_stage_folder(P))
+    masks = tiles["masks"]
+
+    def keep(r):
+        return {k: r[k] for k in ("mean_iou", "iou", "pixel_agreement", "n_tiles")}
+    rep = {"real_on_real": keep(real.info["real"]), "real_on_recon": keep(real(recon, masks)),
+           "recon_on_recon": keep(fs.info["real"]),
+           "chance": keep(fs(recon, masks[adherence.chance_order(len(masks), 0)])),
+           "scored_on": fs.info["scored_on"], "judge_steps": int(P.judge["train"]["steps"]),
+           "first_stage": ck.first_stage_folder(P).name if P.autoencoder["path"] else "trained by notebook 01",
+           "ratio_real_on_recon_to_real_on_real": None}
+    rep["ratio_real_on_recon_to_real_on_real"] = rep["real_on_recon"]["mean_iou"] / max(rep["real_on_real"]["mean_iou"], 1e-9)
+    io.write_json(judge_dir(out_dir(P)) / "judge_report.json", rep)
+    io.write_json(paths.results_dir(P.profile) / "judge.json", rep)
+    return rep
+
+
+def judge_table(rep: dict) -> pd.DataFrame:
+    """:func:`judge_report` as a table: one row per way of scoring, IoU per class and mean."""
+    rows = {k: {**{f"IoU {lab}": v for lab, v in rep[k]["iou"].items()}, "mean IoU": rep[k]["mean_iou"]}
+            for k in ("real_on_real", "real_on_recon", "recon_on_recon", "chance")}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def judge_folder(P, recipe_input: str) -> Path:
+    """Where the judge of ``recipe_input`` is stored: ``judge/`` for ``judge.input`` (the one later
+    notebooks load), ``judge-<input>/`` for the other one."""
+    d = judge_dir(out_dir(P))
+    return d if recipe_input == P.judge["input"] else d.with_name(f"judge-{recipe_input}")
+
+
+def judge_figure(P):
+    """Figure ``01_judge_curves``: both judges' training and validation loss (their curves)."""
+    runs = {f"judge trained on {label}": sorted(judge_folder(P, i).glob("run-*"))[0]
+            for i, label in (("real", "real tiles"), ("first_stage", "reconstructions"))}
+    fig = plots.loss_curves(runs, smooth=5, log=False, title="pattern judges (CarcinoNet recipe)")
+    plots.save(fig, paths.figures_dir(P.profile) / "01_judge_curves")
+    return fig
 
 
 def train_sd(P, split: dict, vq, ae_info: dict, progress: bool = True) -> dict:
@@ -334,6 +402,8 @@ def check(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame, dr: dict) 
     assert recon["psnr"] > 15, recon
     assert gap[["loss_true", "loss_shuffled", "loss_all_nc"]].notna().all().all() and (gap.loss_true > 0).all(), gap
     assert 0 < dr["std_ratio"] < float("inf"), dr
+    jr = json.loads((judge_dir(out_dir(P)) / "judge_report.json").read_text())
+    assert all(0 <= jr[k]["mean_iou"] <= 1 for k in ("real_on_real", "real_on_recon", "recon_on_recon", "chance")), jr
 
 
 def train(P, progress: bool = True) -> dict:
@@ -342,7 +412,7 @@ def train(P, progress: bool = True) -> dict:
     out_dir(P).mkdir(parents=True, exist_ok=True)
     split = load_split(P, progress)
     vq, ae_info = first_stage(P, split, progress)
-    train_judge(P, progress)
+    train_judges(P, progress)
     return train_sd(P, split, vq, ae_info, progress)
 
 
@@ -353,6 +423,8 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
     if not process_state(P.device == "cpu").is_main_process:
         return result
     inputs = report_inputs(P)
+    judge_report(P, train_judges(P, progress=False))  # both judges are stored by now: loaded, not retrained
+    judge_figure(P)
     recon, _ = reconstructions(P, inputs)
     loss_figure(P)
     rep, _ = samples(P, inputs)

@@ -1,0 +1,89 @@
+"""Mask adherence, the measurement the README leads with (beyond the paper, which shows pictures;
+issue 15): does a generator draw, region by region, the pattern its mask asks for?
+
+Three mask sets, kept apart because the paper's claim (Sec. 2.3: SD misdraws patterns inside
+complex masks, SC and DISC fix it) concerns only the multi-label ones:
+
+- ``multi``: shape maps of notebook 00's library (real annotation shapes) with random distinct
+  labels on their ranks, as the tile sets assign them (:func:`discnb.generative.disc.random_masks`),
+  kept when at least two labels survive on the latent grid, where SC fuses;
+- ``single``: constant masks, the same number of each label;
+- ``real``: annotation masks of held-out tiles, as they are.
+
+Each set is scored by the pattern judge against its masks (:func:`score`): IoU per class and their
+mean, and chance, the same judge on the same tiles against a fixed permutation of the masks. A row
+of ``adherence.csv`` puts the mean between chance and the ceiling (the judge on first-stage
+reconstructions of real tiles, which no generator can beat): ``normalized`` = (mean - chance) /
+(ceiling - chance).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from discnb import K, LABELS
+from discnb.generative import disc
+
+SETS = ("multi", "single", "real")
+COLUMNS = ["model", "masks", "seed", "n_masks", "mean_iou"] + [f"iou_{lab}" for lab in LABELS] + \
+          ["chance_mean_iou", "ceiling_mean_iou", "normalized", "sec_per_tile", "unet_evals_per_tile"]
+
+
+def multi_label_masks(maps: np.ndarray, n: int, seed: int, latent_side: int) -> np.ndarray:
+    """``n`` masks (n,s,s) uint8 from a shape-map library (M,s,s) with at least two labels on the
+    ``latent_side`` grid; fixed by ``seed``."""
+    g = torch.Generator().manual_seed(int(seed))
+    maps_t, out, have = torch.as_tensor(maps), [], 0
+    for _ in range(100):
+        m, _ = disc.random_masks(maps_t, 4 * n, g)
+        lat = disc.downsample_mask(m, latent_side)
+        keep = m[torch.tensor([len(torch.unique(x)) > 1 for x in lat], dtype=torch.bool)]
+        out.append(keep)
+        have += len(keep)
+        if have >= n:
+            return torch.cat(out)[:n].numpy()
+    raise ValueError(f"the shape-map library gives fewer than {n} multi-label masks on a {latent_side}-px latent grid "
+                     f"(found {have}); its maps have too few ranks")
+
+
+def single_label_masks(n: int, size: int) -> np.ndarray:
+    """``n`` constant masks, label k for the k-th quarter (n a multiple of K gives each label n / K)."""
+    return np.repeat(np.arange(K, dtype=np.uint8), -(-n // K))[:n, None, None] * np.ones((1, size, size), np.uint8)
+
+
+def mask_sets(maps: np.ndarray, held_out_masks: np.ndarray, n_multi: int, n_single: int, n_real: int, seed: int,
+              latent_side: int) -> dict[str, np.ndarray]:
+    """The three mask sets of the module docstring, fixed by ``seed`` (``real``: a seeded choice of
+    held-out annotation masks, all of them when there are fewer)."""
+    size = held_out_masks.shape[-1]
+    if maps.shape[-1] != size:
+        raise ValueError(f"shape maps are {maps.shape[-1]} px but the held-out masks are {size} px")
+    rng = np.random.default_rng(seed)
+    real = np.sort(rng.choice(len(held_out_masks), min(n_real, len(held_out_masks)), replace=False))
+    return {"multi": multi_label_masks(maps, n_multi, seed, latent_side),
+            "single": single_label_masks(n_single, size),
+            "real": held_out_masks[real]}
+
+
+def chance_order(n: int, seed: int = 0) -> np.ndarray:
+    """The fixed permutation of the masks that chance is scored against."""
+    return np.random.default_rng(10_000 + seed).permutation(n)
+
+
+def score(judge, tiles: np.ndarray, masks: np.ndarray, seed: int = 0) -> dict:
+    """The judge's IoU per class and mean for ``tiles`` against their ``masks``, and chance: the
+    same tiles against :func:`chance_order` of the masks."""
+    j = judge(tiles, masks)
+    c = judge(tiles, masks[chance_order(len(masks), seed)])
+    return {"mean_iou": j["mean_iou"], "iou": j["iou"], "chance_mean_iou": c["mean_iou"]}
+
+
+def row(model: str, masks: str, seed: int, n: int, s: dict, ceiling: float, sec_per_tile: float,
+        evals_per_tile: float) -> dict:
+    """One row of ``adherence.csv`` (:data:`COLUMNS`)."""
+    span = ceiling - s["chance_mean_iou"]
+    return {"model": model, "masks": masks, "seed": int(seed), "n_masks": int(n), "mean_iou": s["mean_iou"],
+            **{f"iou_{lab}": s["iou"][lab] for lab in LABELS}, "chance_mean_iou": s["chance_mean_iou"],
+            "ceiling_mean_iou": ceiling, "normalized": (s["mean_iou"] - s["chance_mean_iou"]) / span if span > 0
+            else float("nan"), "sec_per_tile": sec_per_tile, "unet_evals_per_tile": evals_per_tile}
