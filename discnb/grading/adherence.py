@@ -59,11 +59,14 @@ def mask_sets(maps: np.ndarray, held_out_masks: np.ndarray, n_multi: int, n_sing
     size = held_out_masks.shape[-1]
     if maps.shape[-1] != size:
         raise ValueError(f"shape maps are {maps.shape[-1]} px but the held-out masks are {size} px")
-    rng = np.random.default_rng(seed)
-    real = np.sort(rng.choice(len(held_out_masks), min(n_real, len(held_out_masks)), replace=False))
     return {"multi": multi_label_masks(maps, n_multi, seed, latent_side),
             "single": single_label_masks(n_single, size),
-            "real": held_out_masks[real]}
+            "real": held_out_masks[real_choice(len(held_out_masks), n_real, seed)]}
+
+
+def real_choice(n_held_out: int, n: int, seed: int) -> np.ndarray:
+    """Indices (sorted) of the held-out tiles whose annotation masks form the ``real`` set."""
+    return np.sort(np.random.default_rng(seed).choice(n_held_out, min(n, n_held_out), replace=False))
 
 
 def chance_order(n: int, seed: int = 0) -> np.ndarray:

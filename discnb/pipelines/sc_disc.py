@@ -36,6 +36,8 @@ from discnb.data import shapes
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints as ck
 from discnb.generative import disc, generators, ldm
+from discnb.generative.sampling import evals_per_step
+from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.grading import metrics
 from discnb.pipelines import prep, train_ldm
@@ -150,49 +152,125 @@ def load_judge(P) -> jg.Judge:
     return jg.load_judge(train_ldm.judge_dir(ldm_dir(P)), device=device_of(P))
 
 
+def ceiling(P, judge: jg.Judge) -> float:
+    """The adherence ceiling: notebook 01's ``recon_on_recon`` (the judge on first-stage
+    reconstructions of held-out real tiles), from its ``judge_report.json``."""
+    f = train_ldm.judge_dir(ldm_dir(P)) / "judge_report.json"
+    if not f.exists():
+        raise FileNotFoundError(f"{f}: no judge report; run notebooks/01_train_ldm.ipynb for this profile to the end")
+    return float(json.loads(f.read_text())["recon_on_recon"]["mean_iou"])
+
+
+def adherence_sets(P, src: dict, latent_side: int) -> dict:
+    """:func:`discnb.grading.adherence.mask_sets` for this notebook: ``adherence``'s sizes, notebook
+    00's shape-map library at SD's tile size, the held-out masks ``src``; plus ``real_index``."""
+    P01 = ck.ldm_params(ldm_dir(P))
+    size = src["masks"].shape[-1]
+    lib = shapes.load_library(prep.data_dir(P01) / "shape_maps.npz")
+    maps = np.stack([shapes.resize_mask(m, size) for m in lib["maps"]])
+    A = P.adherence
+    sets = adherence.mask_sets(maps, src["masks"], A["n_multi"], A["n_single"], A["n_real"], P.seed, latent_side)
+    return {"sets": sets, "real_index": adherence.real_choice(len(src["masks"]), A["n_real"], P.seed)}
+
+
 def compare(P, progress: bool = True) -> dict:
     """Sample every model on the same masks and seeds; judge, KID, cost. Returns tidy rows + samples.
 
-    KID compares the generated tiles with the held-out real tiles passed through the same first
-    stage (encode, quantise, decode): every generator decodes with it, so against untouched real
-    tiles its blur would dominate the distance and every model would score alike."""
+    The masks are :mod:`discnb.grading.adherence`'s three sets: ``multi`` (the paper's claim, each
+    mask with every seed of ``compare.seeds``), ``single`` and ``real`` (the first seed). Every
+    (model, set, seed) is a row of ``adherence``; the long ``results`` rows (IoU per class, KID,
+    cost; read by notebook 06) are those of the multi-label set. KID compares the generated tiles
+    with the held-out real tiles passed through the same first stage (encode, quantise, decode):
+    every generator decodes with it, so against untouched real tiles its blur would dominate the
+    distance and every model would score alike. ``ranking``: the same on the first
+    ``adherence.ranking_masks`` multi-label masks at ``adherence.ranking_steps`` DDIM steps (the
+    paper's 200), one seed, to show that the table's fewer steps keep the models' order."""
     P01 = ck.ldm_params(ldm_dir(P))
     split = train_ldm.load_split(P01, progress=False)
     src = train_ldm.held_out(split)
-    C = P.compare
+    C, A = P.compare, P.adherence
     judge = load_judge(P)
+    top = ceiling(P, judge)
     first, first_key = build(P, "SD", C)
-    idx = comparison_masks(src["masks"], C["n_masks"], P.seed, first.latent_shape[-1])
-    masks, real = src["masks"][idx], src["imgs"][idx]
+    S = adherence_sets(P, src, first.latent_shape[-1])
+    sets, real_index = S["sets"], S["real_index"]
     f_real = jg.kid_reference(judge, src["imgs"], first.vq)
-    rows, samples, meta = [], {}, {}
-    for name in tqdm(P.models, desc="models", disable=not progress):
+    rows, adh, ranking, samples, meta = [], [], [], {}, {}
+    bar = tqdm(total=len(P.models) * (len(C["seeds"]) + 2), desc="adherence (model x set x seed)", disable=not progress)
+    for name in P.models:
         gen, key = (first, first_key) if name == "SD" else build(P, name, C)
-        meta[name] = {"fingerprint": key}
-        for s in C["seeds"]:
-            seeds = [int(s) * 100_000 + i for i in range(len(masks))]
+        meta[name] = {"fingerprint": key, "guidance_scale": gen.guidance_scale}
+        for set_name, masks in sets.items():
+            for s in (C["seeds"] if set_name == "multi" else C["seeds"][:1]):
+                seeds = [int(s) * 100_000 + i for i in range(len(masks))]
+                gen.nfe = 0
+                t0 = time.perf_counter()
+                tiles = gen.generate(masks, seeds)
+                sec = (time.perf_counter() - t0) / len(masks)
+                sc = adherence.score(judge, tiles, masks, int(s))
+                adh.append(adherence.row(name, set_name, int(s), len(masks), sc, top, sec, gen.nfe / len(masks)))
+                bar.update(1)
+                if set_name == "real" and s == C["seeds"][0]:
+                    samples[name] = tiles
+                if set_name != "multi":
+                    continue
+                j = judge(tiles, masks)
+                k_mean, _ = metrics.kid(f_real, judge.features(tiles), seed=s)
+                base = {"model": name, "seed": int(s)}
+                rows += [base | {"metric": "iou", "label": lab, "value": j["iou"][lab]} for lab in LABELS]
+                rows += [base | {"metric": "mean_iou", "label": "all", "value": j["mean_iou"]},
+                         base | {"metric": "pixel_agreement", "label": "all", "value": j["pixel_agreement"]},
+                         base | {"metric": "kid", "label": "all", "value": k_mean},
+                         base | {"metric": "sec_per_tile", "label": "all", "value": sec},
+                         base | {"metric": "nfe_per_tile", "label": "all", "value": gen.nfe / len(masks)}]
+                if name == "SD" and s == C["seeds"][0]:  # chance level: SD's tiles against other tiles' masks
+                    rows.append({"model": CHANCE, "seed": int(s), "metric": "mean_iou", "label": "all",
+                                 "value": sc["chance_mean_iou"]})
+    bar.close()
+    if A["ranking_masks"]:
+        R = {**C, "steps": A["ranking_steps"]}
+        masks = sets["multi"][:A["ranking_masks"]]
+        s = int(C["seeds"][0])
+        for name in tqdm(P.models, desc=f"ranking check (DDIM-{R['steps']})", disable=not progress):
+            gen, _ = build(P, name, R)
             gen.nfe = 0
             t0 = time.perf_counter()
-            tiles = gen.generate(masks, seeds)
+            tiles = gen.generate(masks, [s * 100_000 + i for i in range(len(masks))])
             sec = (time.perf_counter() - t0) / len(masks)
-            j = judge(tiles, masks)
-            k_mean, _ = metrics.kid(f_real, judge.features(tiles), seed=s)
-            base = {"model": name, "seed": int(s)}
-            rows += [base | {"metric": "iou", "label": lab, "value": j["iou"][lab]} for lab in LABELS]
-            rows += [base | {"metric": "mean_iou", "label": "all", "value": j["mean_iou"]},
-                     base | {"metric": "pixel_agreement", "label": "all", "value": j["pixel_agreement"]},
-                     base | {"metric": "kid", "label": "all", "value": k_mean},
-                     base | {"metric": "sec_per_tile", "label": "all", "value": sec},
-                     base | {"metric": "nfe_per_tile", "label": "all", "value": gen.nfe / len(masks)}]
-            if s == C["seeds"][0]:
-                samples[name] = tiles
-    # chance level: the same SD tiles scored against masks of other tiles
-    if "SD" in samples:
-        shuf = judge(samples["SD"], masks[np.roll(np.arange(len(masks)), 1)])
-        rows.append({"model": CHANCE, "seed": int(C["seeds"][0]), "metric": "mean_iou",
-                     "label": "all", "value": shuf["mean_iou"]})
+            ranking.append(adherence.row(name, "multi", s, len(masks), adherence.score(judge, tiles, masks, s), top, sec,
+                                         gen.nfe / len(masks)) | {"steps": R["steps"]})
+    # Fig. 5: real annotation masks (most labels first) with their real tiles
+    order = np.argsort([-len(np.unique(m)) for m in sets["real"]], kind="stable")
     df = pd.DataFrame(rows)
-    return {"results": df, "masks": masks, "real": real, "samples": samples, "meta": meta, "judge": judge.info}
+    return {"results": df, "masks": sets["real"][order], "real": src["imgs"][real_index][order],
+            "samples": {k: v[order] for k, v in samples.items()}, "meta": meta, "judge": judge.info,
+            "adherence": pd.DataFrame(adh, columns=adherence.COLUMNS),
+            "ranking": pd.DataFrame(ranking), "ceiling": top}
+
+
+def adherence_summary(adh: pd.DataFrame) -> pd.DataFrame:
+    """``adherence.csv`` as mean ± std over seeds per (masks, model): mean IoU, normalized, per-class
+    IoU, cost; multi-label masks first (the paper's claim)."""
+    cols = ["mean_iou", "normalized"] + [c for c in adherence.COLUMNS if c.startswith("iou_")] + \
+        ["chance_mean_iou", "sec_per_tile", "unet_evals_per_tile"]
+    g = adh.groupby(["masks", "model"], sort=False)
+    out = g[cols].agg(lambda x: f"{x.mean():.3f} ± {x.std():.3f}" if len(x) > 1 else f"{x.mean():.3f}")
+    out["seeds"] = g.size()
+    return out.reindex([k for k in adherence.SETS if k in out.index.get_level_values(0)], level=0)
+
+
+def ranking_table(adh: pd.DataFrame, ranking: pd.DataFrame) -> pd.DataFrame:
+    """The DDIM-``steps`` ranking check beside the table's multi-label rows (same masks, first seed):
+    mean IoU and rank of each model at both step counts."""
+    if ranking.empty:
+        return pd.DataFrame()
+    s = int(ranking.seed.iloc[0])
+    table = adh.query("masks == 'multi' and seed == @s").set_index("model")["mean_iou"]
+    r = ranking.set_index("model")["mean_iou"]
+    out = pd.DataFrame({"table mean IoU": table, f"DDIM-{int(ranking.steps.iloc[0])} mean IoU": r})
+    for c in list(out.columns):
+        out[c.replace("mean IoU", "rank")] = out[c].rank(ascending=False).astype(int)
+    return out
 
 
 def conditioning(P, n: int = 256) -> pd.DataFrame:
@@ -252,6 +330,11 @@ def save(P, cmp: dict, cost: pd.DataFrame, extra: dict) -> dict:
     out = out_dir(P)
     out.mkdir(parents=True, exist_ok=True)
     cmp["results"].to_csv(out / "comparison.csv", index=False)
+    cmp["adherence"].to_csv(out / "adherence.csv", index=False)
+    cmp["ranking"].to_csv(out / "adherence_ranking.csv", index=False)
+    res = paths.results_dir(P.profile)  # the table the README leads with
+    cmp["adherence"].to_csv(res / "adherence.csv", index=False)
+    cmp["ranking"].to_csv(res / "adherence_ranking.csv", index=False)
     summarize(cmp["results"]).to_csv(out / "comparison_summary.csv", index=False)
     cost.to_csv(out / "sc_cost.csv", index=False)
     io.atomic_file(out / "comparison_samples.npz", lambda tmp: np.savez_compressed(
@@ -326,12 +409,18 @@ def check(P, cmp: dict, summary: pd.DataFrame, cost: pd.DataFrame, cond: pd.Data
     assert set(P.models) <= set(res.model)
     assert res.query("metric == 'iou'").value.dropna().between(0, 1).all()
     nfe = summary.query("metric == 'nfe_per_tile'").set_index("model")["mean"]
-    assert nfe["SD"] == P.compare["steps"]
+    steps = P.compare["steps"] * evals_per_step(cmp["meta"]["SD"]["guidance_scale"])  # x2 with guidance
+    assert nfe["SD"] == steps, (nfe, steps)
     if "SD-SC" in nfe:
-        assert P.compare["steps"] <= nfe["SD-SC"] <= 4 * P.compare["steps"]
+        assert steps <= nfe["SD-SC"] <= 4 * steps
     assert all(nfe[v] == nfe["SD"] for v in VARIANTS if v in nfe), nfe  # DISC costs what SD costs
     assert (cost.nfe_ratio.round(6) == cost["labels"]).all()
     assert (out_dir(P) / "comparison.csv").exists() and (out_dir(P) / "comparison_samples.npz").exists()
+    adh = cmp["adherence"]
+    assert set(adh.model) == set(P.models) and set(adh.masks) == set(adherence.SETS), adh[["model", "masks"]]
+    assert (adh.groupby(["model", "masks"]).size().loc[(slice(None), "multi")] == len(P.compare["seeds"])).all()
+    # normalized is undefined (NaN) only where the ceiling is not above chance (an untrained smoke judge)
+    assert adh.mean_iou.between(0, 1).all() and (adh.normalized.notna() | (adh.ceiling_mean_iou <= adh.chance_mean_iou)).all(), adh
     assert (cond.loss_true > 0).all() and set(cond.model) >= {"SD"}
 
 
