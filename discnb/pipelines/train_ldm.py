@@ -33,6 +33,7 @@ from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints as ck
 from discnb.generative import ldm
 from discnb.generative.sampling import SDGenerator
+from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.pipelines import prep
 
@@ -191,7 +192,6 @@ def judge_report(P, judges: dict) -> dict:
       no generator can beat, since every generated tile is decoded by the same first stage;
     - ``chance``: that judge on the reconstructions against a fixed permutation of the masks.
     """
-    from discnb.grading import adherence
     real, fs, tiles = judges["real"], judges["first_stage"], judges["tiles"]
     recon = jg.first_stage_view(tiles["imgs"], ck.first_stage_folder(P))
     masks = tiles["masks"]
