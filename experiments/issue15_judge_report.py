@@ -9,9 +9,7 @@ import argparse
 import json
 import os
 
-import yaml
-
-from discnb.core import params, paths
+from _demo01 import demo_params_01
 from discnb.pipelines import train_ldm
 
 ap = argparse.ArgumentParser()
@@ -19,10 +17,7 @@ ap.add_argument("--ldm-dir", required=True)
 ap.add_argument("--ae-steps", type=int, default=2000)
 a = ap.parse_args()
 assert os.environ.get("DISCNB_FIGURES"), "set DISCNB_FIGURES: a one-off run must not write results/demo/"
-base = yaml.safe_load(open(paths.REPO / "params/demo/01_train_ldm.yaml"))
-cfg = {**base, "output_dir": a.ldm_dir, "ablation_conditions": [],
-       "autoencoder": {**base["autoencoder"], "steps": a.ae_steps}}
-P = params.validate("01_train_ldm", cfg)
+P = demo_params_01(a.ldm_dir, ae_steps=a.ae_steps)
 judges = train_ldm.train_judges(P, progress=False)
 rep = train_ldm.judge_report(P, judges)
 train_ldm.judge_figure(P)

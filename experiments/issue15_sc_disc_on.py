@@ -10,6 +10,7 @@ import os
 
 import yaml
 
+from _demo01 import demo_params_01
 from discnb.core import params, paths
 from discnb.pipelines import sc_disc
 
@@ -26,11 +27,8 @@ ap.add_argument("--ranking-masks", type=int, default=None, help="adherence.ranki
 a = ap.parse_args()
 assert os.environ.get("DISCNB_FIGURES"), "set DISCNB_FIGURES: a one-off run must not write figures/ or results/demo/"
 run = paths.resolve(a.run)
-base = yaml.safe_load(open(paths.REPO / "params/demo/01_train_ldm.yaml"))
-cfg = {**base, "output_dir": str(run / "ldm"), "ablation_conditions": [], "guidance_scale": a.guidance_scale,
-       "autoencoder": {**base["autoencoder"], "path": a.first_stage},
-       "sd": {**base["sd"], "steps": a.steps, "cond_drop": a.cond_drop, "snr_gamma": a.snr_gamma}}
-P01 = params.validate("01_train_ldm", cfg)
+P01 = demo_params_01(run / "ldm", first_stage=a.first_stage, cond_drop=a.cond_drop, snr_gamma=a.snr_gamma,
+                     sd_steps=a.steps, guidance_scale=a.guidance_scale)
 (run / "ldm" / "params.resolved.yaml").write_text(yaml.safe_dump(dict(P01)))
 if not (run / "judge").exists():
     (run / "judge").symlink_to(paths.resolve(a.judge))

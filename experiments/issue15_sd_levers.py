@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-
-from discnb.core import params, paths
+from _demo01 import demo_params_01
+from discnb.core import paths
 from discnb.data import shapes
 from discnb.generative import ldm
 from discnb.generative.sampling import SDGenerator
@@ -38,11 +37,8 @@ ap.add_argument("--n-other", type=int, default=64)
 ap.add_argument("--out", default="outputs/exp15/levers")
 a = ap.parse_args()
 out = paths.resolve(a.out) / a.name
-base = yaml.safe_load(open(paths.REPO / "params/demo/01_train_ldm.yaml"))
-cfg = {**base, "output_dir": str(out / "ldm"), "ablation_conditions": [],
-       "autoencoder": {**base["autoencoder"], "path": a.first_stage},
-       "sd": {**base["sd"], "steps": a.steps, "cond_drop": a.cond_drop, "snr_gamma": a.snr_gamma}}
-P = params.validate("01_train_ldm", cfg)
+P = demo_params_01(out / "ldm", first_stage=a.first_stage, cond_drop=a.cond_drop, snr_gamma=a.snr_gamma,
+                   sd_steps=a.steps)
 split = train_ldm.load_split(P, progress=False)
 vq, info = train_ldm.first_stage(P, split, progress=False)
 t0 = time.time()

@@ -161,8 +161,7 @@ def train_judge(P, progress: bool = True, D: dict | None = None, recipe_input: s
     stored in ``judge-<input>/``."""
     J = dict(P.judge)
     seed = J.pop("seed")
-    own = recipe_input in (None, J["input"])
-    J["input"] = J["input"] if own else recipe_input
+    J["input"] = recipe_input or J["input"]
     D = D if D is not None else prep.split_tiles(prep.data_dir(P), P.val_fold, ood_split="", progress=progress)
     return jg.train_judge(D, J, judge_folder(P, J["input"]), seed=seed,
                           first_stage=ck.first_stage_folder(P) if J["input"] == "first_stage" else None,
@@ -202,8 +201,7 @@ def judge_report(P, judges: dict) -> dict:
            "recon_on_recon": keep(fs.info["real"]),
            "chance": keep(fs(recon, masks[adherence.chance_order(len(masks), 0)])),
            "scored_on": fs.info["scored_on"], "judge_steps": int(P.judge["train"]["steps"]),
-           "first_stage": ck.first_stage_folder(P).name if P.autoencoder["path"] else "trained by notebook 01",
-           "ratio_real_on_recon_to_real_on_real": None}
+           "first_stage": ck.first_stage_folder(P).name if P.autoencoder["path"] else "trained by notebook 01"}
     rep["ratio_real_on_recon_to_real_on_real"] = rep["real_on_recon"]["mean_iou"] / max(rep["real_on_real"]["mean_iou"], 1e-9)
     io.write_json(judge_dir(out_dir(P)) / "judge_report.json", rep)
     io.write_json(paths.results_dir(P.profile) / "judge.json", rep)
@@ -407,13 +405,14 @@ def check(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame, dr: dict) 
 
 
 def train(P, progress: bool = True) -> dict:
-    """Notebook 01's training steps, in its order: first stage, judge, SD (+ ablation SDs)."""
+    """Notebook 01's training steps, in its order: first stage, judges, SD (+ ablation SDs). Returns
+    :func:`train_sd`'s summary and the judges (``judges``, as :func:`train_judges` returns them)."""
     check_conditions(P)
     out_dir(P).mkdir(parents=True, exist_ok=True)
     split = load_split(P, progress)
     vq, ae_info = first_stage(P, split, progress)
-    train_judges(P, progress)
-    return train_sd(P, split, vq, ae_info, progress)
+    judges = train_judges(P, progress)
+    return train_sd(P, split, vq, ae_info, progress) | {"judges": judges}
 
 
 def run(P, progress: bool = True, checks: bool = True) -> dict:
@@ -423,7 +422,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
     if not process_state(P.device == "cpu").is_main_process:
         return result
     inputs = report_inputs(P)
-    judge_report(P, train_judges(P, progress=False))  # both judges are stored by now: loaded, not retrained
+    judge_report(P, result["judges"])
     judge_figure(P)
     recon, _ = reconstructions(P, inputs)
     loss_figure(P)
