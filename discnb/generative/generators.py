@@ -5,6 +5,8 @@ A generator NAME maps to ``builder(ctx) -> (generator, fingerprint)``. The gener
 ``generate(masks, seeds) -> (N,H,W,3) uint8`` (and ``latents``/``decode``, ``nfe``); the fingerprint
 changes whenever its weights or sampling settings do, and keys every cache of its tiles.
 
+Every generator is a :class:`discnb.generative.pipeline.DISCPipeline`'s (``pipe.generator()``):
+
 - "SD" (Sec. 2.1, Fig. 4 top): notebook 01's model, :class:`discnb.generative.sampling.SDGenerator`;
 - "SD-tile", "SD-tile+slide": the Fig. 7 conditioning ablation, also from notebook 01;
 - "SD-SC" (Sec. 2.3, Eq. 2): SD's weights sampled with :class:`discnb.generative.disc.SCGenerator`;
@@ -19,9 +21,8 @@ from typing import Callable
 
 from discnb.core.io import fingerprint
 from discnb.generative import checkpoints
-from discnb.generative.disc import SCGenerator
 from discnb.generative.ldm import MaskLDM
-from discnb.generative.sampling import SDGenerator
+from discnb.generative.pipeline import DISCPipeline
 
 
 @dataclass
@@ -55,9 +56,12 @@ def build_generator(name: str, ctx: GeneratorContext) -> tuple:
     return GENERATORS[name](ctx)
 
 
-def _sampler(cls, ctx: GeneratorContext, model: MaskLDM, vq, name: str):
-    gen = cls(model, vq, steps=ctx.steps, scheduler=ctx.scheduler, batch_size=ctx.batch_size, device=ctx.device,
-              bf16=ctx.bf16)
+def _sampler(ctx: GeneratorContext, model: MaskLDM, vq, name: str, separated: bool = False):
+    """The generator of a :class:`DISCPipeline` on these weights: one sampling path for the registry,
+    the pipeline and ``python -m discnb.generate``."""
+    pipe = DISCPipeline.from_models(model, vq, ctx.scheduler)
+    gen = pipe.generator(separated, ctx.steps, ctx.batch_size, scheduler=ctx.scheduler, device=ctx.device,
+                         bf16=ctx.bf16)
     gen.name = name
     return gen
 
@@ -69,7 +73,7 @@ def _sd_like(ctx: GeneratorContext, name: str, condition: str | None) -> tuple:
     key = fingerprint([name, ctx.steps, ctx.scheduler] + ([model.guidance_scale] if model.guidance_scale != 1 else []),
                       checkpoints.sd_folder(P01, condition),
                       checkpoints.first_stage_folder(P01))
-    return _sampler(SDGenerator, ctx, model, vq, name), key
+    return _sampler(ctx, model, vq, name), key
 
 
 @register_generator("SD")
@@ -104,7 +108,7 @@ def disc_dir(ldm_dir: Path) -> Path:
 @register_generator("SD-SC")
 def _sc_generator(ctx: GeneratorContext) -> tuple:
     sd, key = build_generator("SD", ctx)
-    return _sampler(SCGenerator, ctx, sd.model, sd.vq, "SD-SC"), fingerprint("SC", key)
+    return _sampler(ctx, sd.model, sd.vq, "SD-SC", separated=True), fingerprint("SC", key)
 
 
 def _finetuned(name: str):
@@ -115,7 +119,7 @@ def _finetuned(name: str):
             raise FileNotFoundError(f"{folder}: no {name} model; run notebooks/02_sc_disc.ipynb for this profile first")
         model = MaskLDM.from_pretrained(folder)
         model.guidance_scale = sd.model.guidance_scale  # one guidance scale for SD, SD-SC and SD-DISC (issue 15)
-        return _sampler(SDGenerator, ctx, model, sd.vq, name), fingerprint(name, key, folder)
+        return _sampler(ctx, model, sd.vq, name), fingerprint(name, key, folder)
     return builder
 
 

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from discnb.generative.autoencoder import decode, to_uint8
 from discnb.generative.ldm import (BETA_END, BETA_SCHEDULE, BETA_START, T_TRAIN, MaskLDM, check_guidance, check_mask,
@@ -25,7 +26,11 @@ from discnb.generative.ldm import (BETA_END, BETA_SCHEDULE, BETA_START, T_TRAIN,
 SCHEDULERS = ("ddim", "dpm++")
 
 
-def make_scheduler(name: str):
+def make_scheduler(name):
+    """A fresh scheduler: by name (LDM's settings), or a copy of a given one (a pipeline's, which
+    diffusers users swap with ``from_config``), so no state carries over between calls."""
+    if isinstance(name, SchedulerMixin):
+        return type(name).from_config(name.config)
     common = dict(num_train_timesteps=T_TRAIN, beta_schedule=BETA_SCHEDULE, beta_start=BETA_START,
                   beta_end=BETA_END, prediction_type="epsilon")
     if name == "ddim":
@@ -34,12 +39,14 @@ def make_scheduler(name: str):
     if name == "dpm++":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
                                            timestep_spacing="leading", steps_offset=1)
-    raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+    raise ValueError(f"scheduler must be one of {SCHEDULERS} or a diffusers scheduler, got {name!r}")
 
 
 def initial_noise(seeds, shape: tuple[int, ...]) -> torch.Tensor:
-    """z_T for each seed, from a CPU generator per tile: (len(seeds), *shape)."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    """z_T for each seed, from a CPU generator per tile: (len(seeds), *shape). A seed may also be
+    a ``torch.Generator`` (a pipeline's ``generator=``), drawn from as it is."""
+    return torch.stack([torch.randn(shape, generator=s if isinstance(s, torch.Generator)
+                                    else torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
 def evals_per_step(guidance_scale: float) -> int:
@@ -69,13 +76,17 @@ def denoise(model: MaskLDM, z: torch.Tensor, cond: torch.Tensor, steps: int, sch
         check_guidance(model.cond_drop, s, model.snr_gamma)
     sched = make_scheduler(scheduler)
     sched.set_timesteps(steps)
-    kw = {"eta": eta} if scheduler == "ddim" else {}
+    kw = {"eta": eta} if isinstance(sched, DDIMScheduler) else {}
     for i, t in enumerate(sched.timesteps):
         eps = guided_eps(model, z, t.expand(len(z)).to(z.device), cond, s)
         z = sched.step(eps.float(), t, z, **kw).prev_sample
         if callback is not None:
             z = callback(i, t, z)
     return z
+
+
+def _seed_name(s):
+    return f"<generator {s.initial_seed()}>" if isinstance(s, torch.Generator) else int(s)
 
 
 class SDGenerator:
@@ -142,7 +153,7 @@ class SDGenerator:
         bad = ~torch.isfinite(z0).flatten(1).all(1)
         if bad.any():
             raise FloatingPointError(f"{self.name}: sampling diverged (NaN/inf latents) for seeds "
-                                     f"{[int(seeds[i]) for i in torch.nonzero(bad).flatten()[:10]]}")
+                                     f"{[_seed_name(seeds[i]) for i in torch.nonzero(bad).flatten()[:10]]}")
         far = (z0.abs().flatten(1).amax(1) > 20).sum().item()
         if far:
             warnings.warn(f"{self.name}: {far} of {len(z0)} sampled latents are far out of range (|z| > 20)")

@@ -1,0 +1,197 @@
+"""DISCPipeline (a diffusers pipeline on the project's components) and ``python -m discnb.generate``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler
+from PIL import Image
+
+import discnb
+from discnb import generate
+from discnb.core import params
+from discnb.core.io import fingerprint
+from discnb.generative import generators
+from discnb.generative.autoencoder import build_vq
+from discnb.generative.disc import SCGenerator
+from discnb.generative.pipeline import DISCPipeline, load_pipeline, prepare_masks, to_labels
+from discnb.generative.sampling import SDGenerator
+from discnb.pipelines import masks_to_tiles, train_ldm
+from discnb.core.notebook import record
+from ldm_fixture import prepared, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+MASKS = np.random.default_rng(0).integers(0, 4, (3, 32, 32)).astype(np.uint8)
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return np.round(x * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """An untrained tiny guided model and first stage (seeded) and its pipeline folder."""
+    torch.manual_seed(0)
+    model, vq = tiny_model(cond_drop=0.1, guidance_scale=2.0), build_vq([8, 16, 16], 1, 32)
+    d = tmp_path_factory.mktemp("pipe") / "SD"
+    DISCPipeline.from_models(model, vq).save_pretrained(d)
+    return model, vq, d
+
+
+def test_round_trip_draws_the_generators_tiles(saved):
+    model, vq, d = saved
+    pipe = DISCPipeline.from_pretrained(d)
+    assert discnb.DISCPipeline is DISCPipeline
+    assert pipe.config.guidance_scale == 2.0 and pipe.config.cond_drop == 0.1 and pipe.image_size == 32
+    ref = SDGenerator(model, vq, steps=3, batch_size=2).generate(MASKS, [5, 6, 7])
+    out = pipe(MASKS, num_inference_steps=3, seeds=[5, 6, 7], output_type="np", batch_size=2).images
+    assert out.dtype == np.float32 and np.array_equal(_u8(out), ref)
+    assert pipe.nfe == 3 * 3 * 2  # steps x tiles x 2 with guidance
+    # one CPU generator per tile is the same noise as its seed; a batch of 3 the same as 2 + 1
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
+    assert np.array_equal(_u8(pipe(MASKS, num_inference_steps=3, generator=gens, output_type="np").images), ref)
+    # SD-SC: the same pipeline with separated=True is SCGenerator's Eq. 2
+    sc = SCGenerator(model, vq, steps=3).generate(MASKS, [5, 6, 7])
+    assert np.array_equal(_u8(pipe(MASKS, num_inference_steps=3, seeds=[5, 6, 7], separated=True,
+                                   output_type="np").images), sc)
+    pil = pipe(MASKS[:1], num_inference_steps=2, seeds=[5]).images
+    assert isinstance(pil[0], Image.Image) and pil[0].size == (32, 32)
+    with pytest.raises(ValueError, match="one seed per mask"):
+        pipe(MASKS, num_inference_steps=2, seeds=[1])
+
+
+def test_the_scheduler_swaps_the_diffusers_way(saved, tmp_path):
+    model, vq, d = saved
+    pipe = DISCPipeline.from_pretrained(d)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    ref = SDGenerator(model, vq, steps=3, scheduler="dpm++").generate(MASKS, [0, 1, 2])
+    assert np.array_equal(_u8(pipe(MASKS, num_inference_steps=3, output_type="np").images), ref)
+    pipe.save_pretrained(tmp_path / "dpm")
+    assert type(DISCPipeline.from_pretrained(tmp_path / "dpm").scheduler).__name__ == "DPMSolverMultistepScheduler"
+
+
+def test_masks_in_every_form():
+    lab = np.array([[0, 1], [2, 3]], np.uint8)
+    assert np.array_equal(to_labels(np.array([[0, 3], [4, 5]]), "auto"), lab)  # SICAPv2 grades
+    assert np.array_equal(to_labels(lab, "auto"), lab)
+    assert np.array_equal(to_labels(np.array([[0, 3]]), "sicap"), [[0, 1]])
+    with pytest.raises(ValueError, match="could be labels 0..3 .* or SICAPv2"):
+        to_labels(np.array([[0, 3]]), "auto")
+    with pytest.raises(ValueError, match=r"unknown mask values \[7\]"):
+        to_labels(np.array([[0, 7]]), "auto")
+    with pytest.raises(ValueError, match=r"unknown mask values \[4\] for labels"):
+        to_labels(np.array([[0, 4]]), "labels")
+    big = np.kron(lab, np.ones((8, 8), np.uint8))  # 16 px -> 4 px: nearest keeps the labels
+    out = prepare_masks([Image.fromarray(big), big], 4)
+    assert out.shape == (2, 4, 4) and np.array_equal(out[0], out[1]) and set(np.unique(out)) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="RGB image"):
+        prepare_masks([Image.new("RGB", (4, 4))], 4)
+
+
+def test_a_folder_that_is_not_a_pipeline_is_named(saved, tmp_path):
+    _, _, d = saved
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        load_pipeline(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(d, broken)
+    shutil.rmtree(broken / "mask_encoder")
+    with pytest.raises(FileNotFoundError, match="component 'mask_encoder' is missing"):
+        load_pipeline(broken)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="4-channel latents but unet predicts 3"):
+        DISCPipeline.from_models(tiny_model(), build_vq([8, 16, 16], 1, 32, latent_channels=4))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reg")
+    P = params.check_file("01_train_ldm", prepared(tmp))
+    record(tmp / "ldm", P, "01_train_ldm")
+    train_ldm.train(P, progress=False)
+    return tmp / "ldm"
+
+
+def test_the_registry_samples_through_the_pipeline(trained, tmp_path):
+    ctx = generators.GeneratorContext(ldm_dir=trained, image_size=32, steps=3)
+    for name in ("SD", "SD-SC"):
+        gen, _ = generators.build_generator(name, ctx)
+        ref = gen.generate(MASKS, [3, 4, 5])
+        DISCPipeline.from_models(gen.model, gen.vq).save_pretrained(tmp_path / name)
+        pipe = DISCPipeline.from_pretrained(tmp_path / name)
+        out = pipe(MASKS, num_inference_steps=3, seeds=[3, 4, 5], separated=name == "SD-SC", output_type="np")
+        assert np.array_equal(_u8(out.images), ref), name
+
+
+# --------------------------------------------------------------------- python -m discnb.generate
+def _mask_folder(d, n=6):
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        g = np.array([0, 3, 4, 5], np.uint8)[rng.integers(0, 4, (8, 8))]
+        Image.fromarray(np.kron(g, np.ones((6, 6), np.uint8))).save(d / f"m{i:02d}.png")  # 48 px: resized to 32
+    return d
+
+
+def test_generate_command_writes_resumes_and_refuses(saved, tmp_path, monkeypatch, capsys):
+    _, _, model = saved
+    masks = _mask_folder(tmp_path / "masks")
+    args = ["--model", str(model), "--masks", str(masks), "--steps", "2", "--batch-size", "2"]
+    assert generate.main(args + ["--out", str(tmp_path / "ref")]) == 0
+    ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    assert sorted(ref["tiles"]) == [f"m{i:02d}" for i in range(6)] and ref["model_hash"] == fingerprint(model)
+    assert [ref["tiles"][f"m{i:02d}"]["seed"] for i in range(6)] == list(range(6))
+    # a run killed after its second batch, then resumed: only the missing tiles are drawn, the same ones
+    calls = {"n": 0}
+    real = DISCPipeline.__call__
+
+    def dying(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(DISCPipeline, "__call__", dying)
+    with pytest.raises(KeyboardInterrupt):
+        masks_to_tiles.run(model, masks, tmp_path / "out", steps=2, batch_size=2, progress=False)
+    assert len(json.loads((tmp_path / "out" / "manifest.json").read_text())["tiles"]) == 4
+    monkeypatch.setattr(DISCPipeline, "__call__", real)
+    drawn = []
+    monkeypatch.setattr(DISCPipeline, "__call__", lambda self, m, **k: drawn.append(len(m)) or real(self, m, **k))
+    man = masks_to_tiles.run(model, masks, tmp_path / "out", steps=2, batch_size=2, progress=False)
+    assert drawn == [2] and sorted(man["tiles"]) == sorted(ref["tiles"])
+    for s in ref["tiles"]:
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"{s}.png")),
+                              np.asarray(Image.open(tmp_path / "ref" / f"{s}.png"))), s
+    assert not list((tmp_path / "out").glob("*.tmp*"))
+    # other settings into the same folder would mix tiles: refused, nothing touched
+    before = (tmp_path / "out" / "manifest.json").read_bytes()
+    assert generate.main(args + ["--out", str(tmp_path / "out"), "--seed", "9"]) == 2
+    assert "another settings" in capsys.readouterr().err
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == before
+
+
+def test_generate_command_names_bad_masks(saved, tmp_path, capsys):
+    _, _, model = saved
+    masks = _mask_folder(tmp_path / "masks", n=3)
+    (masks / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(np.dstack([np.zeros((8, 8), np.uint8), np.full((8, 8), 3, np.uint8), np.zeros((8, 8), np.uint8)])
+                    ).save(masks / "colour.png")
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(masks / "nine.png")
+    args = ["--model", str(model), "--masks", str(masks), "--steps", "2"]
+    assert generate.main(args + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "3 of 6 masks cannot be used" in err and "--skip-bad" in err
+    for name, why in (("broken.png", "cannot read"), ("colour.png", "a colour image"), ("nine.png", r"unknown mask values [9]")):
+        assert f"{masks / name}: {why}" in err, name
+    assert not (tmp_path / "out").exists()
+    assert generate.main(args + ["--out", str(tmp_path / "out"), "--skip-bad"]) == 0
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(man["tiles"]) == ["m00", "m01", "m02"] and sorted(man["skipped"]) == ["broken.png", "colour.png",
+                                                                                         "nine.png"]
+    # seeds follow the sorted folder, bad files included: skipping one does not change the others' tiles
+    assert [man["tiles"][s]["seed"] for s in ("m00", "m01", "m02")] == [2, 3, 4]
+    assert "skipped 3 masks" in capsys.readouterr().out
