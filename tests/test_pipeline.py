@@ -20,7 +20,7 @@ from discnb.generative.autoencoder import build_vq
 from discnb.generative.disc import SCGenerator
 from discnb.generative.pipeline import DISCPipeline, load_pipeline, prepare_masks, to_labels
 from discnb.generative.sampling import SDGenerator
-from discnb.pipelines import masks_to_tiles, train_ldm
+from discnb.pipelines import masks_to_tiles, shipped, train_ldm
 from discnb.core.notebook import record
 from ldm_fixture import prepared, tiny_model
 
@@ -195,3 +195,35 @@ def test_generate_command_names_bad_masks(saved, tmp_path, capsys):
     # seeds follow the sorted folder, bad files included: skipping one does not change the others' tiles
     assert [man["tiles"][s]["seed"] for s in ("m00", "m01", "m02")] == [2, 3, 4]
     assert "skipped 3 masks" in capsys.readouterr().out
+
+
+def test_shipped_models_are_checked_against_their_manifest(trained, tmp_path):
+    out = tmp_path / "weights"
+    man = shipped.export("smoke", trained, out, models=["SD"], dtype="fp16")
+    assert set(man["models"]) == {"SD", "judge"} and man["dtype"] == "fp16"
+    entry = man["models"]["SD"]
+    assert "unet/diffusion_pytorch_model.safetensors" in entry["files"] and "README.md" in entry["files"]
+    assert "What it is not" in (out / "SD" / "README.md").read_text()
+    pipe = load_pipeline(out / "SD")
+    assert pipe.unet.dtype == torch.float32  # fp16 on disk, float32 to sample
+    # fp16 storage rounds the weights: the tiles stay those of SD's fp16-rounded weights
+    gen, _ = generators.build_generator("SD", generators.GeneratorContext(ldm_dir=trained, image_size=32, steps=3))
+    for m in (gen.model, gen.vq):
+        for p in m.parameters():
+            p.data = p.data.half().float()
+    ref = gen.generate(MASKS, [0, 1, 2])
+    assert np.array_equal(_u8(pipe(MASKS, num_inference_steps=3, output_type="np").images), ref)
+    f = out / "SD" / "unet" / "diffusion_pytorch_model.safetensors"
+    good = f.read_bytes()
+    f.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one byte changed
+    with pytest.raises(ValueError, match=r"diffusion_pytorch_model.safetensors: its sha256 does not match .*MANIFEST"
+                                         r".json.*rebuild with ./run_all.sh --profile smoke"):
+        load_pipeline(out / "SD")
+    f.write_bytes(good)
+    (out / "SD" / "unet" / "extra.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"files not in .*MANIFEST.json: \['unet/extra.bin'\]"):
+        load_pipeline(out / "SD")
+    (out / "SD" / "unet" / "extra.bin").unlink()
+    (out / "SD" / "README.md").unlink()
+    with pytest.raises(FileNotFoundError, match="README.md: listed in .* but missing"):
+        load_pipeline(out / "SD")

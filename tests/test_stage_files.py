@@ -39,6 +39,7 @@ STAGES = {
     "04_carcinonet": ("carcinonet", ["carcinonet"]),
     "05_transmil_sweep": ("mil", ["mil"]),
     "06_figures": ("paper_figures", ["figures"]),
+    "07_generate_from_masks": ("from_masks", ["generate", "weights"]),
 }
 VOLATILE = [(re.compile(r"events\.out\.tfevents\.[^/]+$"), "events.out.tfevents.*"),
             (re.compile(r"(?<=/logs/)(.+/)?\d{9,}\.\d+(?=/)"), r"\g<1><time>")]

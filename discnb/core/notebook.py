@@ -35,6 +35,7 @@ STAGES = {
     "04_carcinonet": "carcinonet",
     "05_transmil_sweep": "mil",
     "06_figures": "figures",
+    "07_generate_from_masks": "generate",
 }
 
 PACKAGES = ("torch", "torchvision", "diffusers", "accelerate", "timm", "numpy", "scipy", "pandas",

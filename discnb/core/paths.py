@@ -65,6 +65,19 @@ def results_dir(profile: str, create: bool = True) -> Path:
     return d
 
 
+def weights_dir(profile: str, create: bool = True) -> Path:
+    """Where a profile's shipped models go (notebook 07): the committed ``weights/demo/`` (and the
+    git-ignored ``weights/paper/``); smoke runs, and any run with ``DISCNB_OUTPUTS`` set (tests, the
+    dry run), write ``outputs/<profile>/weights/``, so they never touch the shipped ones."""
+    if check_profile(profile) in ("demo", "paper") and not os.environ.get("DISCNB_OUTPUTS"):
+        d = REPO / "weights" / profile
+    else:
+        d = OUTPUTS / profile / "weights"
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def figures_dir(profile: str, create: bool = True) -> Path:
     """Where a profile's figures go.
 

@@ -20,6 +20,8 @@ seeds (noise from one CPU generator per tile).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ from discnb.generative.ldm import MaskEncoder, MaskLDM
 from discnb.generative.sampling import SDGenerator, make_scheduler
 
 COMPONENTS = ("vqvae", "unet", "mask_encoder", "scheduler")
+MANIFEST_NAME = "MANIFEST.json"
 MASK_FORMATS = ("auto", "labels", "sicap")
 
 
@@ -215,9 +218,45 @@ def check_pipeline_folder(folder: str | Path) -> Path:
     return folder
 
 
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_manifest(folder: str | Path) -> dict | None:
+    """The files of a shipped model ``folder`` against the ``MANIFEST.json`` beside it (its entry
+    ``models[<folder name>]``): every listed file present with its sha256, no other files. Returns the
+    entry, or None when there is no manifest (a folder of one's own)."""
+    folder = Path(folder)
+    f = folder.parent / MANIFEST_NAME
+    if not f.exists():
+        return None
+    entry = json.loads(f.read_text()).get("models", {}).get(folder.name)
+    if entry is None:
+        raise ValueError(f"{f} has no entry for {folder.name!r}: the folder was not shipped with it")
+    rebuild = f"rebuild with {json.loads(f.read_text()).get('command', './run_all.sh --profile demo')}"
+    for rel, digest in entry["files"].items():
+        p = folder / rel
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: listed in {f} but missing; {rebuild}")
+        if sha256(p) != digest:
+            raise ValueError(f"{p}: its sha256 does not match {f} (the file changed after it was shipped); {rebuild}")
+    extra = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+                   and str(p.relative_to(folder)) not in entry["files"])
+    if extra:
+        raise ValueError(f"{folder}: files not in {f}: {extra[:5]}; {rebuild}")
+    return entry
+
+
 def load_pipeline(folder: str | Path, device: str = "cpu") -> DISCPipeline:
-    """``DISCPipeline.from_pretrained`` after :func:`check_pipeline_folder`, on ``device``."""
-    pipe = DISCPipeline.from_pretrained(check_pipeline_folder(folder))
+    """``DISCPipeline.from_pretrained`` after :func:`check_pipeline_folder` and, for a shipped model,
+    :func:`verify_manifest`; float32 weights (fp16-stored ones are upcast) on ``device``."""
+    folder = check_pipeline_folder(folder)
+    verify_manifest(folder)
+    pipe = DISCPipeline.from_pretrained(folder, dtype=torch.float32)
     return pipe.to(device)
 
 

@@ -1,0 +1,165 @@
+"""Shipped models: notebook 01's and 02's trained models as :class:`DISCPipeline` folders, with a manifest.
+
+``export`` writes, under ``weights/<profile>/`` (demo, paper) or ``outputs/smoke/weights/`` (smoke):
+
+    SD/, SD-DISC/, SD-DISC-CoTrain/   DISCPipeline.save_pretrained folders (vqvae, unet, mask_encoder,
+                                      scheduler; safetensors), each with a README.md model card
+    judge/                            the pattern judge (its CarcinoNet, judge.json, judge_report.json)
+    MANIFEST.json                     per model: the command, the commit, a hash of the resolved params,
+                                      each file's sha256, and the adherence notebook 02 measured for it
+
+SD-SC is SD's folder sampled with ``separated=True``. ``fp16`` storage halves the size; the weights are
+upcast to float32 on load, so a shipped model samples as its fp16-rounded self (measured against fp32 in
+notebook 07). :func:`discnb.generative.pipeline.verify_manifest` checks the files against the manifest
+on every load.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from discnb.core import paths
+from discnb.core.io import atomic_dir, fingerprint, write_json, write_text
+from discnb.core.notebook import git_commit, package_versions
+from discnb.generative import checkpoints, generators
+from discnb.generative import pipeline as pl
+from discnb.grading import judge as jg
+
+MODELS = ("SD", "SD-DISC", "SD-DISC-CoTrain")
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+CARD = """# {name}: a DISC-project {what} (discnb, profile {profile})
+
+{about}
+
+- Trained on: {data}
+- Made by: `{command}` at commit `{commit}` (resolved parameters hash `{params_hash}`), stored as {dtype}.
+- Load: `DISCPipeline.from_pretrained("{folder}")`{sc}; or `python -m discnb.generate --model {folder} --masks DIR --out DIR`.
+- Adherence notebook 02 measured for it (the pattern judge's mean IoU with the guiding masks; chance and
+  ceiling in `MANIFEST.json`): {adherence}
+
+**What it is not:** a model of real tissue. {limits}
+"""
+ABOUT = {
+    "SD": "SD (paper Sec. 2.1): a latent diffusion model drawing 4-class Gleason tiles from a pixel-wise mask "
+          "(NC, GG3, GG4, GG5).",
+    "SD-DISC": "SD-DISC (paper Sec. 2.3, Eq. 3): SD fine-tuned on fused separated-condition latents (self-distillation "
+               "from Separated Conditions).",
+    "SD-DISC-CoTrain": "SD-DISC-CoTrain (paper Sec. 2.3): SD fine-tuned on the average of the DISC loss and Eq. 1 on real "
+                       "tiles.",
+}
+DATA = {"demo": "the project's procedural demo tiles (`discnb.data.demo`, notebook 00), made on the machine; no patient "
+                "data",
+        "paper": "SICAPv2 (Silva-Rodriguez et al. 2020), the training slides of notebook 00's split",
+        "smoke": "the smoke profile's tiny procedural tiles (a test fixture, not a useful model)"}
+LIMITS = {"demo": "Its tiles imitate the demo's synthetic textures, at 64 px; it has never seen a slide.",
+          "paper": "It draws SICAPv2-like tiles for research on data augmentation, not for diagnosis.",
+          "smoke": "It is a few training steps old and draws noise-like tiles."}
+
+
+def measured_adherence(adherence_csv: Path | None, name: str) -> dict:
+    """Mean over seeds of notebook 02's ``adherence.csv`` rows of ``name``, per mask set."""
+    if adherence_csv is None or not Path(adherence_csv).exists():
+        return {}
+    df = pd.read_csv(adherence_csv)
+    df = df[df.model == name]
+    cols = ["mean_iou", "normalized", "chance_mean_iou", "ceiling_mean_iou", "n_masks"]
+    return {m: {c: float(g[c].mean()) for c in cols} | {"seeds": int(g.seed.nunique())}
+            for m, g in df.groupby("masks")}
+
+
+def _file_hashes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): pl.sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, dtype: str = "fp16",
+           command: str = "", adherence_csv: Path | None = None, image_size: int | None = None) -> dict:
+    """Write the shipped models of notebook 01's ``ldm_dir`` (and notebook 02's ``disc/`` beside it) to
+    ``out`` (default :func:`discnb.core.paths.weights_dir`), each folder swapped in whole; returns the manifest."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    ldm_dir, out = Path(ldm_dir), Path(out) if out else paths.weights_dir(profile)
+    P01 = checkpoints.ldm_params(ldm_dir)
+    size = image_size or int(json.loads((ldm_dir / "summary.json").read_text())["image_size"])
+    ctx = generators.GeneratorContext(ldm_dir=ldm_dir, image_size=size)
+    commit = git_commit()
+    command = command or f"./run_all.sh --profile {profile}"
+    p02 = generators.disc_dir(ldm_dir) / "params.resolved.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"profile": profile, "command": command, "commit": commit, "versions": package_versions(),
+                "dtype": dtype, "models": {}}
+    for name in models:
+        gen, key = generators.build_generator(name, ctx)
+        params_files = [ldm_dir / "params.resolved.yaml"] + ([p02] if name != "SD" and p02.exists() else [])
+        params_hash = fingerprint(*params_files)
+        pipe = pl.DISCPipeline.from_models(copy.deepcopy(gen.model), copy.deepcopy(gen.vq))
+        if dtype != "fp32":
+            pipe.to(DTYPES[dtype])
+        adh = measured_adherence(adherence_csv, name)
+        card = CARD.format(name=name, what="mask-conditioned latent diffusion model", profile=profile,
+                           about=ABOUT[name], data=DATA.get(profile, DATA["smoke"]), command=command, commit=commit,
+                           params_hash=params_hash, dtype=dtype,
+                           folder=_shown(out / name),
+                           sc=" (SD-SC: `pipe(masks, separated=True)`)" if name == "SD" else "",
+                           adherence=_adherence_text(adh), limits=LIMITS.get(profile, LIMITS["smoke"]))
+
+        def save(tmp, pipe=pipe, card=card):
+            pipe.save_pretrained(tmp)
+            write_text(tmp / "README.md", card)
+        atomic_dir(save, out / name)
+        manifest["models"][name] = {"kind": "DISCPipeline", "generator_fingerprint": key, "params_hash": params_hash,
+                                    "files": _file_hashes(out / name), "adherence": adh}
+    jdir = ldm_dir.parent / "judge" if (ldm_dir.parent / "judge" / "judge.json").exists() else None
+    if jdir is not None:
+        def save_judge(tmp):
+            shutil.copytree(jdir / "model", tmp / "model")
+            for f in ("judge.json", "judge_report.json"):
+                if (jdir / f).exists():
+                    shutil.copy2(jdir / f, tmp / f)
+            write_text(tmp / "README.md", f"# judge: the pattern judge of discnb (profile {profile})\n\nA CarcinoNet "
+                       "segmenter trained on first-stage reconstructions of real training tiles only, frozen; it "
+                       "scores generated tiles against their masks (`discnb.grading.judge.load_judge`). Its scores "
+                       "three ways are in `judge_report.json`. It is not a grading model for real slides.\n")
+        atomic_dir(save_judge, out / "judge")
+        manifest["models"]["judge"] = {"kind": "judge", "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
+                                       "files": _file_hashes(out / "judge")}
+    write_json(out / pl.MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _shown(p: Path) -> str:
+    """A path as the model card shows it: relative to the repository when inside it."""
+    try:
+        return str(p.resolve().relative_to(paths.REPO))
+    except ValueError:
+        return str(p)
+
+
+def _adherence_text(adh: dict) -> str:
+    if not adh:
+        return "not measured (notebook 02's adherence.csv was not there)."
+    return "; ".join(f"{m} masks {v['mean_iou']:.3f} (normalized {v['normalized']:.3f}, {v['seeds']} seed(s))"
+                     for m, v in sorted(adh.items())) + "."
+
+
+def fp16_effect(ldm_dir: Path, folder: Path, judge_dir: Path, masks: np.ndarray, steps: int,
+                batch_size: int = 16) -> dict:
+    """The judge's mean IoU of SD's tiles from notebook 01's fp32 weights and from the shipped ``folder``
+    (fp16-rounded), same masks and seeds: what fp16 storage changes."""
+    ctx = generators.GeneratorContext(ldm_dir=Path(ldm_dir), image_size=masks.shape[-1], steps=steps,
+                                      batch_size=batch_size)
+    judge = jg.load_judge(judge_dir)
+    seeds = list(range(len(masks)))
+    ref = generators.build_generator("SD", ctx)[0].generate(masks, seeds)
+    pipe = pl.load_pipeline(folder)
+    shipped = pipe.generator(num_inference_steps=steps, batch_size=batch_size).generate(masks, seeds)
+    a, b = judge(ref, masks)["mean_iou"], judge(shipped, masks)["mean_iou"]
+    diff = np.abs(ref.astype(int) - shipped.astype(int))
+    return {"n_masks": len(masks), "steps": steps, "fp32_mean_iou": a, "shipped_mean_iou": b,
+            "pixel_max_abs_diff": int(diff.max()), "pixel_mean_abs_diff": float(diff.mean())}
