@@ -2,6 +2,8 @@
 # discnb: run the numbered notebooks headlessly, or the tests.
 #
 #   ./run_all.sh [--profile smoke|demo|paper] [--from NN] [--only NN]   run the notebooks in order
+#   ./run_all.sh --profile demo --shipped                                 the same on the shipped models (weights/demo):
+#                                                                         no notebook 01/02 training, 03-07 as the profile runs them
 #   ./run_all.sh --profile paper --dry-run [--from NN] [--only NN]      the paper's model sizes and settings, counts
 #                                                                         capped (params/dryrun/), stand-in data, CPU
 #   ./run_all.sh test [PYTEST ARGS...]                                    unit tests + nbval over notebooks/,
@@ -13,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 REPO=$(pwd)
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 ensure_env() {
     if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && python - "$REPO" <<'PY' 2>/dev/null
@@ -52,13 +54,14 @@ if [ "${1:-}" = "test" ]; then
     exec "$PY" -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 --durations=15 "$@"
 fi
 
-PROFILE=smoke FROM="" ONLY="" DRY=0
+PROFILE=smoke FROM="" ONLY="" DRY=0 SHIPPED=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile) PROFILE=${2:?--profile needs smoke, demo or paper}; shift 2 ;;
         --from) FROM=${2:?--from needs a notebook number, e.g. 01}; shift 2 ;;
         --only) ONLY=${2:?--only needs a notebook number, e.g. 00}; shift 2 ;;
         --dry-run) DRY=1; shift ;;
+        --shipped) SHIPPED=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "unknown option $1" >&2; usage 2 ;;
     esac
@@ -74,7 +77,7 @@ fi
 EXEC="outputs/executed/$PROFILE"
 mkdir -p "$EXEC"
 
-ran=0
+ran=0 restored=0
 for nb in notebooks/[0-9][0-9]_*.ipynb; do
     name=$(basename "$nb" .ipynb)
     num=${name:0:2}
@@ -86,6 +89,15 @@ for nb in notebooks/[0-9][0-9]_*.ipynb; do
         [ -f "$pfile" ] || { echo "[run_all] missing $pfile for profile $PROFILE" >&2; exit 2; }
         "$PY" -m discnb.core.params check "$name" "$pfile"
         args=(-f "$pfile" "${args[@]}")
+    fi
+    if [ "$SHIPPED" = 1 ]; then
+        case "$num" in 01|02) echo "[run_all] $name: skipped (--shipped: its models come from weights/$PROFILE)"; continue ;; esac
+        if [ "$num" != 00 ] && [ "$restored" = 0 ]; then
+            echo "[run_all] $(date +%H:%M:%S) restoring the shipped models (python -m discnb.pipelines.shipped restore)"
+            "$PY" -m discnb.pipelines.shipped restore --profile "$PROFILE" || exit 1
+            restored=1
+        fi
+        [ "$num" = 07 ] && args+=(-p export False)
     fi
     out="$EXEC/$name.ipynb"
     echo "[run_all] $(date +%H:%M:%S) $name (profile $PROFILE) -> $out, log $EXEC/$name.log"

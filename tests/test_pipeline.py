@@ -15,7 +15,7 @@ import discnb
 from discnb import generate
 from discnb.core import params
 from discnb.core.io import fingerprint
-from discnb.generative import generators
+from discnb.generative import checkpoints, generators
 from discnb.generative.autoencoder import build_vq
 from discnb.generative.disc import SCGenerator
 from discnb.generative.pipeline import DISCPipeline, load_pipeline, prepare_masks, to_labels
@@ -200,7 +200,7 @@ def test_generate_command_names_bad_masks(saved, tmp_path, capsys):
 def test_shipped_models_are_checked_against_their_manifest(trained, tmp_path):
     out = tmp_path / "weights"
     man = shipped.export("smoke", trained, out, models=["SD"], dtype="fp16")
-    assert set(man["models"]) == {"SD", "judge"} and man["dtype"] == "fp16"
+    assert set(man["models"]) == {"SD", "SD-tile", "SD-tile+slide", "judge"} and man["dtype"] == "fp16"  # + Fig. 7 SDs
     entry = man["models"]["SD"]
     assert "unet/diffusion_pytorch_model.safetensors" in entry["files"] and "README.md" in entry["files"]
     assert "What it is not" in (out / "SD" / "README.md").read_text()
@@ -227,3 +227,31 @@ def test_shipped_models_are_checked_against_their_manifest(trained, tmp_path):
     (out / "SD" / "README.md").unlink()
     with pytest.raises(FileNotFoundError, match="README.md: listed in .* but missing"):
         load_pipeline(out / "SD")
+
+
+def test_restored_shipped_models_draw_the_shipped_tiles(trained, tmp_path):
+    out = tmp_path / "weights"
+    shipped.export("smoke", trained, out, models=["SD"], dtype="fp16")
+    P01 = checkpoints.ldm_params(trained)
+    root = tmp_path / "restored"
+    man = shipped.restore("smoke", out, P01, root=root)
+    assert (root / "ldm" / "restored.json").exists() and json.loads((root / "ldm" / "restored.json").read_text())[
+        "commit"] == man["commit"]
+    # the registry on the restored folder draws what the shipped pipeline draws (one sampling path)
+    gen, _ = generators.build_generator("SD", generators.GeneratorContext(ldm_dir=root / "ldm", image_size=32, steps=3))
+    pipe = load_pipeline(out / "SD")
+    assert np.array_equal(gen.generate(MASKS, [4, 5, 6]),
+                          _u8(pipe(MASKS, num_inference_steps=3, seeds=[4, 5, 6], output_type="np").images))
+    assert (root / "judge" / "model").exists() and (root / "judge" / "judge.json").exists()
+    # other notebook-01 settings than the shipped models': refused, naming what differs and the command
+    other = params.Params({**P01, "unet": {**P01.unet, "channels": [16, 48]}})
+    with pytest.raises(ValueError, match=r"do not match the current notebook-01 parameters \(differs: \['unet'\]\); "
+                                         r"train them again with ./run_all.sh --train"):
+        shipped.check_shipped("smoke", out, other)
+    # other data (notebook 00 made something else): refused
+    man_file = out / "MANIFEST.json"
+    m = json.loads(man_file.read_text())
+    m["state"]["data"]["patches"] = -1
+    man_file.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"trained on other smoke data .*differs: \['patches'\]"):
+        shipped.check_shipped("smoke", out, P01)

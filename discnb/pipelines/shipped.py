@@ -16,23 +16,32 @@ on every load.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
+from diffusers.utils import logging as dlogging
 
-from discnb.core import paths
+from discnb.core import params, paths
 from discnb.core.io import atomic_dir, fingerprint, write_json, write_text
 from discnb.core.notebook import git_commit, package_versions
 from discnb.generative import checkpoints, generators
 from discnb.generative import pipeline as pl
+from discnb.data import demo
 from discnb.grading import judge as jg
+from discnb.pipelines import prep, train_ldm
 
 MODELS = ("SD", "SD-DISC", "SD-DISC-CoTrain")
+# exported too when notebook 01 trained them (notebooks 03 and 05 draw Fig. 7's tile sets with them)
+ABLATIONS = {"SD-tile": "tile", "SD-tile+slide": "tile+slide"}
+STATE_SKIP = ("checkpoint-", "logs", "best", "final", "disc_data", "run-", "model", ".tmp", ".old")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 CARD = """# {name}: a DISC-project {what} (discnb, profile {profile})
 
@@ -53,6 +62,9 @@ ABOUT = {
                "from Separated Conditions).",
     "SD-DISC-CoTrain": "SD-DISC-CoTrain (paper Sec. 2.3): SD fine-tuned on the average of the DISC loss and Eq. 1 on real "
                        "tiles.",
+    "SD-tile": "SD-tile (paper Fig. 7's ablation): SD's recipe conditioned on the tile's majority label only.",
+    "SD-tile+slide": "SD-tile+slide (paper Fig. 7's ablation): SD's recipe conditioned on the tile's majority label and "
+                     "the slide's primary and secondary grades.",
 }
 DATA = {"demo": "the project's procedural demo tiles (`discnb.data.demo`, notebook 00), made on the machine; no patient "
                 "data",
@@ -94,13 +106,17 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"profile": profile, "command": command, "commit": commit, "versions": package_versions(),
                 "dtype": dtype, "models": {}}
+    models = list(models) + [a for a, c in ABLATIONS.items() if c in P01.ablation_conditions and a not in models]
     for name in models:
         gen, key = generators.build_generator(name, ctx)
         params_files = [ldm_dir / "params.resolved.yaml"] + ([p02] if name != "SD" and p02.exists() else [])
         params_hash = fingerprint(*params_files)
         pipe = pl.DISCPipeline.from_models(copy.deepcopy(gen.model), copy.deepcopy(gen.vq))
         if dtype != "fp32":
+            verbosity = dlogging.get_verbosity()
+            dlogging.set_verbosity_error()  # diffusers warns about casting with to(); these are copies, stored as fp16
             pipe.to(DTYPES[dtype])
+            dlogging.set_verbosity(verbosity)
         adh = measured_adherence(adherence_csv, name)
         card = CARD.format(name=name, what="mask-conditioned latent diffusion model", profile=profile,
                            about=ABOUT[name], data=DATA.get(profile, DATA["smoke"]), command=command, commit=commit,
@@ -129,8 +145,132 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
         atomic_dir(save_judge, out / "judge")
         manifest["models"]["judge"] = {"kind": "judge", "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
                                        "files": _file_hashes(out / "judge")}
+    manifest["state"] = {"files": write_state(ldm_dir, out / "state"), "data": data_identity(prep.data_dir(P01)),
+                         "ldm_signature": train_ldm.ldm_signature(P01, size)}
     write_json(out / pl.MANIFEST_NAME, manifest)
     return manifest
+
+
+def _state_files(root: Path, folder: str) -> list[Path]:
+    """The small files notebook 01 or 02 left in ``root/folder`` beside its weights (parameters, summaries,
+    metrics, result tables, Fig. 5 samples): what later notebooks read besides the models."""
+    base = root / folder
+    return [p for p in sorted(base.rglob("*")) if p.is_file()
+            and not any(part.startswith(STATE_SKIP) for part in p.relative_to(base).parts)]
+
+
+def write_state(ldm_dir: Path, dest: Path) -> dict:
+    """Copy notebook 01's and 02's small files (``ldm/``, ``disc/``, ``judge/``'s reports) to ``dest``; their sha256."""
+    root = Path(ldm_dir).parent
+
+    def save(tmp):
+        for folder in (ldm_dir.name, "disc", "judge", "judge-real"):
+            for f in _state_files(root, folder):
+                rel = Path(folder) / f.relative_to(root / folder)
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, tmp / rel)
+    atomic_dir(save, dest)
+    return _file_hashes(dest)
+
+
+def data_identity(data_dir: Path) -> dict:
+    """What says two runs of notebook 00 made the same data: its parameters (paths aside), the demo
+    generator's version and the class table of its ``stats.json``."""
+    P00 = {k: v for k, v in prep.prep_params(data_dir).items() if not str(k).endswith(("_dir", "_root"))}
+    stats = json.loads((Path(data_dir) / "stats.json").read_text()) if (Path(data_dir) / "stats.json").exists() else {}
+    return {"params": P00, "demo_generator_version": demo.GENERATOR_VERSION,
+            "class_table": stats.get("class_table"), "patches": stats.get("patches")}
+
+
+REBUILD = "./run_all.sh --train"
+
+
+def check_shipped(profile: str, weights: Path, P01_now) -> dict:
+    """The shipped models of ``weights`` fit this checkout: every file as its manifest says, trained on the
+    data notebook 00 made now, with the architecture and settings of the current notebook-01 parameters
+    ``P01_now``. Any mismatch is an error that names it and the command that rebuilds the models."""
+    f = Path(weights) / pl.MANIFEST_NAME
+    if not f.exists():
+        raise FileNotFoundError(f"{f}: no shipped models for profile {profile}; train them with {REBUILD}")
+    man = json.loads(f.read_text())
+    for name, entry in man["models"].items():
+        pl.verify_manifest(Path(weights) / name)
+    state = man["state"]
+    for rel, digest in state["files"].items():
+        if pl.sha256(Path(weights) / "state" / rel) != digest:
+            raise ValueError(f"{Path(weights) / 'state' / rel}: its sha256 does not match {f}; rebuild with {REBUILD}")
+    now = data_identity(prep.data_dir(P01_now))
+    diff = sorted(k for k in now if now[k] != state["data"].get(k))
+    if diff:
+        raise ValueError(f"{weights}: the shipped models were trained on other {profile} data than notebook 00 made "
+                         f"now (differs: {diff}); train them again with {REBUILD}, or restore the data settings")
+    sig = train_ldm.ldm_signature(P01_now, int(state["ldm_signature"]["image_size"]))
+    if json.loads(json.dumps(sig)) != state["ldm_signature"]:
+        keys = sorted(k for k in set(sig) | set(state["ldm_signature"]) if sig.get(k) != state["ldm_signature"].get(k))
+        raise ValueError(f"{weights}: the shipped models do not match the current notebook-01 parameters (differs: "
+                         f"{keys}); train them again with {REBUILD}")
+    return man
+
+
+def restore(profile: str, weights: Path | None = None, P01_now=None, root: Path | None = None) -> dict:
+    """Put the shipped models where notebooks 03-07 look for them, as if notebooks 01 and 02 had run:
+    ``outputs/<profile>/{ldm,disc,judge}`` (weights from the pipeline folders, float32 as loaded, and the
+    small files of ``state/``), after :func:`check_shipped`; ``root``: another outputs folder (tests).
+    Returns the manifest."""
+    weights = Path(weights) if weights else paths.weights_dir(profile, create=False)
+    if P01_now is None:
+        P01_now = params.check_file("01_train_ldm", paths.PARAMS / profile / "01_train_ldm.yaml") \
+            if profile != "smoke" else params.validate("01_train_ldm", {})
+    man = check_shipped(profile, weights, P01_now)
+    root = Path(root) if root else paths.output_dir(profile)
+    for folder in ("ldm", "disc", "judge", "judge-real"):
+        if (weights / "state" / folder).exists():
+            shutil.copytree(weights / "state" / folder, root / folder, dirs_exist_ok=True)
+    where = {"SD": root / "ldm" / "sd", "SD-DISC": root / "disc" / "sd-disc",
+             "SD-DISC-CoTrain": root / "disc" / "sd-disc-cotrain"} | \
+        {a: root / "ldm" / checkpoints.ablation_folder(c) for a, c in ABLATIONS.items()}
+    for name, entry in man["models"].items():
+        if name == "judge":
+            atomic_dir(lambda tmp: shutil.copytree(weights / "judge" / "model", tmp), root / "judge" / "model")
+            continue
+        pipe = pl.load_pipeline(weights / name)
+        atomic_dir(lambda tmp, pipe=pipe: pipe.ldm.save_pretrained(tmp), where[name] / "best")
+        if name == "SD":
+            atomic_dir(lambda tmp, pipe=pipe: pipe.vqvae.save_pretrained(tmp), root / "ldm" / "autoencoder" / "best")
+    # notebook 01's parameters as it ran for them, at this machine's paths
+    p01 = root / "ldm" / "params.resolved.yaml"
+    P = params.load_yaml(p01)
+    P.update({"output_dir": "", "data_dir": ""})
+    write_text(p01, "# resolved parameters of notebook 01_train_ldm (restored from shipped models)\n" +
+               yaml.safe_dump(P, sort_keys=False))
+    write_json(root / "ldm" / "restored.json", {"from": str(weights), "commit": man["commit"],
+                                                "command": man["command"]})
+    return man
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m discnb.pipelines.shipped",
+                                 description="restore the shipped models where notebooks 03-07 read them")
+    ap.add_argument("action", choices=["restore", "check"])
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--weights", default="", help="default: weights/<profile>")
+    a = ap.parse_args(argv)
+    try:
+        if a.action == "restore":
+            man = restore(a.profile, paths.resolve(a.weights) if a.weights else None)
+            print(f"restored {sorted(man['models'])} (commit {man['commit'][:12]}) into {paths.output_dir(a.profile)}")
+        else:
+            P01 = params.check_file("01_train_ldm", paths.PARAMS / a.profile / "01_train_ldm.yaml")
+            check_shipped(a.profile, paths.resolve(a.weights) if a.weights else paths.weights_dir(a.profile), P01)
+            print("the shipped models fit this checkout")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 
 def _shown(p: Path) -> str:
