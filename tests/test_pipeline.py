@@ -246,7 +246,7 @@ def test_restored_shipped_models_draw_the_shipped_tiles(trained, tmp_path):
     # other notebook-01 settings than the shipped models': refused, naming what differs and the command
     other = params.Params({**P01, "unet": {**P01.unet, "channels": [16, 48]}})
     with pytest.raises(ValueError, match=r"do not match the current notebook-01 parameters \(differs: \['unet'\]\); "
-                                         r"train them again with ./run_all.sh --train"):
+                                         r"train them again with ./run_all.sh --profile smoke"):
         shipped.check_shipped("smoke", out, other)
     # other data (notebook 00 made something else): refused
     man_file = out / "MANIFEST.json"

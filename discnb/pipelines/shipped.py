@@ -182,7 +182,9 @@ def data_identity(data_dir: Path) -> dict:
             "class_table": stats.get("class_table"), "patches": stats.get("patches")}
 
 
-REBUILD = "./run_all.sh --train"
+def rebuild(profile: str) -> str:
+    """The command that trains and exports a profile's shipped models again."""
+    return f"./run_all.sh --profile {profile} (notebooks 01 and 02 train them, notebook 07 writes them to weights/{profile})"
 
 
 def check_shipped(profile: str, weights: Path, P01_now) -> dict:
@@ -191,24 +193,24 @@ def check_shipped(profile: str, weights: Path, P01_now) -> dict:
     ``P01_now``. Any mismatch is an error that names it and the command that rebuilds the models."""
     f = Path(weights) / pl.MANIFEST_NAME
     if not f.exists():
-        raise FileNotFoundError(f"{f}: no shipped models for profile {profile}; train them with {REBUILD}")
+        raise FileNotFoundError(f"{f}: no shipped models for profile {profile}; train them with {rebuild(profile)}")
     man = json.loads(f.read_text())
     for name, entry in man["models"].items():
         pl.verify_manifest(Path(weights) / name)
     state = man["state"]
     for rel, digest in state["files"].items():
         if pl.sha256(Path(weights) / "state" / rel) != digest:
-            raise ValueError(f"{Path(weights) / 'state' / rel}: its sha256 does not match {f}; rebuild with {REBUILD}")
+            raise ValueError(f"{Path(weights) / 'state' / rel}: its sha256 does not match {f}; rebuild with {rebuild(profile)}")
     now = data_identity(prep.data_dir(P01_now))
     diff = sorted(k for k in now if now[k] != state["data"].get(k))
     if diff:
         raise ValueError(f"{weights}: the shipped models were trained on other {profile} data than notebook 00 made "
-                         f"now (differs: {diff}); train them again with {REBUILD}, or restore the data settings")
+                         f"now (differs: {diff}); train them again with {rebuild(profile)}, or restore the data settings")
     sig = train_ldm.ldm_signature(P01_now, int(state["ldm_signature"]["image_size"]))
     if json.loads(json.dumps(sig)) != state["ldm_signature"]:
         keys = sorted(k for k in set(sig) | set(state["ldm_signature"]) if sig.get(k) != state["ldm_signature"].get(k))
         raise ValueError(f"{weights}: the shipped models do not match the current notebook-01 parameters (differs: "
-                         f"{keys}); train them again with {REBUILD}")
+                         f"{keys}); train them again with {rebuild(profile)}")
     return man
 
 
