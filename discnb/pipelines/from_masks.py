@@ -65,8 +65,10 @@ def held_out_masks(P) -> np.ndarray:
 
 
 def write_masks(masks: np.ndarray, folder: Path) -> list[Path]:
-    """Masks as SICAPv2-style PNGs (grades 0/3/4/5, one channel) at twice their size (any size is accepted)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Masks as SICAPv2-style PNGs (grades 0/3/4/5, one channel) at twice their size (any size is accepted);
+    the folder is this notebook's own and is rewritten whole (a smaller ``n_masks`` leaves no stale masks)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     files = []
     for i, m in enumerate(masks):
         f = folder / f"mask_{i:03d}.png"
@@ -75,12 +77,14 @@ def write_masks(masks: np.ndarray, folder: Path) -> list[Path]:
     return files
 
 
-def fresh_tiles(tiles_dir: Path, model_dir: Path) -> None:
-    """This notebook's own tiles folder is redrawn when the shipped model changed (re-exported);
-    ``python -m discnb.generate`` instead refuses to mix models in one ``--out``."""
+def fresh_tiles(tiles_dir: Path, model_dir: Path, n_masks: int) -> None:
+    """This notebook's own tiles folder is redrawn when the shipped model changed (re-exported) or it holds
+    tiles of more masks than asked now; ``python -m discnb.generate`` instead refuses to mix models in one ``--out``."""
     f = tiles_dir / masks_to_tiles.MANIFEST
-    if f.exists() and json.loads(f.read_text()).get("model_hash") != fingerprint(model_dir):
-        shutil.rmtree(tiles_dir)
+    if f.exists():
+        man = json.loads(f.read_text())
+        if man.get("model_hash") != fingerprint(model_dir) or len(man.get("tiles", {})) > n_masks:
+            shutil.rmtree(tiles_dir)
 
 
 def judged(model_dir: Path, judge_dir: Path, masks_dir: Path, tiles_dir: Path, seed: int = 0) -> dict:
@@ -136,7 +140,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
     masks = held_out_masks(P)
     rep["n_masks"] = len(masks)
     write_masks(masks, out / "masks")
-    fresh_tiles(out / "tiles", model_dir)
+    fresh_tiles(out / "tiles", model_dir, len(masks))
     man = masks_to_tiles.run(model_dir, out / "masks", out / "tiles", steps=P.steps, sampler=P.sampler,
                              seed=P.seed, batch_size=P.batch_size, mask_format="sicap", progress=progress)
     rep["tiles"] = {"n": len(man["tiles"]), "skipped": len(man["skipped"]), "seconds": man["seconds_this_run"]}
