@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel, VQModel
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel, VQModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
