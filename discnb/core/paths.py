@@ -55,24 +55,26 @@ def results_dir(profile: str, create: bool = True) -> Path:
     beside those figures, so such runs never touch the committed tables.
     """
     if os.environ.get("DISCNB_FIGURES"):
-        d = FIGURES / "results" / check_profile(profile)
-    elif check_profile(profile) in ("demo", "paper"):
-        d = REPO / "results" / profile
-    else:
-        d = OUTPUTS / profile / "results"
-    if create:
-        d.mkdir(parents=True, exist_ok=True)
-    return d
+        return _made(FIGURES / "results" / check_profile(profile), create)
+    return _committed_or_output(profile, "results", create)
 
 
 def weights_dir(profile: str, create: bool = True) -> Path:
     """Where a profile's shipped models go (notebook 07): the committed ``weights/demo/`` (and the
     git-ignored ``weights/paper/``); smoke runs, and any run with ``DISCNB_OUTPUTS`` set (tests, the
     dry run), write ``outputs/<profile>/weights/``, so they never touch the shipped ones."""
-    if check_profile(profile) in ("demo", "paper") and not os.environ.get("DISCNB_OUTPUTS"):
-        d = REPO / "weights" / profile
-    else:
-        d = OUTPUTS / profile / "weights"
+    if os.environ.get("DISCNB_OUTPUTS"):
+        return _made(OUTPUTS / check_profile(profile) / "weights", create)
+    return _committed_or_output(profile, "weights", create)
+
+
+def _committed_or_output(profile: str, kind: str, create: bool) -> Path:
+    """``<kind>/<profile>`` in the repository for demo and paper, ``outputs/<profile>/<kind>`` otherwise."""
+    d = REPO / kind / profile if check_profile(profile) in ("demo", "paper") else OUTPUTS / profile / kind
+    return _made(d, create)
+
+
+def _made(d: Path, create: bool) -> Path:
     if create:
         d.mkdir(parents=True, exist_ok=True)
     return d

@@ -31,6 +31,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from discnb import K
+from discnb.data.shapes import resize_mask
 from discnb.data.sicap import GRADE_TO_LABEL, MASK_VALUES
 from discnb.generative.disc import SCGenerator
 from discnb.generative.ldm import MaskEncoder, MaskLDM
@@ -163,13 +164,6 @@ def to_labels(mask: np.ndarray, mask_format: str = "auto", name: str = "<mask>")
     return lut[m]
 
 
-def resize_labels(m: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize (never invents labels)."""
-    if m.shape == (size, size):
-        return m
-    return np.asarray(Image.fromarray(m).resize((size, size), Image.NEAREST))
-
-
 def prepare_masks(masks, size: int, mask_format: str = "auto") -> np.ndarray:
     """Masks in any of :meth:`DISCPipeline.__call__`'s forms -> (N, size, size) uint8 labels."""
     if isinstance(masks, (Image.Image, np.ndarray, torch.Tensor)):
@@ -181,7 +175,7 @@ def prepare_masks(masks, size: int, mask_format: str = "auto") -> np.ndarray:
             if m.mode not in ("L", "P", "I", "I;16"):
                 raise ValueError(f"mask {i}: a {m.mode} image; masks are one-channel label maps (mode L)")
             m = np.asarray(m)
-        out.append(resize_labels(to_labels(np.asarray(m), mask_format, f"mask {i}"), size))
+        out.append(resize_mask(to_labels(np.asarray(m), mask_format, f"mask {i}"), size))
     if not out:
         raise ValueError("no masks given")
     return np.stack(out)

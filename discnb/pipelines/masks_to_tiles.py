@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from discnb.core.io import atomic_file, fingerprint, write_json
+from discnb.data.shapes import resize_mask
 from discnb.generative import pipeline as pl
 from discnb.generative.sampling import SCHEDULERS, make_scheduler
 
@@ -95,7 +96,7 @@ def load_masks(folder: Path, size: int, mask_format: str = "auto", skip_bad: boo
     out = {}
     for name, (i, a) in raw.items():
         try:
-            out[Path(name).stem] = (i, pl.resize_labels(pl.to_labels(a, fmt, str(folder / name)), size))
+            out[Path(name).stem] = (i, resize_mask(pl.to_labels(a, fmt, str(folder / name)), size))
         except ValueError as e:
             bad[name] = str(e)
     if bad and not skip_bad:
