@@ -129,7 +129,8 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
             pipe.save_pretrained(tmp)
             write_text(tmp / "README.md", card)
         atomic_dir(save, out / name)
-        manifest["models"][name] = {"kind": "DISCPipeline", "generator_fingerprint": key, "params_hash": params_hash,
+        manifest["models"][name] = {"kind": "DISCPipeline", "command": command, "commit": commit,
+                                    "generator_fingerprint": key, "params_hash": params_hash,
                                     "files": _file_hashes(out / name), "adherence": adh}
     jdir = ldm_dir.parent / "judge" if (ldm_dir.parent / "judge" / "judge.json").exists() else None
     if jdir is not None:
@@ -143,7 +144,7 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
                        "scores generated tiles against their masks (`discnb.grading.judge.load_judge`). Its scores "
                        "three ways are in `judge_report.json`. It is not a grading model for real slides.\n")
         atomic_dir(save_judge, out / "judge")
-        manifest["models"]["judge"] = {"kind": "judge", "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
+        manifest["models"]["judge"] = {"kind": "judge", "command": command, "commit": commit, "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
                                        "files": _file_hashes(out / "judge")}
     manifest["state"] = {"files": write_state(ldm_dir, out / "state"), "data": data_identity(prep.data_dir(P01)),
                          "ldm_signature": train_ldm.ldm_signature(P01, size)}
@@ -184,13 +185,15 @@ def data_identity(data_dir: Path) -> dict:
 
 def rebuild(profile: str) -> str:
     """The command that trains and exports a profile's shipped models again."""
-    return f"./run_all.sh --profile {profile} (notebooks 01 and 02 train them, notebook 07 writes them to weights/{profile})"
+    cmd = "./run_all.sh --train" if profile == "demo" else f"./run_all.sh --profile {profile}"
+    return f"{cmd} (notebooks 01 and 02 train them, notebook 07 writes them to weights/{profile})"
 
 
-def check_shipped(profile: str, weights: Path, P01_now) -> dict:
+def check_shipped(profile: str, weights: Path, P01_now, data: bool = True) -> dict:
     """The shipped models of ``weights`` fit this checkout: every file as its manifest says, trained on the
-    data notebook 00 made now, with the architecture and settings of the current notebook-01 parameters
-    ``P01_now``. Any mismatch is an error that names it and the command that rebuilds the models."""
+    data notebook 00 made now (``data``: False before notebook 00 has run), with the architecture and settings of
+    the current notebook-01 parameters ``P01_now``. Any mismatch is an error that names it and the command that
+    rebuilds the models."""
     f = Path(weights) / pl.MANIFEST_NAME
     if not f.exists():
         raise FileNotFoundError(f"{f}: no shipped models for profile {profile}; train them with {rebuild(profile)}")
@@ -201,7 +204,7 @@ def check_shipped(profile: str, weights: Path, P01_now) -> dict:
     for rel, digest in state["files"].items():
         if pl.sha256(Path(weights) / "state" / rel) != digest:
             raise ValueError(f"{Path(weights) / 'state' / rel}: its sha256 does not match {f}; rebuild with {rebuild(profile)}")
-    now = data_identity(prep.data_dir(P01_now))
+    now = data_identity(prep.data_dir(P01_now)) if data else {}
     diff = sorted(k for k in now if now[k] != state["data"].get(k))
     if diff:
         raise ValueError(f"{weights}: the shipped models were trained on other {profile} data than notebook 00 made "
@@ -214,16 +217,17 @@ def check_shipped(profile: str, weights: Path, P01_now) -> dict:
     return man
 
 
-def restore(profile: str, weights: Path | None = None, P01_now=None, root: Path | None = None) -> dict:
+def restore(profile: str, weights: Path | None = None, P01_now=None, root: Path | None = None,
+            data: bool = True) -> dict:
     """Put the shipped models where notebooks 03-07 look for them, as if notebooks 01 and 02 had run:
     ``outputs/<profile>/{ldm,disc,judge}`` (weights from the pipeline folders, float32 as loaded, and the
-    small files of ``state/``), after :func:`check_shipped`; ``root``: another outputs folder (tests).
-    Returns the manifest."""
+    small files of ``state/``), after :func:`check_shipped` (``data``: as there); ``root``: another outputs folder
+    (tests). Returns the manifest."""
     weights = Path(weights) if weights else paths.weights_dir(profile, create=False)
     if P01_now is None:
         P01_now = params.check_file("01_train_ldm", paths.PARAMS / profile / "01_train_ldm.yaml") \
             if profile != "smoke" else params.validate("01_train_ldm", {})
-    man = check_shipped(profile, weights, P01_now)
+    man = check_shipped(profile, weights, P01_now, data=data)
     root = Path(root) if root else paths.output_dir(profile)
     for folder in ("ldm", "disc", "judge", "judge-real"):
         if (weights / "state" / folder).exists():
@@ -256,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("action", choices=["restore", "check"])
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--weights", default="", help="default: weights/<profile>")
+    ap.add_argument("--no-data", action="store_true",
+                    help="check: skip the comparison with notebook 00's data (before it has run)")
     a = ap.parse_args(argv)
     try:
         if a.action == "restore":
@@ -263,16 +269,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"restored {sorted(man['models'])} (commit {man['commit'][:12]}) into {paths.output_dir(a.profile)}")
         else:
             P01 = params.check_file("01_train_ldm", paths.PARAMS / a.profile / "01_train_ldm.yaml")
-            check_shipped(a.profile, paths.resolve(a.weights) if a.weights else paths.weights_dir(a.profile), P01)
+            check_shipped(a.profile, paths.resolve(a.weights) if a.weights else paths.weights_dir(a.profile, create=False),
+                          P01, data=not a.no_data)
             print("the shipped models fit this checkout")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _shown(p: Path) -> str:
@@ -305,3 +309,7 @@ def fp16_effect(ldm_dir: Path, folder: Path, judge_dir: Path, masks: np.ndarray,
     diff = np.abs(ref.astype(int) - shipped.astype(int))
     return {"n_masks": len(masks), "steps": steps, "fp32_mean_iou": a, "shipped_mean_iou": b,
             "pixel_max_abs_diff": int(diff.max()), "pixel_mean_abs_diff": float(diff.mean())}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
