@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 import yaml
 from diffusers.utils import logging as dlogging
+from safetensors.torch import load_file, save_file
 
 from discnb.core import params, paths
 from discnb.core.io import atomic_dir, fingerprint, write_json, write_text
@@ -43,6 +44,9 @@ MODELS = ("SD", "SD-DISC", "SD-DISC-CoTrain")
 ABLATIONS = {"SD-tile": "tile", "SD-tile+slide": "tile+slide"}
 STATE_SKIP = ("checkpoint-", "logs", "best", "final", "disc_data", "run-", "model", ".tmp", ".old")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+# the shipped state keeps this many of notebook 02's 64 Fig. 5 tiles per model (Fig. 5 shows the first
+# ``fig5_rows``, 6 in the demo): the other 48 would be 2.6 MB of the demo's 40 MB
+FIG5_KEEP = 16
 CARD = """# {name}: a DISC-project {what} (discnb, profile {profile})
 
 {about}
@@ -136,6 +140,10 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
     if jdir is not None:
         def save_judge(tmp):
             shutil.copytree(jdir / "model", tmp / "model")
+            if dtype != "fp32":  # like the pipelines: stored rounded, upcast on load (carcinonet.load_model)
+                f = tmp / "model" / "model.safetensors"
+                save_file({k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in load_file(f).items()},
+                          str(f))
             for f in ("judge.json", "judge_report.json"):
                 if (jdir / f).exists():
                     shutil.copy2(jdir / f, tmp / f)
@@ -161,7 +169,8 @@ def _state_files(root: Path, folder: str) -> list[Path]:
 
 
 def write_state(ldm_dir: Path, dest: Path) -> dict:
-    """Copy notebook 01's and 02's small files (``ldm/``, ``disc/``, ``judge/``'s reports) to ``dest``; their sha256."""
+    """Copy notebook 01's and 02's small files (``ldm/``, ``disc/``, ``judge/``'s reports) to ``dest``; their sha256.
+    Of the Fig. 5 tiles (``comparison_samples.npz``) only the first :data:`FIG5_KEEP` per model."""
     root = Path(ldm_dir).parent
 
     def save(tmp):
@@ -169,7 +178,12 @@ def write_state(ldm_dir: Path, dest: Path) -> dict:
             for f in _state_files(root, folder):
                 rel = Path(folder) / f.relative_to(root / folder)
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, tmp / rel)
+                if f.name == "comparison_samples.npz":
+                    with np.load(f) as z:
+                        np.savez_compressed(tmp / rel, **{k: z[k] if k == "models" else z[k][:FIG5_KEEP]
+                                                          for k in z.files})
+                else:
+                    shutil.copy2(f, tmp / rel)
     atomic_dir(save, dest)
     return _file_hashes(dest)
 
