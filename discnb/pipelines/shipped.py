@@ -44,9 +44,9 @@ MODELS = ("SD", "SD-DISC", "SD-DISC-CoTrain")
 ABLATIONS = {"SD-tile": "tile", "SD-tile+slide": "tile+slide"}
 STATE_SKIP = ("checkpoint-", "logs", "best", "final", "disc_data", "run-", "model", ".tmp", ".old")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-# the shipped state keeps this many of notebook 02's 64 Fig. 5 tiles per model (Fig. 5 shows the first
-# ``fig5_rows``, 6 in the demo): the other 48 would be 2.6 MB of the demo's 40 MB
-FIG5_KEEP = 16
+# the shipped state keeps this many of notebook 02's 64 Fig. 5 tiles per model: the ones Fig. 5 shows (the first
+# ``fig5_rows``, 6 in params/demo/06_figures.yaml); the other 58 would be 3.2 MB of the demo's 40 MB
+FIG5_KEEP = 6
 CARD = """# {name}: a DISC-project {what} (discnb, profile {profile})
 
 {about}
