@@ -5,7 +5,8 @@
     SD/, SD-DISC/, SD-DISC-CoTrain/   DISCPipeline.save_pretrained folders (vqvae, unet, mask_encoder,
                                       scheduler; safetensors), each with a README.md model card
     judge/                            the pattern judge (its CarcinoNet, judge.json, judge_report.json)
-    MANIFEST.json                     per model: the command, the commit, a hash of the resolved params,
+    MANIFEST.json                     per model: the command, the commit (of the export, and the one it was
+                                      trained at), a hash of the resolved params,
                                       each file's sha256, and the adherence notebook 02 measured for it
 
 SD-SC is SD's folder sampled with ``separated=True``. ``fp16`` storage halves the size; the weights are
@@ -113,7 +114,8 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
     models = list(models) + [a for a, c in ABLATIONS.items() if c in P01.ablation_conditions and a not in models]
     for name in models:
         gen, key = generators.build_generator(name, ctx)
-        params_files = [ldm_dir / "params.resolved.yaml"] + ([p02] if name != "SD" and p02.exists() else [])
+        tuned = name in generators.FINETUNED  # notebook 02's models; the rest are notebook 01's
+        params_files = [ldm_dir / "params.resolved.yaml"] + ([p02] if tuned and p02.exists() else [])
         params_hash = fingerprint(*params_files)
         pipe = pl.DISCPipeline.from_models(copy.deepcopy(gen.model), copy.deepcopy(gen.vq))
         if dtype != "fp32":
@@ -134,6 +136,7 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
             write_text(tmp / "README.md", card)
         atomic_dir(save, out / name)
         manifest["models"][name] = {"kind": "DISCPipeline", "command": command, "commit": commit,
+                                    "trained_commit": _trained_commit(p02.parent if tuned else ldm_dir),
                                     "generator_fingerprint": key, "params_hash": params_hash,
                                     "files": _file_hashes(out / name), "adherence": adh}
     jdir = ldm_dir.parent / "judge" if (ldm_dir.parent / "judge" / "judge.json").exists() else None
@@ -152,12 +155,19 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
                        "scores generated tiles against their masks (`discnb.grading.judge.load_judge`). Its scores "
                        "three ways are in `judge_report.json`. It is not a grading model for real slides.\n")
         atomic_dir(save_judge, out / "judge")
-        manifest["models"]["judge"] = {"kind": "judge", "command": command, "commit": commit, "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
+        manifest["models"]["judge"] = {"kind": "judge", "command": command, "commit": commit,
+                                       "trained_commit": _trained_commit(ldm_dir), "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
                                        "files": _file_hashes(out / "judge")}
     manifest["state"] = {"files": write_state(ldm_dir, out / "state"), "data": data_identity(prep.data_dir(P01)),
                          "ldm_signature": train_ldm.ldm_signature(P01, size)}
     write_json(out / pl.MANIFEST_NAME, manifest)
     return manifest
+
+
+def _trained_commit(stage_dir: Path) -> str:
+    """The commit notebook 01 or 02 ran at (its ``provenance.json``); the manifest's ``commit`` is the export's."""
+    f = Path(stage_dir) / "provenance.json"
+    return json.loads(f.read_text()).get("git_commit", "") if f.exists() else ""
 
 
 def _state_files(root: Path, folder: str) -> list[Path]:
