@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # discnb: run the numbered notebooks headlessly, or the tests.
 #
-#   ./run_all.sh [--profile smoke|demo|paper] [--from NN] [--only NN]   run the notebooks in order
-#   ./run_all.sh --profile demo --shipped                                 the same on the shipped models (weights/demo):
-#                                                                         no notebook 01/02 training, 03-07 as the profile runs them
+#   ./run_all.sh [--from NN] [--only NN]                                  the demo notebooks on the shipped models
+#                                                                         (weights/demo): no notebook 01/02 training, 00 and 03-07 as
+#                                                                         the demo profile runs them (--profile demo --shipped)
+#   ./run_all.sh --train                                                  the demo from scratch: trains every model (--profile demo)
+#   ./run_all.sh --profile smoke|demo|paper [--shipped] [--from NN] [--only NN]   one profile's notebooks in order
 #   ./run_all.sh --profile paper --dry-run [--from NN] [--only NN]      the paper's model sizes and settings, counts
 #                                                                         capped (params/dryrun/), stand-in data, CPU
 #   ./run_all.sh test [PYTEST ARGS...]                                    unit tests + nbval over notebooks/,
@@ -15,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 REPO=$(pwd)
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 ensure_env() {
     if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && python - "$REPO" <<'PY' 2>/dev/null
@@ -54,7 +56,7 @@ if [ "${1:-}" = "test" ]; then
     exec "$PY" -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 --durations=15 "$@"
 fi
 
-PROFILE=smoke FROM="" ONLY="" DRY=0 SHIPPED=0
+PROFILE="" FROM="" ONLY="" DRY=0 SHIPPED=0 TRAIN=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile) PROFILE=${2:?--profile needs smoke, demo or paper}; shift 2 ;;
@@ -62,10 +64,17 @@ while [ $# -gt 0 ]; do
         --only) ONLY=${2:?--only needs a notebook number, e.g. 00}; shift 2 ;;
         --dry-run) DRY=1; shift ;;
         --shipped) SHIPPED=1; shift ;;
+        --train) TRAIN=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "unknown option $1" >&2; usage 2 ;;
     esac
 done
+if [ "$TRAIN" = 1 ] && [ "$SHIPPED" = 1 ]; then echo "--train and --shipped exclude each other" >&2; exit 2; fi
+if [ -z "$PROFILE" ]; then
+    # the default: the demo on the shipped models; --train makes them again
+    PROFILE=demo
+    [ "$TRAIN" = 1 ] || [ "$DRY" = 1 ] || SHIPPED=1
+fi
 case "$PROFILE" in smoke|demo|paper) ;; *) echo "--profile must be smoke, demo or paper, got '$PROFILE'" >&2; exit 2 ;; esac
 
 ensure_env
@@ -76,6 +85,11 @@ if [ "$DRY" = 1 ]; then
 fi
 EXEC="outputs/executed/$PROFILE"
 mkdir -p "$EXEC"
+if [ "$SHIPPED" = 1 ]; then
+    # before notebook 00's minutes: are the shipped models there, intact and of this code? (the data is checked
+    # again at restore, once notebook 00 has made it)
+    "$PY" -m discnb.pipelines.shipped check --profile "$PROFILE" --no-data || exit 1
+fi
 
 ran=0 restored=0
 for nb in notebooks/[0-9][0-9]_*.ipynb; do

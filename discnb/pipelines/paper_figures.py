@@ -435,6 +435,7 @@ class Report:
             self.add(name, plots.save(fig, paths.figures_dir(self.P.profile) / stem))
         if table is not None:
             table.to_csv(self.out / TABLES[name])
+            table.to_csv(paths.results_dir(self.P.profile) / TABLES[name])  # the committed copy the README cites
         return table
 
     def frame(self) -> pd.DataFrame:
