@@ -356,7 +356,8 @@ def mask_grades(values: np.ndarray, path: str | Path = "<array>", lossy: bool = 
     return values.astype(np.uint8), 0.0
 
 
-def _grades_to_labels(grades: np.ndarray) -> np.ndarray:
+def grades_to_labels(grades: np.ndarray) -> np.ndarray:
+    """SICAPv2 grades 0/3/4/5 (already checked) -> labels 0..3 (uint8)."""
     lut = np.zeros(256, np.uint8)
     for g, lab in GRADE_TO_LABEL.items():
         lut[g] = lab
@@ -365,7 +366,7 @@ def _grades_to_labels(grades: np.ndarray) -> np.ndarray:
 
 def mask_to_labels(values: np.ndarray, path: str | Path = "<array>", lossy: bool = False) -> np.ndarray:
     """Mask pixel values 0/3/4/5 -> labels 0..3 (see :func:`mask_grades`)."""
-    return _grades_to_labels(mask_grades(values, path, lossy)[0])
+    return grades_to_labels(mask_grades(values, path, lossy)[0])
 
 
 def tile_label(fractions) -> int:
@@ -398,7 +399,7 @@ def read_mask(path: str | Path) -> tuple[np.ndarray, float]:
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable mask ({e})") from None
     grades, changed = mask_grades(arr, path, lossy=lossy)
-    return _grades_to_labels(grades), changed
+    return grades_to_labels(grades), changed
 
 
 def load_mask(path: str | Path) -> np.ndarray:

@@ -32,7 +32,7 @@ from PIL import Image
 
 from discnb import K
 from discnb.data.shapes import resize_mask
-from discnb.data.sicap import GRADE_TO_LABEL, MASK_VALUES
+from discnb.data.sicap import MASK_VALUES, grades_to_labels
 from discnb.generative.disc import SCGenerator
 from discnb.generative.ldm import MaskEncoder, MaskLDM
 from discnb.generative.sampling import SDGenerator, make_scheduler
@@ -158,10 +158,7 @@ def to_labels(mask: np.ndarray, mask_format: str = "auto", name: str = "<mask>")
                          f"(expected {sorted(allowed)})")
     if mask_format == "labels":
         return m.astype(np.uint8)
-    lut = np.zeros(max(MASK_VALUES) + 1, np.uint8)
-    for g, lab in GRADE_TO_LABEL.items():
-        lut[g] = lab
-    return lut[m]
+    return grades_to_labels(m)
 
 
 def prepare_masks(masks, size: int, mask_format: str = "auto") -> np.ndarray:

@@ -179,11 +179,14 @@ def _state_files(root: Path, folder: str) -> list[Path]:
 
 
 def write_state(ldm_dir: Path, dest: Path) -> dict:
-    """Copy notebook 01's and 02's small files (``ldm/``, ``disc/``, ``judge/``'s reports) to ``dest``; their sha256.
+    """Copy notebook 01's and 02's small files (``ldm/``, ``disc/``, ``judge/``'s reports) and notebook 06's
+    ``bench.json`` (when there) to ``dest``; their sha256.
     Of the Fig. 5 tiles (``comparison_samples.npz``) only the first :data:`FIG5_KEEP` per model."""
     root = Path(ldm_dir).parent
 
     def save(tmp):
+        if (root / "bench.json").exists():  # notebook 06's benchmark of these models: the default run draws it, not reruns
+            shutil.copy2(root / "bench.json", tmp / "bench.json")
         for folder in (ldm_dir.name, "disc", "judge", "judge-real"):
             for f in _state_files(root, folder):
                 rel = Path(folder) / f.relative_to(root / folder)
@@ -256,6 +259,8 @@ def restore(profile: str, weights: Path | None = None, P01_now=None, root: Path 
     for folder in ("ldm", "disc", "judge", "judge-real"):
         if (weights / "state" / folder).exists():
             shutil.copytree(weights / "state" / folder, root / folder, dirs_exist_ok=True)
+    if (weights / "state" / "bench.json").exists():
+        shutil.copy2(weights / "state" / "bench.json", root / "bench.json")
     where = {"SD": root / "ldm" / "sd", "SD-DISC": root / "disc" / "sd-disc",
              "SD-DISC-CoTrain": root / "disc" / "sd-disc-cotrain"} | \
         {a: root / "ldm" / checkpoints.ablation_folder(c) for a, c in ABLATIONS.items()}
@@ -287,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-data", action="store_true",
                     help="check: skip the comparison with notebook 00's data (before it has run)")
     a = ap.parse_args(argv)
+    dlogging.disable_progress_bar()  # "Loading pipeline components" bars for each tiny folder: noise in run_all's log
     try:
         if a.action == "restore":
             man = restore(a.profile, paths.resolve(a.weights) if a.weights else None)
