@@ -185,6 +185,7 @@ def write_state(ldm_dir: Path, dest: Path) -> dict:
     root = Path(ldm_dir).parent
 
     def save(tmp):
+        tmp.mkdir(parents=True, exist_ok=True)
         if (root / "bench.json").exists():  # notebook 06's benchmark of these models: the default run draws it, not reruns
             shutil.copy2(root / "bench.json", tmp / "bench.json")
         for folder in (ldm_dir.name, "disc", "judge", "judge-real"):
