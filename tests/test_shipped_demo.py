@@ -47,6 +47,8 @@ def test_manifest_lists_the_shipped_models_within_40_mb(manifest):
     assert total <= 40 * 2**20, f"weights/demo is {total / 2**20:.1f} MB"
     for name in MODELS:
         assert "normalized" in json.dumps(manifest["models"][name]["adherence"]), name
+    # what notebooks 03-07 read besides the models, so that the default run trains nothing and benchmarks nothing
+    assert {"ldm/params.resolved.yaml", "disc/comparison_samples.npz", "bench.json"} <= set(manifest["state"]["files"])
 
 
 def test_the_shipped_pipelines_draw_the_registrys_tiles(manifest, tmp_path):
