@@ -1,8 +1,10 @@
 """Does notebook 02's adherence ranking survive a faster sampler? SD, SD-SC, SD-DISC and SD-DISC-CoTrain (the
 registry's generators on a restored or trained ``outputs/demo``) on held-out multi-label masks, same seeds, judged by
 notebook 01's judge, at DDIM-50 (the adherence table's setting) and DPM-Solver++ 20; mean IoU and s/tile per model.
+Also the sampler check behind the demo's DPM-Solver++ 20 tile sets (params/demo/03_tile_sets.yaml):
 
-    python experiments/issue15_adherence_sampler.py [--n 64] [--root outputs/demo] [--out outputs/exp15/sampler.json]
+    python experiments/issue15_adherence_sampler.py [--n 64] [--root outputs/demo] [--seeds 0,1,2]
+    python experiments/issue15_adherence_sampler.py --models SD-DISC --settings ddim:50,dpm++:20,dpm++:25,ddim:25
 """
 import argparse
 import json

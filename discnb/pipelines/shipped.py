@@ -48,6 +48,11 @@ DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 # the shipped state keeps this many of notebook 02's 64 Fig. 5 tiles per model: the ones Fig. 5 shows (the first
 # ``fig5_rows``, 6 in params/demo/06_figures.yaml); the other 58 would be 3.2 MB of the demo's 40 MB
 FIG5_KEEP = 6
+# what ``state/`` holds besides the models (written by write_state, put back by restore): these folders of
+# outputs/<profile>/ (notebook 01's is ``ldm``) and these files of it (notebook 06's benchmark of these models: the
+# default run draws it instead of rerunning it)
+STATE_FOLDERS = ("ldm", "disc", "judge", "judge-real")
+STATE_FILES = ("bench.json",)
 CARD = """# {name}: a DISC-project {what} (discnb, profile {profile})
 
 {about}
@@ -156,7 +161,8 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
                        "three ways are in `judge_report.json`. It is not a grading model for real slides.\n")
         atomic_dir(save_judge, out / "judge")
         manifest["models"]["judge"] = {"kind": "judge", "command": command, "commit": commit,
-                                       "trained_commit": _trained_commit(ldm_dir), "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
+                                       "trained_commit": _trained_commit(ldm_dir),
+                                       "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
                                        "files": _file_hashes(out / "judge")}
     manifest["state"] = {"files": write_state(ldm_dir, out / "state"), "data": data_identity(prep.data_dir(P01)),
                          "ldm_signature": train_ldm.ldm_signature(P01, size)}
@@ -186,9 +192,10 @@ def write_state(ldm_dir: Path, dest: Path) -> dict:
 
     def save(tmp):
         tmp.mkdir(parents=True, exist_ok=True)
-        if (root / "bench.json").exists():  # notebook 06's benchmark of these models: the default run draws it, not reruns
-            shutil.copy2(root / "bench.json", tmp / "bench.json")
-        for folder in (ldm_dir.name, "disc", "judge", "judge-real"):
+        for name in STATE_FILES:
+            if (root / name).exists():
+                shutil.copy2(root / name, tmp / name)
+        for folder in STATE_FOLDERS:
             for f in _state_files(root, folder):
                 rel = Path(folder) / f.relative_to(root / folder)
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -257,11 +264,12 @@ def restore(profile: str, weights: Path | None = None, P01_now=None, root: Path 
             if profile != "smoke" else params.validate("01_train_ldm", {})
     man = check_shipped(profile, weights, P01_now, data=data)
     root = Path(root) if root else paths.output_dir(profile)
-    for folder in ("ldm", "disc", "judge", "judge-real"):
+    for folder in STATE_FOLDERS:
         if (weights / "state" / folder).exists():
             shutil.copytree(weights / "state" / folder, root / folder, dirs_exist_ok=True)
-    if (weights / "state" / "bench.json").exists():
-        shutil.copy2(weights / "state" / "bench.json", root / "bench.json")
+    for name in STATE_FILES:
+        if (weights / "state" / name).exists():
+            shutil.copy2(weights / "state" / name, root / name)
     where = {"SD": root / "ldm" / "sd", "SD-DISC": root / "disc" / "sd-disc",
              "SD-DISC-CoTrain": root / "disc" / "sd-disc-cotrain"} | \
         {a: root / "ldm" / checkpoints.ablation_folder(c) for a, c in ABLATIONS.items()}
