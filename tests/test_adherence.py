@@ -34,12 +34,30 @@ def test_multi_label_masks_have_two_labels_on_the_latent_grid_and_are_seeded():
 def test_mask_sets_sizes_single_label_balance_and_real_choice():
     held = np.random.default_rng(0).integers(0, 4, (30, 32, 32)).astype(np.uint8)
     s = adherence.mask_sets(_maps(), held, 16, 8, 10, seed=0, latent_side=8)
-    assert [len(s[k]) for k in adherence.SETS] == [16, 8, 10]
+    assert list(s) == ["multi", "single", "real"] and [len(s[k]) for k in s] == [16, 8, 10]
     assert np.bincount(s["single"][:, 0, 0], minlength=4).tolist() == [2, 2, 2, 2]
     assert all(len(np.unique(x)) == 1 for x in s["single"])
     assert all(any(np.array_equal(r, h) for h in held) for r in s["real"])
     with pytest.raises(ValueError, match="px"):
         adherence.mask_sets(_maps(size=16), held, 4, 4, 4, seed=0, latent_side=8)
+
+
+def test_complex_real_set_has_the_most_labels_and_only_multi_label_masks():
+    rng = np.random.default_rng(1)
+    # 20 held-out masks with 1, 2, 3 or 4 labels: quadrants drawn from a pool of that many labels
+    n_labels = np.tile([1, 2, 3, 4], 5)
+    held = np.stack([np.kron(rng.permutation(np.resize(rng.permutation(4)[:k], 4)).reshape(2, 2),
+                             np.ones((16, 16), int)) for k in n_labels]).astype(np.uint8)
+    s = adherence.mask_sets(_maps(), held, 4, 4, 4, seed=0, latent_side=8, n_complex=8)
+    assert list(s) == list(adherence.SETS)
+    counts = sorted(len(np.unique(m)) for m in s["complex-real"])
+    assert counts == [3] * 3 + [4] * 5  # the 5 four-label masks, then 3 of the 5 three-label ones
+    assert all(any(np.array_equal(c, h) for h in held) for c in s["complex-real"])
+    # among the 8 most complex of only-one-or-two-label masks, the one-label ones are dropped
+    few = held[n_labels <= 2]
+    idx = adherence.complex_choice(few, 8, seed=0)
+    assert len(idx) == 5 and all(len(np.unique(few[i])) == 2 for i in idx)
+    assert np.array_equal(idx, adherence.complex_choice(few, 8, seed=0))
 
 
 def test_score_and_row():

@@ -37,7 +37,7 @@ def test_every_notebook_has_capped_paper_params(name):
     P = dryrun.resolved_params(name)
     paper = params.load_yaml(f"params/paper/{name}.yaml")
     assert P["profile"] == "paper"
-    for key in ("steps", "n", "n_masks", "n_multi", "n_single", "n_real", "ranking_masks", "n_tiles", "max_epochs",
+    for key in ("steps", "n", "n_masks", "n_multi", "n_complex", "n_single", "n_real", "ranking_masks", "n_tiles", "max_epochs",
                 "target_per_grade", "per_grade"):
         assert all(v <= 4 for v in _numbers(P, key) if isinstance(v, int)), (name, key)
     for key in ("unet", "model", "lams", "scheduler", "extractor_name", "transmil", "generators", "models"):

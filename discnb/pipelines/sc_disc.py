@@ -169,15 +169,16 @@ def adherence_sets(P, src: dict, latent_side: int) -> dict:
     lib = shapes.load_library(prep.data_dir(P01) / "shape_maps.npz")
     maps = np.stack([shapes.resize_mask(m, size) for m in lib["maps"]])
     A = P.adherence
-    sets = adherence.mask_sets(maps, src["masks"], A["n_multi"], A["n_single"], A["n_real"], P.seed, latent_side)
+    sets = adherence.mask_sets(maps, src["masks"], A["n_multi"], A["n_single"], A["n_real"], P.seed, latent_side,
+                               n_complex=A["n_complex"])
     return {"sets": sets, "real_index": adherence.real_choice(len(src["masks"]), A["n_real"], P.seed)}
 
 
 def compare(P, progress: bool = True) -> dict:
     """Sample every model on the same masks and seeds; judge, KID, cost. Returns tidy rows + samples.
 
-    The masks are :mod:`discnb.grading.adherence`'s three sets: ``multi`` (the paper's claim, each
-    mask with every seed of ``compare.seeds``), ``single`` and ``real`` (the first seed). Every
+    The masks are :mod:`discnb.grading.adherence`'s sets: ``multi`` and ``complex-real`` (the paper's
+    claim, each mask with every seed of ``compare.seeds``), ``single`` and ``real`` (the first seed). Every
     (model, set, seed) is a row of ``adherence``; the long ``results`` rows (IoU per class, KID,
     cost; read by notebook 06) are those of the multi-label set. KID compares the generated tiles
     with the held-out real tiles passed through the same first stage (encode, quantise, decode):
@@ -196,12 +197,13 @@ def compare(P, progress: bool = True) -> dict:
     sets, real_index = S["sets"], S["real_index"]
     f_real = jg.kid_reference(judge, src["imgs"], first.vq)
     rows, adh, ranking, samples, meta = [], [], [], {}, {}
-    bar = tqdm(total=len(P.models) * (len(C["seeds"]) + 2), desc="adherence (model x set x seed)", disable=not progress)
+    runs = sum(len(C["seeds"]) if k in adherence.EVERY_SEED else 1 for k in sets)
+    bar = tqdm(total=len(P.models) * runs, desc="adherence (model x set x seed)", disable=not progress)
     for name in P.models:
         gen, key = (first, first_key) if name == "SD" else build(P, name, C)
         meta[name] = {"fingerprint": key, "guidance_scale": gen.guidance_scale}
         for set_name, masks in sets.items():
-            for s in (C["seeds"] if set_name == "multi" else C["seeds"][:1]):
+            for s in (C["seeds"] if set_name in adherence.EVERY_SEED else C["seeds"][:1]):
                 seeds = [int(s) * 100_000 + i for i in range(len(masks))]
                 gen.nfe = 0
                 t0 = time.perf_counter()
@@ -417,8 +419,10 @@ def check(P, cmp: dict, summary: pd.DataFrame, cost: pd.DataFrame, cond: pd.Data
     assert (cost.nfe_ratio.round(6) == cost["labels"]).all()
     assert (out_dir(P) / "comparison.csv").exists() and (out_dir(P) / "comparison_samples.npz").exists()
     adh = cmp["adherence"]
-    assert set(adh.model) == set(P.models) and set(adh.masks) == set(adherence.SETS), adh[["model", "masks"]]
-    assert (adh.groupby(["model", "masks"]).size().loc[(slice(None), "multi")] == len(P.compare["seeds"])).all()
+    sets = [k for k in adherence.SETS if k != "complex-real" or P.adherence["n_complex"]]
+    assert set(adh.model) == set(P.models) and set(adh.masks) == set(sets), adh[["model", "masks"]]
+    n_runs = adh.groupby(["model", "masks"]).size()
+    assert all((n_runs.xs(k, level="masks") == len(P.compare["seeds"])).all() for k in adherence.EVERY_SEED if k in sets)
     # normalized is undefined (NaN) only where the ceiling is not above chance (an untrained smoke judge)
     assert adh.mean_iou.between(0, 1).all() and (adh.normalized.notna() | (adh.ceiling_mean_iou <= adh.chance_mean_iou)).all(), adh
     assert (cond.loss_true > 0).all() and set(cond.model) >= {"SD"}
