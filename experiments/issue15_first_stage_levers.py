@@ -8,6 +8,11 @@ Levers (``--lever``), each a fine-tuning phase from the trained first stage unle
   gan       + taming's patch-GAN with its adaptive weight x ``--weight`` (no LPIPS; LDM's vq-f4 uses 0.75)
   ffl       + ``--weight`` x focal-frequency loss (``focal-frequency-loss``, Jiang et al. 2021)
   codebook  a first stage trained from scratch with ``--n-embed`` codes (LDM's vq-f4 has 8192; the demo 512)
+  split     the trained first stage with its codebook grown to ``--n-embed`` codes, each trained code split into
+            n_embed / 512 copies with noise of ``--weight`` x the codes' std (LBG's splitting), then L1 + L2 + codebook
+
+``--decoder-only``: only the decoder (and post_quant_conv) trains; the encoder and codebook stay, so the latents, and
+every SD trained on them, stay valid (as Stability's fine-tuned SD VAE decoders keep SD's latent space).
 
     python experiments/issue15_first_stage_levers.py --lever gan --weight 0.1 --steps 300 600 \
         --first-stage outputs/demo/ldm/autoencoder/final --judge-real outputs/demo/judge-real --data outputs/demo/data
@@ -25,7 +30,7 @@ from discnb.grading import judge as jg
 from discnb.pipelines import prep
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--lever", choices=["plain", "gan", "ffl", "codebook"], required=True)
+ap.add_argument("--lever", choices=["plain", "gan", "ffl", "codebook", "split"], required=True)
 ap.add_argument("--weight", type=float, default=1.0)
 ap.add_argument("--n-embed", type=int, default=8192)
 ap.add_argument("--first-stage", required=True)
@@ -33,11 +38,13 @@ ap.add_argument("--judge-real", required=True)
 ap.add_argument("--data", default="outputs/demo/data")
 ap.add_argument("--steps", type=int, nargs="+", required=True)
 ap.add_argument("--lr", type=float, default=None, help="default: 2e-4 for a fine-tuning phase, 5e-4 from scratch")
+ap.add_argument("--decoder-only", action="store_true")
 ap.add_argument("--out", default=None)
 a = ap.parse_args()
 scratch = a.lever == "codebook"
 lr = a.lr or (5e-4 if scratch else 2e-4)
-name = f"{a.lever}-{a.n_embed if scratch else a.weight}"
+name = f"{a.lever}-{a.n_embed if scratch else a.weight}" + (f"-{a.n_embed}" if a.lever == "split" else "") + \
+    ("-decoder" if a.decoder_only else "")
 out = paths.resolve(a.out or f"outputs/exp15/first_stage/{name}")
 D = prep.split_tiles(paths.resolve(a.data), 1, progress=False)
 tr = TensorData({"x": ae.pixels(D["train"]["imgs"])}, augment=lambda b: ae.dihedral(b, ("x",)), transform=ae.pixels_to_model)
@@ -47,13 +54,40 @@ res_f = out / "res.json"
 res = json.loads(res_f.read_text()) if res_f.exists() else {}
 
 
+def codebook_use(vq):
+    """Codes used on the validation tiles and the perplexity of their use (all codes alike: perplexity = n_embed)."""
+    import torch
+    with torch.no_grad():
+        idx = vq.quantize(ae.encode(vq, D["val"]["imgs"]))[2][2].flatten()
+    p = torch.bincount(idx, minlength=vq.config.num_vq_embeddings).float() / len(idx)
+    return {"n_embed": vq.config.num_vq_embeddings, "codes_used": int((p > 0).sum()),
+            "perplexity": float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))}
+
+
 def score(vq, key):
     rec = ae.reconstruct(vq, D["val"]["imgs"])
     j = judge(rec, D["val"]["masks"])
-    res[key] = {"val_reconstruction": ae.reconstruction_metrics(vq, D["val"]["imgs"]), "real_on_recon": j["mean_iou"],
+    res[key] = {"val_reconstruction": ae.reconstruction_metrics(vq, D["val"]["imgs"]), "codebook": codebook_use(vq),
+                "real_on_recon": j["mean_iou"],
                 "real_on_recon_iou": j["iou"], "recon_std_per_class": [float(rec[D["val"]["masks"] == k].std()) for k in range(4)]}
     print(key, json.dumps(res[key]), flush=True)
     res_f.write_text(json.dumps(res, indent=1))
+
+
+def split_codebook(vq, n_embed, noise, seed=0):
+    """``vq`` with ``n_embed`` codes: each of its codes repeated n_embed / n times, plus Gaussian noise of ``noise`` x
+    the codes' std (the copies then drift apart under the codebook loss), every other weight kept."""
+    import torch
+    old = vq.quantize.embedding.weight.detach()
+    reps = n_embed // len(old)
+    assert reps * len(old) == n_embed, (n_embed, len(old))
+    g = torch.Generator().manual_seed(seed)
+    new = old.repeat(reps, 1) + noise * old.std(0) * torch.randn(n_embed, old.shape[1], generator=g)
+    new[:len(old)] = old  # the trained codes themselves stay, so the start reconstructs as before
+    big = ae.build_vq(list(vq.config.block_out_channels), vq.config.layers_per_block, n_embed)
+    sd = vq.state_dict() | {"quantize.embedding.weight": new}
+    big.load_state_dict(sd)
+    return big
 
 
 def ffl_loss(weight):
@@ -76,14 +110,22 @@ for steps in a.steps:
     if str(steps) in res:
         continue
     sig = {"kind": f"first-stage-{a.lever}", "from": None if scratch else str(a.first_stage), "lr": lr,
-           "weight": a.weight, "n_embed": a.n_embed if scratch else None}
+           "weight": a.weight, "n_embed": a.n_embed if a.lever in ("codebook", "split") else None,
+           "decoder_only": a.decoder_only}
     if a.lever == "gan":
         model = ae.VQGAN(ae.load_vq(paths.resolve(a.first_stage)), ae.PatchDiscriminator(64, 3))
         loss, save = ae.vqgan_loss(a.weight), (lambda m, d: m.vq.save_pretrained(d))
+    elif a.lever == "split":
+        model, loss, save = split_codebook(ae.load_vq(paths.resolve(a.first_stage)), a.n_embed, a.weight), ae.vq_loss, \
+            (lambda m, d: m.save_pretrained(d))
     else:
         model = ae.build_vq([32, 64, 64], 1, a.n_embed) if scratch else ae.load_vq(paths.resolve(a.first_stage))
         loss = ffl_loss(a.weight) if a.lever == "ffl" else ae.vq_loss
         save = lambda m, d: m.save_pretrained(d)  # noqa: E731
+    if a.decoder_only:
+        vq = model.vq if a.lever == "gan" else model
+        for n, p in vq.named_parameters():
+            p.requires_grad_(n.startswith(("decoder.", "post_quant_conv.")))
     cfg = FitConfig(out_dir=str(out / "run"), max_steps=steps, global_batch=16, lr=lr, cpu=True, checkpoint_every=100,
                     checkpoints_total_limit=1, resume="latest", seed=0, desc=name, progress=False, signature=sig,
                     max_grad_norm=1.0)

@@ -60,6 +60,7 @@ class Spy(torch.nn.Module):
         super().__init__()
         self.inner, self.calls = model, []
         self.condition, self.latent_scale, self.unet, self.tau = model.condition, model.latent_scale, model.unet, model.tau
+        self.cond_drop, self.guidance_scale, self.snr_gamma = model.cond_drop, model.guidance_scale, model.snr_gamma
 
     def forward(self, z, t, cond):
         self.calls.append(cond.argmax(1).flatten(1).mode(1).values.tolist())

@@ -36,6 +36,7 @@ def ddim_step(z_t, eps, t: int, ab) -> torch.Tensor:
 
 class KnownEps(torch.nn.Module):
     """eps_theta(z_t, t) = 0.3 z_t + 0.001 t + 0.1 sin(cond): a known, input-dependent prediction."""
+    guidance_scale = 1.0  # MaskLDM's attribute: no classifier-free guidance
 
     def forward(self, z, t, cond):
         return 0.3 * z + 0.001 * t.view(-1, 1, 1, 1).float() + 0.1 * torch.sin(cond)

@@ -281,10 +281,10 @@ def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
     """
     net = getattr(model, "module", model)  # DDP-wrapped under accelerate
     train_mode = net.training and generator is None
-    gamma = getattr(net, "snr_gamma", 0.0) if train_mode else 0.0
+    gamma = net.snr_gamma if train_mode else 0.0
     z0, cond = batch["z"], batch["cond"]
     if train_mode:
-        cond = drop_condition(cond, getattr(net, "cond_drop", 0.0))
+        cond = drop_condition(cond, net.cond_drop)
     B = z0.shape[0]
     lo, hi = t_range or (0, len(alphas_cumprod))
     noise = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)

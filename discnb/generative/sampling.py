@@ -71,8 +71,8 @@ def denoise(model: MaskLDM, z: torch.Tensor, cond: torch.Tensor, steps: int, sch
     ``callback(i, t, z)`` (optional) sees the latents after each step (SC fuses there when
     asked to fuse at every timestep). ``guidance_scale``: classifier-free guidance on the mask
     (None: the model's own, :attr:`MaskLDM.guidance_scale`; 1 = none)."""
-    s = getattr(model, "guidance_scale", 1.0) if guidance_scale is None else float(guidance_scale)
-    if s != 1.0:
+    s = model.guidance_scale if guidance_scale is None else float(guidance_scale)
+    if s != 1.0:  # for direct callers; SDGenerator has checked its scale already
         check_guidance(model.cond_drop, s, model.snr_gamma)
     sched = make_scheduler(scheduler)
     sched.set_timesteps(steps)
@@ -102,9 +102,8 @@ class SDGenerator:
                  device: str | torch.device = "cpu", bf16: bool = False, guidance_scale: float | None = None):
         self.model, self.vq = model.eval(), vq.eval()
         # classifier-free guidance on the mask: the model's own scale unless given (1 = none)
-        self.guidance_scale = check_guidance(getattr(model, "cond_drop", 0.0),
-                                             getattr(model, "guidance_scale", 1.0) if guidance_scale is None
-                                             else float(guidance_scale), getattr(model, "snr_gamma", 0.0))[1]
+        self.guidance_scale = check_guidance(model.cond_drop, model.guidance_scale if guidance_scale is None
+                                             else float(guidance_scale), model.snr_gamma)[1]
         self.steps, self.scheduler, self.batch_size = steps, scheduler, batch_size
         self.device = torch.device(device)
         self.bf16 = bf16 and self.device.type == "cuda"
