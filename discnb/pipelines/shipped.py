@@ -37,6 +37,7 @@ from discnb.core.notebook import git_commit, package_versions
 from discnb.generative import checkpoints, generators
 from discnb.generative import pipeline as pl
 from discnb.data import demo
+from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.pipelines import prep, train_ldm
 
@@ -330,7 +331,12 @@ def _adherence_text(adh: dict) -> str:
     if not adh:
         return "not measured (notebook 02's adherence.csv was not there)."
     return "; ".join(f"{m} masks {v['mean_iou']:.3f} (normalized {v['normalized']:.3f}, {v['seeds']} seed(s))"
-                     for m, v in sorted(adh.items())) + "."
+                     for m, v in sorted(adh.items(), key=lambda kv: _set_rank(kv[0]))) + "."
+
+
+def _set_rank(masks: str) -> int:
+    """adherence.SETS's order (multi-label masks first: the paper's claim); unknown names last."""
+    return adherence.SETS.index(masks) if masks in adherence.SETS else len(adherence.SETS)
 
 
 def fp16_effect(ldm_dir: Path, folder: Path, judge_dir: Path, masks: np.ndarray, steps: int,
