@@ -208,7 +208,7 @@ def judge_report(P, judges: dict) -> dict:
     return rep
 
 
-def judge_table(rep: dict) -> pd.DataFrame:
+def judge_report_table(rep: dict) -> pd.DataFrame:
     """:func:`judge_report` as a table: one row per way of scoring, IoU per class and mean."""
     rows = {k: {**{f"IoU {lab}": v for lab, v in rep[k]["iou"].items()}, "mean IoU": rep[k]["mean_iou"]}
             for k in ("real_on_real", "real_on_recon", "recon_on_recon", "chance")}
