@@ -7,6 +7,9 @@ Levers (``--lever``), each a fine-tuning phase from the trained first stage unle
   plain     L1 + L2 + codebook, as the first stage was trained (the control: more steps alone)
   gan       + taming's patch-GAN with its adaptive weight x ``--weight`` (no LPIPS; LDM's vq-f4 uses 0.75)
   ffl       + ``--weight`` x focal-frequency loss (``focal-frequency-loss``, Jiang et al. 2021)
+  perceptual + ``--weight`` x an LPIPS-style feature distance (channel-normalised features, L2, mean over layers)
+            of a small CNN trained here first on the real training tiles to name each 16x16 cell's majority label: a
+            perceptual loss without downloaded weights (mask-adherence.md; not the judge: another network and task)
   codebook  a first stage trained from scratch with ``--n-embed`` codes (LDM's vq-f4 has 8192; the demo 512)
   split     the trained first stage with its codebook grown to ``--n-embed`` codes, each trained code split into
             n_embed / 512 copies with noise of ``--weight`` x the codes' std (LBG's splitting), then L1 + L2 + codebook
@@ -21,6 +24,7 @@ import argparse
 import json
 import time
 
+import torch
 import torch.nn.functional as F
 
 from discnb.core import paths
@@ -30,7 +34,7 @@ from discnb.grading import judge as jg
 from discnb.pipelines import prep
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--lever", choices=["plain", "gan", "ffl", "codebook", "split"], required=True)
+ap.add_argument("--lever", choices=["plain", "gan", "ffl", "perceptual", "codebook", "split"], required=True)
 ap.add_argument("--weight", type=float, default=1.0)
 ap.add_argument("--n-embed", type=int, default=8192)
 ap.add_argument("--first-stage", required=True)
@@ -56,7 +60,6 @@ res = json.loads(res_f.read_text()) if res_f.exists() else {}
 
 def codebook_use(vq):
     """Codes used on the validation tiles and the perplexity of their use (all codes alike: perplexity = n_embed)."""
-    import torch
     with torch.no_grad():
         idx = vq.quantize(ae.encode(vq, D["val"]["imgs"]))[2][2].flatten()
     p = torch.bincount(idx, minlength=vq.config.num_vq_embeddings).float() / len(idx)
@@ -77,7 +80,6 @@ def score(vq, key):
 def split_codebook(vq, n_embed, noise, seed=0):
     """``vq`` with ``n_embed`` codes: each of its codes repeated n_embed / n times, plus Gaussian noise of ``noise`` x
     the codes' std (the copies then drift apart under the codebook loss), every other weight kept."""
-    import torch
     old = vq.quantize.embedding.weight.detach()
     reps = n_embed // len(old)
     assert reps * len(old) == n_embed, (n_embed, len(old))
@@ -88,6 +90,81 @@ def split_codebook(vq, n_embed, noise, seed=0):
     sd = vq.state_dict() | {"quantize.embedding.weight": new}
     big.load_state_dict(sd)
     return big
+
+
+class CellNet(torch.nn.Module):
+    """Four stride-2 conv blocks (64 px -> 4x4 cells) and a 1x1 head naming each 16x16 cell's majority label."""
+
+    def __init__(self, widths=(32, 64, 96, 128)):
+        super().__init__()
+        blocks, c = [], 3
+        for w in widths:
+            blocks.append(torch.nn.Sequential(torch.nn.Conv2d(c, w, 3, 2, 1), torch.nn.GroupNorm(8, w), torch.nn.SiLU(),
+                                              torch.nn.Conv2d(w, w, 3, 1, 1), torch.nn.SiLU()))
+            c = w
+        self.blocks, self.head = torch.nn.ModuleList(blocks), torch.nn.Conv2d(c, 4, 1)
+
+    def features(self, x):
+        out = []
+        for b in self.blocks:
+            x = b(x)
+            out.append(x)
+        return out
+
+    def forward(self, x):
+        return self.head(self.features(x)[-1])
+
+
+def cell_labels(masks):
+    """(N,64,64) -> (N,4,4) majority label of each 16x16 cell."""
+    m = torch.as_tensor(masks).long()
+    n, h, w = m.shape
+    onehot = F.one_hot(m, 4).view(n, h // 16, 16, w // 16, 16, 4).sum((2, 4))
+    return onehot.argmax(-1)
+
+
+def train_cellnet(steps=2000, seed=1):
+    """The perceptual network, trained on the real training tiles (its own seed; saved, reused)."""
+    f = out.parent / "cellnet.pt"
+    net = CellNet()
+    if f.exists():
+        net.load_state_dict(torch.load(f))
+        return net.eval().requires_grad_(False)
+    torch.manual_seed(seed)
+    x = ae.pixels_to_model({"x": ae.pixels(D["train"]["imgs"])})["x"]
+    y = cell_labels(D["train"]["masks"])
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-4)
+    for i in range(steps):
+        idx = torch.randint(0, len(x), (32,))
+        b = ae.dihedral({"x": x[idx], "y": y[idx][:, None].float()}, ("x", "y"))
+        loss = F.cross_entropy(net(b["x"]), b["y"][:, 0].long())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        xv = ae.pixels_to_model({"x": ae.pixels(D["val"]["imgs"])})["x"]
+        acc = float((net(xv).argmax(1) == cell_labels(D["val"]["masks"])).float().mean())
+    print("cell net: validation cell accuracy", round(acc, 3), flush=True)
+    res["cellnet_val_acc"] = acc
+    torch.save(net.state_dict(), f)
+    return net.requires_grad_(False)
+
+
+def perceptual_loss(weight):
+    net = train_cellnet()
+
+    def dist(a, b):
+        fa, fb = net.features(a), net.features(b)
+        norm = lambda t: t / (t.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # noqa: E731  (LPIPS's normalize_tensor)
+        return sum(F.mse_loss(norm(u), norm(v)) for u, v in zip(fa, fb)) / len(fa)
+
+    def loss(vq, batch, generator=None):
+        x = batch["x"]
+        dec = vq(x)
+        rec = F.l1_loss(dec.sample, x) + F.mse_loss(dec.sample, x) + dec.commit_loss.mean()
+        return rec + weight * dist(dec.sample, x) if dec.sample.requires_grad else rec
+    return loss
 
 
 def ffl_loss(weight):
@@ -120,7 +197,7 @@ for steps in a.steps:
             (lambda m, d: m.save_pretrained(d))
     else:
         model = ae.build_vq([32, 64, 64], 1, a.n_embed) if scratch else ae.load_vq(paths.resolve(a.first_stage))
-        loss = ffl_loss(a.weight) if a.lever == "ffl" else ae.vq_loss
+        loss = {"ffl": ffl_loss, "perceptual": perceptual_loss}.get(a.lever, lambda w: ae.vq_loss)(a.weight)
         save = lambda m, d: m.save_pretrained(d)  # noqa: E731
     if a.decoder_only:
         vq = model.vq if a.lever == "gan" else model

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from discnb.data import demo as dd
+from discnb.data import demo_check, demo_tissue
 
 SIZE = 32
 SMALL = dict(n_patients=6, tiles_per_slide=3, tile_size=SIZE, progress=False)
@@ -228,32 +229,32 @@ def test_ood_differs_in_colour(small, tmp_path):
 
 def test_random_annotation_mask():
     rng = np.random.default_rng(0)
-    m = dd.random_annotation_mask(rng, 64, [2, 3, 0], [0.6, 0.25, 0.15])
+    m = demo_tissue.random_annotation_mask(rng, 64, [2, 3, 0], [0.6, 0.25, 0.15])
     assert m.shape == (64, 64) and m.dtype == np.uint8
     assert set(np.unique(m)) <= {0, 2, 3}
     frac = np.bincount(m.ravel(), minlength=4) / m.size
     assert abs(frac[2] - 0.6) < 0.08 and abs(frac[3] - 0.25) < 0.08 and abs(frac[0] - 0.15) < 0.08
-    assert (dd.random_annotation_mask(rng, 48, [1], [1.0]) == 1).all()
+    assert (demo_tissue.random_annotation_mask(rng, 48, [1], [1.0]) == 1).all()
     # same generator state -> same shapes at any size
-    a = dd.random_annotation_mask(np.random.default_rng(4), 64, [1, 0], [0.5, 0.5])
-    b = dd.random_annotation_mask(np.random.default_rng(4), 128, [1, 0], [0.5, 0.5])
+    a = demo_tissue.random_annotation_mask(np.random.default_rng(4), 64, [1, 0], [0.5, 0.5])
+    b = demo_tissue.random_annotation_mask(np.random.default_rng(4), 128, [1, 0], [0.5, 0.5])
     assert (a == b[::2, ::2]).mean() > 0.9
 
 
 def _pure_tiles(label, n, size=64, seed=0):
     rng = np.random.default_rng(seed)
-    return [dd.render_tile(np.full((size, size), label, np.uint8), rng) for _ in range(n)]
+    return [demo_tissue.render_tile(np.full((size, size), label, np.uint8), rng) for _ in range(n)]
 
 
 def test_render_tile_shapes_determinism_and_structure():
     mask = np.zeros((64, 64), np.uint8)
     mask[:, 32:] = 3
-    a = dd.render_tile(mask, np.random.default_rng(1))
-    b = dd.render_tile(mask, np.random.default_rng(1))
+    a = demo_tissue.render_tile(mask, np.random.default_rng(1))
+    b = demo_tissue.render_tile(mask, np.random.default_rng(1))
     assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
-    assert dd.render_tile(np.zeros((128, 128), np.uint8), 0, scale=1.2).shape == (128, 128, 3)
+    assert demo_tissue.render_tile(np.zeros((128, 128), np.uint8), 0, scale=1.2).shape == (128, 128, 3)
     with pytest.raises(ValueError):
-        dd.render_tile(np.full((8, 8), 5, np.uint8), 0)
+        demo_tissue.render_tile(np.full((8, 8), 5, np.uint8), 0)
     tiles = {lab: _pure_tiles(lab, 6) for lab in range(4)}
     means = np.array([np.mean([t.reshape(-1, 3).mean(0) for t in tiles[lab]], 0) for lab in range(4)])
     # one palette: the labels' mean colours agree within a few grey levels
@@ -288,7 +289,7 @@ def leaky_render(render):
 
 def test_grades_differ_by_structure_not_colour(tmp_path):
     root = dd.make_demo_sicap(tmp_path / "sicap", seed=0, **VALID)
-    rep = dd.validity_report(root, seed=0, cnn_epochs=3)
+    rep = demo_check.validity_report(root, seed=0, cnn_epochs=3)
     for key in ("colour_acc", "cnn_acc", "cnn_per_class", "colour_per_class", "n_regions", "n_crops", "chance"):
         assert key in rep
     assert rep["chance"] == 0.25
@@ -296,9 +297,9 @@ def test_grades_differ_by_structure_not_colour(tmp_path):
 
 
 def test_the_validity_check_catches_colour_that_carries_the_grade(tmp_path, monkeypatch):
-    monkeypatch.setattr(dd, "render_tile", leaky_render(dd.render_tile))
+    monkeypatch.setattr(dd, "render_tile", leaky_render(demo_tissue.render_tile))
     root = dd.make_demo_sicap(tmp_path / "sicap", seed=0, **VALID)
-    rep = dd.validity_report(root, seed=0, cnn_epochs=0)  # the colour half needs no CNN
+    rep = demo_check.validity_report(root, seed=0, cnn_epochs=0)  # the colour half needs no CNN
     assert rep["colour_acc"] > 0.9
     with pytest.raises(AssertionError, match="mean colour tells the grade"):
         assert_valid(rep)

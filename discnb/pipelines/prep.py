@@ -23,7 +23,7 @@ import yaml
 from discnb import K, LABELS, plots
 from discnb.core import io, paths
 from discnb.core.notebook import cli
-from discnb.data import demo, shapes
+from discnb.data import demo, demo_check, shapes
 from discnb.data import sicap as data
 
 NOTEBOOK = "00_data_prep"
@@ -98,10 +98,10 @@ def validity_summary(valid: dict | None) -> dict | None:
 
 
 def validity(P, root: Path) -> dict | None:
-    """Demo data only: mean colour vs a small CNN (:func:`discnb.data.demo.validity_report`)."""
+    """Demo data only: mean colour vs a small CNN (:func:`discnb.data.demo_check.validity_report`)."""
     if P.dataset != "demo" or not P.validity_check:
         return None
-    return demo.validity_report(root, seed=P.seed, cnn_epochs=P.validity_cnn_epochs)
+    return demo_check.validity_report(root, seed=P.seed, cnn_epochs=P.validity_cnn_epochs)
 
 
 def stats(P, root: Path, idx: pd.DataFrame, skipped: data.Skipped, lib: dict, ood: pd.DataFrame | None,
