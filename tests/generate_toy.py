@@ -70,11 +70,12 @@ def generate(what: str, out: str, kill_rank: int = -1, kill_at: int = 0) -> dict
         finally:
             disc.separated_latents = sep
         return {"shards": sorted(res["shards"], key=int)}
+    from discnb.generative import tileset_plan as tp
     from discnb.pipelines import tilesets as ts
     from test_tilesets import make_library, real_frame
     gen = tiny_sd(batch_size=4)
     gen.generate = killer(gen.generate, procs.rank, kill_rank, kill_at)
-    plan = ts.make_plan(real_frame({0: 0, 1: 0, 2: 0, 3: 0}), 3, 5)
+    plan = tp.make_plan(real_frame({0: 0, 1: 0, 2: 0, 3: 0}), 3, 5)
     return ts.generate_tileset(out, gen, "tiny-sd", plan, make_library(), image_size=32, min_tiles=2,
                                max_tiles=5, batch_tiles=4, generator_name="SD", progress=False)
 

@@ -21,6 +21,7 @@ from discnb.generative import generators
 from discnb.core import params
 
 from discnb.data import shapes
+from discnb.generative import tileset_plan as tp
 from discnb.pipelines import tilesets as ts
 from discnb.plots import PALETTE
 
@@ -84,7 +85,7 @@ def P_for(tmp: Path, **kw) -> params.Params:
 
 
 def inputs_for(lib) -> dict:
-    return {"lib": ts.library_info(lib), "lib_fingerprint": "lib0", "image_size": SIZE, "data_dir": "-",
+    return {"lib": tp.library_info(lib), "lib_fingerprint": "lib0", "image_size": SIZE, "data_dir": "-",
             "index": None}
 
 
@@ -92,31 +93,31 @@ def inputs_for(lib) -> dict:
 def test_random_weights_order_and_nc_rule():
     rng = np.random.default_rng(0)
     for _ in range(300):
-        w = ts.label_weights(3, 1, 2, rng)
+        w = tp.label_weights(3, 1, 2, rng)
         assert np.isclose(w.sum(), 1) and (w > 0).all()
         assert w[3] > w[1] > w[2] and w[3] > w[0]  # primary > secondary > tertiary; NC below the primary
-        w = ts.label_weights(2, 2, -1, rng)
+        w = tp.label_weights(2, 2, -1, rng)
         assert w[1] == w[3] == 0 and w[2] > w[0] > 0
-    ws = np.array([ts.label_weights(1, 3, -1, rng) for _ in range(300)])
+    ws = np.array([tp.label_weights(1, 3, -1, rng) for _ in range(300)])
     assert (ws[:, 0] > ws[:, 3]).any() and (ws[:, 0] < ws[:, 3]).any()  # NC's place below the primary is random
-    assert ts.label_weights(0, 0, -1, rng).tolist() == [1, 0, 0, 0]
-    assert np.allclose(ts.label_weights(3, 1, 2, rng, "equal"), 0.25)
-    assert np.allclose(ts.label_weights(2, 1, -1, rng, "equal"), [1 / 3, 1 / 3, 1 / 3, 0])
+    assert tp.label_weights(0, 0, -1, rng).tolist() == [1, 0, 0, 0]
+    assert np.allclose(tp.label_weights(3, 1, 2, rng, "equal"), 0.25)
+    assert np.allclose(tp.label_weights(2, 1, -1, rng, "equal"), [1 / 3, 1 / 3, 1 / 3, 0])
 
 
 @pytest.mark.parametrize("p,s,t", [(0, 2, -1), (0, 0, 1), (2, 0, -1), (2, 2, 3), (2, 3, 3), (2, 3, 0), (4, 1, -1)])
 def test_invalid_designations(p, s, t):
     with pytest.raises(ValueError):
-        ts.check_designation(p, s, t)
+        tp.check_designation(p, s, t)
 
 
 def test_sampled_masks_follow_the_slide():
     lib = make_library()
-    nc = ts.sample_slide(lib, 0, 0, -1, seed=5, min_tiles=20, max_tiles=30)
+    nc = tp.sample_slide(lib, 0, 0, -1, seed=5, min_tiles=20, max_tiles=30)
     assert nc["masks"].max() == 0 and 20 <= len(nc["masks"]) <= 30  # primary NC: NC only
     assert (lib["n_ranks"][nc["mask_ids"]] == 1).all()
     for seed in range(20):
-        s = ts.sample_slide(lib, 3, 1, -1, seed, 4, 8)
+        s = tp.sample_slide(lib, 3, 1, -1, seed, 4, 8)
         assert set(np.unique(s["masks"])) <= {0, 1, 3}
         for lab, j in zip(s["labels"], s["mask_ids"]):
             got = lab[lab >= 0]
@@ -126,13 +127,13 @@ def test_sampled_masks_follow_the_slide():
 
 def test_same_seed_same_masks_other_seed_other_masks():
     lib = make_library()
-    a, b = (ts.sample_slide(lib, 2, 3, 1, 1234, 10, 20) for _ in range(2))
+    a, b = (tp.sample_slide(lib, 2, 3, 1, 1234, 10, 20) for _ in range(2))
     for k in ("masks", "mask_ids", "seeds", "weights"):
         assert np.array_equal(a[k], b[k]), k
-    c = ts.sample_slide(lib, 2, 3, 1, 1235, 10, 20)
+    c = tp.sample_slide(lib, 2, 3, 1, 1235, 10, 20)
     assert not np.array_equal(a["seeds"][:5], c["seeds"][:5])
     # both weight schemes share the maps and the noise (stream 0); only labels differ
-    e = ts.sample_slide(lib, 2, 3, 1, 1234, 10, 20, scheme="equal")
+    e = tp.sample_slide(lib, 2, 3, 1, 1234, 10, 20, scheme="equal")
     assert np.array_equal(a["mask_ids"], e["mask_ids"]) and np.array_equal(a["seeds"], e["seeds"])
 
 
@@ -140,7 +141,7 @@ def test_draw_without_repeats_follows_the_weights():
     """Rank 0's label has probability = weight; rank 1's = the sequential law (w_b / (1 - w_a) ...)."""
     rng = np.random.default_rng(0)
     w = np.array([0.5, 0.3, 0.2])
-    d = ts.draw_without_repeats(rng, np.array([0, 1, 2]), w, np.full(40000, 2))
+    d = tp.draw_without_repeats(rng, np.array([0, 1, 2]), w, np.full(40000, 2))
     assert np.allclose(np.bincount(d[:, 0], minlength=3) / len(d), w, atol=0.01)
     p_second_1 = 0.5 * 0.3 / 0.5 + 0.2 * 0.3 / 0.8  # P(rank 1 = label 1)
     assert abs((d[:, 1] == 1).mean() - p_second_1) < 0.01
@@ -148,28 +149,28 @@ def test_draw_without_repeats_follows_the_weights():
 
 
 def test_recompute_grades():
-    assert ts.recompute_grades([100, 0, 0, 0]) == (0, 0)
-    assert ts.recompute_grades([100, 5, 0, 0]) == (1, 1)
-    assert ts.recompute_grades([0, 10, 30, 20]) == (2, 3)
-    assert ts.recompute_grades([50, 10, 0, 10]) == (1, 3)  # tie -> lower grade first
+    assert tp.recompute_grades([100, 0, 0, 0]) == (0, 0)
+    assert tp.recompute_grades([100, 5, 0, 0]) == (1, 1)
+    assert tp.recompute_grades([0, 10, 30, 20]) == (2, 3)
+    assert tp.recompute_grades([50, 10, 0, 10]) == (1, 3)  # tie -> lower grade first
 
 
 def test_ablation_random_beats_equal_and_is_deterministic():
     lib = make_library(80, seed=1)
-    s1, per = ts.ablation(lib, per_grade=100, min_tiles=20, max_tiles=100, seed=3, tertiary_prob=0.25)
-    s2, _ = ts.ablation(lib, per_grade=100, min_tiles=20, max_tiles=100, seed=3, tertiary_prob=0.25)
+    s1, per = tp.ablation(lib, per_grade=100, min_tiles=20, max_tiles=100, seed=3, tertiary_prob=0.25)
+    s2, _ = tp.ablation(lib, per_grade=100, min_tiles=20, max_tiles=100, seed=3, tertiary_prob=0.25)
     pd.testing.assert_frame_equal(s1, s2)
     assert (s1.slides == 400).all() and len(per) == 800
     assert s1.loc["random", "all"] > s1.loc["equal", "all"] + 0.1
     assert s1.loc["random", "all"] > 0.85 and s1.loc["random", "NC"] == s1.loc["equal", "NC"] == 1.0
-    g, _ = ts.ablation_grid(lib, [0.0, 0.25], per_grade=20, min_tiles=20, max_tiles=40, seed=0)
+    g, _ = tp.ablation_grid(lib, [0.0, 0.25], per_grade=20, min_tiles=20, max_tiles=40, seed=0)
     assert list(g.index) == [(0.0, "random"), (0.0, "equal"), (0.25, "random"), (0.25, "equal")]
 
 
 # ---------------------------------------------------------------------------------- the plan
 def test_plan_arithmetic_and_designations():
     real = real_frame({0: 5, 1: 2, 2: 12, 3: 0})
-    p = ts.make_plan(real, target=10, seed=7, tertiary_prob=0.5)
+    p = tp.make_plan(real, target=10, seed=7, tertiary_prob=0.5)
     assert p.table.loc[["NC", "GG3", "GG4", "GG5"], "real"].tolist() == [5, 2, 12, 0]
     assert p.table.loc[["NC", "GG3", "GG4", "GG5"], "synthetic"].tolist() == [5, 8, 0, 10]
     assert p.table.loc[["NC", "GG3", "GG5"], "total"].tolist() == [10, 10, 10] and p.table.loc["all", "synthetic"] == 23
@@ -178,23 +179,23 @@ def test_plan_arithmetic_and_designations():
     assert p.slides.primary.tolist()[:6] == [0, 1, 3, 0, 1, 3]  # round-robin over grades
     assert (p.pairs_synthetic.sum(axis=1).tolist() == [5, 8, 0, 10]) and p.pairs_real.loc[2, 2] == 12
     for r in p.slides.itertuples():
-        ts.check_designation(r.primary, r.secondary, r.tertiary)
+        tp.check_designation(r.primary, r.secondary, r.tertiary)
     nc = p.slides[p.slides.primary == 0]
     assert (nc.secondary == 0).all() and (nc.tertiary == -1).all()
     assert (p.slides.tertiary >= 0).any()
     # deterministic; a slide's designation and seed depend on (seed, grade, k), not on the target
-    q = ts.make_plan(real, target=10, seed=7, tertiary_prob=0.5)
+    q = tp.make_plan(real, target=10, seed=7, tertiary_prob=0.5)
     assert q.fingerprint() == p.fingerprint()
-    big = ts.make_plan(real, target=14, seed=7, tertiary_prob=0.5)
+    big = tp.make_plan(real, target=14, seed=7, tertiary_prob=0.5)
     key = ["primary", "secondary", "tertiary", "seed"]
     assert set(map(tuple, p.slides[key].to_numpy())) <= set(map(tuple, big.slides[key].to_numpy()))
-    assert ts.make_plan(real, target=3, seed=7).table.loc["all", "synthetic"] == 0 + 1 + 0 + 3
+    assert tp.make_plan(real, target=3, seed=7).table.loc["all", "synthetic"] == 0 + 1 + 0 + 3
 
 
 def test_plan_counts_the_training_split_of_an_index():
     idx = pd.DataFrame({"slide_id": ["a", "a", "b", "c", "d"], "split": ["train", "train", "train", "test", "train"],
                         "slide_primary_label": [1, 1, 2, 3, 0], "slide_secondary_label": [2, 2, 2, 3, 0]})
-    p = ts.make_plan(idx, target=2, seed=0, secondary="real")
+    p = tp.make_plan(idx, target=2, seed=0, secondary="real")
     assert p.table.loc[["NC", "GG3", "GG4", "GG5"], "real"].tolist() == [1, 1, 1, 0]
     assert (p.slides[p.slides.primary == 1].secondary == 2).all()  # "real": GG3's only real pair is 3+4
 
@@ -204,7 +205,7 @@ def test_four_generators_get_identical_masks_and_seeds(tmp_path, monkeypatch):
     register_fake(setitem=monkeypatch.setitem)
     lib = make_library()
     P = P_for(tmp_path, generators=FOUR)
-    plan = ts.make_plan(real_frame({0: 1, 1: 2, 2: 0, 3: 1}), P.target_per_grade, P.seed)
+    plan = tp.make_plan(real_frame({0: 1, 1: 2, 2: 0, 3: 1}), P.target_per_grade, P.seed)
     res = {g: ts.build(P, g, plan, inputs_for(lib), progress=False) for g in FOUR}
     assert all(r["slides"] == len(plan.slides) == 8 for r in res.values())
     sets = {g: ts.load_tileset(tmp_path / "tilesets", g) for g in FOUR}
@@ -223,7 +224,7 @@ def test_four_generators_get_identical_masks_and_seeds(tmp_path, monkeypatch):
 def test_unknown_generator_is_a_clear_error(tmp_path):
     lib = make_library()
     P = P_for(tmp_path)
-    plan = ts.make_plan(real_frame({0: 1}), 2, 0)
+    plan = tp.make_plan(real_frame({0: 1}), 2, 0)
     with pytest.raises(ValueError, match="unknown generator"):
         ts.build(P, "no-such-generator", plan, inputs_for(lib), progress=False)
 
@@ -235,7 +236,7 @@ def _generate(folder, lib, plan, gen=None, fp="colour-0", **kw):
 
 def test_manifest_contract_and_same_seed_same_tiles(tmp_path):
     lib = make_library()
-    plan = ts.make_plan(real_frame({0: 0, 1: 1, 2: 2, 3: 3}), 3, 11, tertiary_prob=0.5)
+    plan = tp.make_plan(real_frame({0: 0, 1: 1, 2: 2, 3: 3}), 3, 11, tertiary_prob=0.5)
     r = _generate(tmp_path / "a" / "SD", lib, plan)
     assert r["slides"] == len(plan.slides) == 6 and r["generated_now"] == 6
     man = pd.read_csv(tmp_path / "a" / "SD" / "manifest.csv", dtype={"slide_id": str})
@@ -273,7 +274,7 @@ def test_manifest_contract_and_same_seed_same_tiles(tmp_path):
 
 def test_stale_folder_is_an_error_or_replaced(tmp_path):
     lib = make_library()
-    plan = ts.make_plan(real_frame({1: 1}), 2, 0)
+    plan = tp.make_plan(real_frame({1: 1}), 2, 0)
     _generate(tmp_path / "SD", lib, plan)
     with pytest.raises(ValueError, match="generator_fingerprint.*replace_stale"):
         _generate(tmp_path / "SD", lib, plan, fp="retrained")
@@ -288,9 +289,10 @@ KILL_SCRIPT = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
 import test_tilesets as T
+from discnb.generative import tileset_plan as tp
 from discnb.pipelines import tilesets as ts
 lib = T.make_library()
-plan = ts.make_plan(T.real_frame({{0: 0, 1: 0, 2: 0, 3: 0}}), 3, 5)
+plan = tp.make_plan(T.real_frame({{0: 0, 1: 0, 2: 0, 3: 0}}), 3, 5)
 print("start", flush=True)
 T._generate({folder!r}, lib, plan, gen=T.ColourGen(sleep={sleep}), batch_tiles=1)
 print("done", flush=True)
@@ -335,7 +337,7 @@ def test_sigkill_mid_generation_then_rerun_completes(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    plan = ts.make_plan(real_frame({0: 0, 1: 0, 2: 0, 3: 0}), 3, 5)
+    plan = tp.make_plan(real_frame({0: 0, 1: 0, 2: 0, 3: 0}), 3, 5)
     before = json.loads(record.read_text())["rows"]
     assert len(ts.read_manifest(folder)) == 0  # the manifest is merged at the end of a run
     assert 3 <= len(before) < len(plan.slides), "the kill did not land mid-generation"
@@ -369,8 +371,8 @@ def test_interrupted_run_resumes_to_the_same_bytes_even_for_a_batch_sensitive_ge
     same batches, only its missing slides written), so even tiles that depend on their batch equal
     those of an uninterrupted run, and the manifest is byte-identical."""
     lib = make_library()
-    plan = ts.make_plan(real_frame({0: 0, 1: 0, 2: 0, 3: 0}), 3, 5)
-    groups = ts.slide_groups([len(ts.sample_slide(lib, r.primary, r.secondary, r.tertiary, r.seed, 2, 5)["mask_ids"])
+    plan = tp.make_plan(real_frame({0: 0, 1: 0, 2: 0, 3: 0}), 3, 5)
+    groups = ts.slide_groups([len(tp.sample_slide(lib, r.primary, r.secondary, r.tertiary, r.seed, 2, 5)["mask_ids"])
                               for r in plan.slides.itertuples()], 6)
     assert any(len(g) > 1 for g in groups[:3])
     first = next(g for g in groups if len(g) > 1)
@@ -419,7 +421,7 @@ class SlideLabelGen(ColourGen):
 
 def test_slide_conditioned_generator_gets_each_tiles_slide_labels(tmp_path):
     lib = make_library()
-    plan = ts.make_plan(real_frame({0: 0, 1: 1, 2: 2, 3: 3}), 3, 11, tertiary_prob=0.5)
+    plan = tp.make_plan(real_frame({0: 0, 1: 1, 2: 2, 3: 3}), 3, 11, tertiary_prob=0.5)
     gen = SlideLabelGen()
     _generate(tmp_path / "SD-tile+slide", lib, plan, gen=gen, batch_tiles=7)
     man = ts.read_manifest(tmp_path / "SD-tile+slide")
