@@ -261,6 +261,9 @@ def fit(model: nn.Module, loss_fn: Callable, train: TensorData, cfg: FitConfig, 
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        # save_state has no barrier at its end: without this one the main process could rename tmp while another
+        # process is still writing its random_states_<rank>.pkl there (seen on a loaded 2-core machine)
+        acc.wait_for_everyone()
         if acc.is_main_process:
             if ema is not None:
                 ema.save(tmp / "ema.safetensors")
