@@ -7,15 +7,12 @@ Also the sampler check behind the demo's DPM-Solver++ 20 tile sets (params/demo/
     python experiments/issue15_adherence_sampler.py --models SD-DISC --settings ddim:50,dpm++:20,dpm++:25,ddim:25
 """
 import argparse
-import json
 import time
-
-import numpy as np
 
 from discnb.core import paths
 from discnb.core.io import write_json
-from discnb.data.shapes import most_labels_first
 from discnb.generative import checkpoints, generators
+from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.pipelines import train_ldm
 
@@ -30,8 +27,7 @@ a = ap.parse_args()
 root = paths.resolve(a.root)
 split = train_ldm.load_split(checkpoints.ldm_params(root / "ldm"), progress=False)
 masks = train_ldm.held_out(split)["masks"]
-masks = masks[np.sort(most_labels_first(masks, a.n, 0))]
-masks = masks[[len(np.unique(m)) > 1 for m in masks]]
+masks = masks[adherence.complex_choice(masks, a.n, 0)]  # notebook 02's complex-real set
 judge = jg.load_judge(root / "judge")
 rep = {"n_masks": len(masks), "masks": "held-out annotation masks with the most labels (multi-label only)", "runs": []}
 for seed, s in [(int(x), y) for x in a.seeds.split(",") for y in a.settings.split(",")]:

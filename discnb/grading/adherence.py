@@ -59,6 +59,16 @@ def single_label_masks(n: int, size: int) -> np.ndarray:
     return np.repeat(np.arange(K, dtype=np.uint8), -(-n // K))[:n, None, None] * np.ones((1, size, size), np.uint8)
 
 
+def set_names(n_complex: int) -> list[str]:
+    """The sets :func:`mask_sets` makes, in :data:`SETS`'s order (``complex-real`` only when ``n_complex`` > 0)."""
+    return [k for k in SETS if k != "complex-real" or n_complex]
+
+
+def set_seeds(set_name: str, seeds: list) -> list:
+    """The sampling seeds of a set: every seed for :data:`EVERY_SEED`'s sets, the first for the others."""
+    return list(seeds) if set_name in EVERY_SEED else list(seeds)[:1]
+
+
 def mask_sets(maps: np.ndarray, held_out_masks: np.ndarray, n_multi: int, n_single: int, n_real: int, seed: int,
               latent_side: int, n_complex: int = 0) -> dict[str, np.ndarray]:
     """The mask sets of the module docstring, fixed by ``seed`` (``real``: a seeded choice of
@@ -67,11 +77,11 @@ def mask_sets(maps: np.ndarray, held_out_masks: np.ndarray, n_multi: int, n_sing
     size = held_out_masks.shape[-1]
     if maps.shape[-1] != size:
         raise ValueError(f"shape maps are {maps.shape[-1]} px but the held-out masks are {size} px")
-    sets = {"multi": multi_label_masks(maps, n_multi, seed, latent_side)}
-    if n_complex:
-        sets["complex-real"] = held_out_masks[complex_choice(held_out_masks, n_complex, seed)]
-    return sets | {"single": single_label_masks(n_single, size),
-                   "real": held_out_masks[real_choice(len(held_out_masks), n_real, seed)]}
+    make = {"multi": lambda: multi_label_masks(maps, n_multi, seed, latent_side),
+            "complex-real": lambda: held_out_masks[complex_choice(held_out_masks, n_complex, seed)],
+            "single": lambda: single_label_masks(n_single, size),
+            "real": lambda: held_out_masks[real_choice(len(held_out_masks), n_real, seed)]}
+    return {k: make[k]() for k in set_names(n_complex)}
 
 
 def complex_choice(held_out_masks: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -197,13 +197,13 @@ def compare(P, progress: bool = True) -> dict:
     sets, real_index = S["sets"], S["real_index"]
     f_real = jg.kid_reference(judge, src["imgs"], first.vq)
     rows, adh, ranking, samples, meta = [], [], [], {}, {}
-    runs = sum(len(C["seeds"]) if k in adherence.EVERY_SEED else 1 for k in sets)
+    runs = sum(len(adherence.set_seeds(k, C["seeds"])) for k in sets)
     bar = tqdm(total=len(P.models) * runs, desc="adherence (model x set x seed)", disable=not progress)
     for name in P.models:
         gen, key = (first, first_key) if name == "SD" else build(P, name, C)
         meta[name] = {"fingerprint": key, "guidance_scale": gen.guidance_scale}
         for set_name, masks in sets.items():
-            for s in (C["seeds"] if set_name in adherence.EVERY_SEED else C["seeds"][:1]):
+            for s in adherence.set_seeds(set_name, C["seeds"]):
                 seeds = [int(s) * 100_000 + i for i in range(len(masks))]
                 gen.nfe = 0
                 t0 = time.perf_counter()
@@ -419,10 +419,10 @@ def check(P, cmp: dict, summary: pd.DataFrame, cost: pd.DataFrame, cond: pd.Data
     assert (cost.nfe_ratio.round(6) == cost["labels"]).all()
     assert (out_dir(P) / "comparison.csv").exists() and (out_dir(P) / "comparison_samples.npz").exists()
     adh = cmp["adherence"]
-    sets = [k for k in adherence.SETS if k != "complex-real" or P.adherence["n_complex"]]
+    sets = adherence.set_names(P.adherence["n_complex"])
     assert set(adh.model) == set(P.models) and set(adh.masks) == set(sets), adh[["model", "masks"]]
     n_runs = adh.groupby(["model", "masks"]).size()
-    assert all((n_runs.xs(k, level="masks") == len(P.compare["seeds"])).all() for k in adherence.EVERY_SEED if k in sets)
+    assert all((n_runs.xs(k, level="masks") == len(adherence.set_seeds(k, P.compare["seeds"]))).all() for k in sets)
     # normalized is undefined (NaN) only where the ceiling is not above chance (an untrained smoke judge)
     assert adh.mean_iou.between(0, 1).all() and (adh.normalized.notna() | (adh.ceiling_mean_iou <= adh.chance_mean_iou)).all(), adh
     assert (cond.loss_true > 0).all() and set(cond.model) >= {"SD"}

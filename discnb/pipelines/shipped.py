@@ -93,8 +93,10 @@ def measured_adherence(adherence_csv: Path | None, name: str) -> dict:
     df = pd.read_csv(adherence_csv)
     df = df[df.model == name]
     cols = ["mean_iou", "normalized", "chance_mean_iou", "ceiling_mean_iou", "n_masks"]
-    return {m: {c: float(g[c].mean()) for c in cols} | {"seeds": int(g.seed.nunique())}
-            for m, g in df.groupby("masks")}
+    groups = dict(list(df.groupby("masks")))
+    # adherence.SETS's order (multi-label masks first: the paper's claim), sets it does not name last
+    order = [m for m in adherence.SETS if m in groups] + sorted(set(groups) - set(adherence.SETS))
+    return {m: {c: float(groups[m][c].mean()) for c in cols} | {"seeds": int(groups[m].seed.nunique())} for m in order}
 
 
 def _file_hashes(folder: Path) -> dict:
@@ -331,12 +333,7 @@ def _adherence_text(adh: dict) -> str:
     if not adh:
         return "not measured (notebook 02's adherence.csv was not there)."
     return "; ".join(f"{m} masks {v['mean_iou']:.3f} (normalized {v['normalized']:.3f}, {v['seeds']} seed(s))"
-                     for m, v in sorted(adh.items(), key=lambda kv: _set_rank(kv[0]))) + "."
-
-
-def _set_rank(masks: str) -> int:
-    """adherence.SETS's order (multi-label masks first: the paper's claim); unknown names last."""
-    return adherence.SETS.index(masks) if masks in adherence.SETS else len(adherence.SETS)
+                     for m, v in adh.items()) + "."
 
 
 def fp16_effect(ldm_dir: Path, folder: Path, judge_dir: Path, masks: np.ndarray, steps: int,
