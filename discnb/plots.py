@@ -59,12 +59,13 @@ def image_grid(rows: dict[str, list[np.ndarray]], titles: list[str] | None = Non
 
 
 def save(fig, path: str | Path, pdf: bool = True) -> Path:
-    """Save a figure as PNG (and PDF beside it)."""
+    """Save a figure as PNG (and PDF beside it). The PDF carries no creation date, so the same figure gives the same
+    bytes on every run (a re-run leaves committed figures unchanged)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path.with_suffix(".png"), dpi=150, bbox_inches="tight")
     if pdf:
-        fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+        fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight", metadata={"CreationDate": None})
     return path.with_suffix(".png")
 
 

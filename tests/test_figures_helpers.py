@@ -47,3 +47,22 @@ def test_judge_rows_show_mask_tile_and_segmentation():
     assert list(rows) == ["SD: guiding mask", "SD: tile", "SD: judge"]
     assert all(len(r) == 3 for r in rows.values())
     assert (rows["SD: judge"][0] == figures.colorize(np.full((8, 8), 2, np.uint8))).all()
+
+
+def test_save_writes_the_same_bytes_every_time(tmp_path, monkeypatch):
+    """A re-run must leave committed figures unchanged: no creation date in the PDF, even when the clock moves."""
+    import time as _time
+
+    from matplotlib.figure import Figure
+
+    def draw():
+        fig = Figure(figsize=(2, 2))
+        fig.add_subplot().plot([0, 1], [1, 0])
+        return fig
+    png = figures.save(draw(), tmp_path / "a" / "fig")
+    first = {s: png.with_suffix(s).read_bytes() for s in (".png", ".pdf")}
+    now = _time.time()
+    monkeypatch.setattr(_time, "time", lambda: now + 86400)
+    figures.save(draw(), tmp_path / "a" / "fig")
+    assert {s: png.with_suffix(s).read_bytes() for s in (".png", ".pdf")} == first
+    assert b"CreationDate" not in first[".pdf"]
