@@ -7,6 +7,7 @@ Levers (``--lever``), each a fine-tuning phase from the trained first stage unle
   plain     L1 + L2 + codebook, as the first stage was trained (the control: more steps alone)
   gan       + taming's patch-GAN with its adaptive weight x ``--weight`` (no LPIPS; LDM's vq-f4 uses 0.75)
   ffl       + ``--weight`` x focal-frequency loss (``focal-frequency-loss``, Jiang et al. 2021)
+  msssim    + ``--weight`` x (1 - MS-SSIM) (``pytorch-msssim``; 3 scales, 3-px window: pytorch-msssim asks for > (win - 1) x 16 px)
   perceptual + ``--weight`` x an LPIPS-style feature distance (channel-normalised features, L2, mean over layers)
             of a small CNN trained here first on the real training tiles to name each 16x16 cell's majority label: a
             perceptual loss without downloaded weights (mask-adherence.md; not the judge: another network and task)
@@ -34,7 +35,7 @@ from discnb.grading import judge as jg
 from discnb.pipelines import prep
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--lever", choices=["plain", "gan", "ffl", "perceptual", "codebook", "split"], required=True)
+ap.add_argument("--lever", choices=["plain", "gan", "ffl", "msssim", "perceptual", "codebook", "split"], required=True)
 ap.add_argument("--weight", type=float, default=1.0)
 ap.add_argument("--n-embed", type=int, default=8192)
 ap.add_argument("--first-stage", required=True)
@@ -180,6 +181,21 @@ def ffl_loss(weight):
     return loss
 
 
+def msssim_loss(weight):
+    from pytorch_msssim import ms_ssim  # only this lever needs the package
+    w = torch.tensor([0.0448, 0.2856, 0.3001])
+    w = w / w.sum()  # the first three of MS-SSIM's five scale weights, renormalised: 64-px tiles allow 3 scales
+
+    def loss(vq, batch, generator=None):
+        x = batch["x"]
+        dec = vq(x)
+        rec = F.l1_loss(dec.sample, x) + F.mse_loss(dec.sample, x) + dec.commit_loss.mean()
+        if not dec.sample.requires_grad:  # validation keeps vq_loss's value, so 'best' compares like with like
+            return rec
+        return rec + weight * (1 - ms_ssim(dec.sample, x, data_range=2.0, win_size=3, weights=w))
+    return loss
+
+
 out.mkdir(parents=True, exist_ok=True)
 if "start" not in res and not scratch:
     score(ae.load_vq(paths.resolve(a.first_stage)), "start")
@@ -197,7 +213,7 @@ for steps in a.steps:
             (lambda m, d: m.save_pretrained(d))
     else:
         model = ae.build_vq([32, 64, 64], 1, a.n_embed) if scratch else ae.load_vq(paths.resolve(a.first_stage))
-        loss = {"ffl": ffl_loss, "perceptual": perceptual_loss}.get(a.lever, lambda w: ae.vq_loss)(a.weight)
+        loss = {"ffl": ffl_loss, "msssim": msssim_loss, "perceptual": perceptual_loss}.get(a.lever, lambda w: ae.vq_loss)(a.weight)
         save = lambda m, d: m.save_pretrained(d)  # noqa: E731
     if a.decoder_only:
         vq = model.vq if a.lever == "gan" else model
