@@ -50,19 +50,18 @@ def test_judge_rows_show_mask_tile_and_segmentation():
 
 
 def test_save_writes_the_same_bytes_every_time(tmp_path, monkeypatch):
-    """A re-run must leave committed figures unchanged: no creation date in the PDF, even when the clock moves."""
-    import time as _time
-
+    """A re-run must leave committed figures unchanged: no creation date in the PDF, even when the clock moves
+    (matplotlib dates a PDF from SOURCE_DATE_EPOCH when it is set, else from the clock)."""
     from matplotlib.figure import Figure
 
     def draw():
         fig = Figure(figsize=(2, 2))
         fig.add_subplot().plot([0, 1], [1, 0])
         return fig
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     png = figures.save(draw(), tmp_path / "a" / "fig")
     first = {s: png.with_suffix(s).read_bytes() for s in (".png", ".pdf")}
-    now = _time.time()
-    monkeypatch.setattr(_time, "time", lambda: now + 86400)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")  # a day, or years, later
     figures.save(draw(), tmp_path / "a" / "fig")
     assert {s: png.with_suffix(s).read_bytes() for s in (".png", ".pdf")} == first
     assert b"CreationDate" not in first[".pdf"]
