@@ -69,9 +69,9 @@ def codebook_use(vq):
 
 
 def score(vq, key):
-    rec = ae.reconstruct(vq, D["val"]["imgs"])
+    rec = ae.reconstruct(vq, D["val"]["imgs"])  # once: the judge and PSNR / SSIM score the same tiles
     j = judge(rec, D["val"]["masks"])
-    res[key] = {"val_reconstruction": ae.reconstruction_metrics(vq, D["val"]["imgs"]), "codebook": codebook_use(vq),
+    res[key] = {"val_reconstruction": ae.reconstruction_scores(D["val"]["imgs"], rec), "codebook": codebook_use(vq),
                 "real_on_recon": j["mean_iou"],
                 "real_on_recon_iou": j["iou"], "recon_std_per_class": [float(rec[D["val"]["masks"] == k].std()) for k in range(4)]}
     print(key, json.dumps(res[key]), flush=True)
@@ -152,6 +152,17 @@ def train_cellnet(steps=2000, seed=1):
     return net.requires_grad_(False)
 
 
+def plus(term):
+    """ae.vq_loss's L1 + L2 + codebook, plus ``term(decoded, x)`` while training; validation keeps vq_loss's value,
+    so 'best' compares like with like."""
+    def loss(vq, batch, generator=None):
+        x = batch["x"]
+        dec = vq(x)
+        rec = F.l1_loss(dec.sample, x) + F.mse_loss(dec.sample, x) + dec.commit_loss.mean()
+        return rec + term(dec.sample, x) if dec.sample.requires_grad else rec
+    return loss
+
+
 def perceptual_loss(weight):
     net = train_cellnet()
 
@@ -159,41 +170,19 @@ def perceptual_loss(weight):
         fa, fb = net.features(a), net.features(b)
         norm = lambda t: t / (t.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # noqa: E731  (LPIPS's normalize_tensor)
         return sum(F.mse_loss(norm(u), norm(v)) for u, v in zip(fa, fb)) / len(fa)
-
-    def loss(vq, batch, generator=None):
-        x = batch["x"]
-        dec = vq(x)
-        rec = F.l1_loss(dec.sample, x) + F.mse_loss(dec.sample, x) + dec.commit_loss.mean()
-        return rec + weight * dist(dec.sample, x) if dec.sample.requires_grad else rec
-    return loss
+    return plus(lambda d, x: weight * dist(d, x))
 
 
 def ffl_loss(weight):
     from focal_frequency_loss import FocalFrequencyLoss  # only this lever needs the package
-    ffl = FocalFrequencyLoss(loss_weight=weight, alpha=1.0)
-
-    def loss(vq, batch, generator=None):
-        x = batch["x"]
-        dec = vq(x)
-        rec = F.l1_loss(dec.sample, x) + F.mse_loss(dec.sample, x) + dec.commit_loss.mean()
-        # validation keeps vq_loss's value, so 'best' compares like with like
-        return rec + ffl(dec.sample, x) if dec.sample.requires_grad else rec
-    return loss
+    return plus(FocalFrequencyLoss(loss_weight=weight, alpha=1.0))
 
 
 def msssim_loss(weight):
     from pytorch_msssim import ms_ssim  # only this lever needs the package
     w = torch.tensor([0.0448, 0.2856, 0.3001])
     w = w / w.sum()  # the first three of MS-SSIM's five scale weights, renormalised: 64-px tiles allow 3 scales
-
-    def loss(vq, batch, generator=None):
-        x = batch["x"]
-        dec = vq(x)
-        rec = F.l1_loss(dec.sample, x) + F.mse_loss(dec.sample, x) + dec.commit_loss.mean()
-        if not dec.sample.requires_grad:  # validation keeps vq_loss's value, so 'best' compares like with like
-            return rec
-        return rec + weight * (1 - ms_ssim(dec.sample, x, data_range=2.0, win_size=3, weights=w))
-    return loss
+    return plus(lambda d, x: weight * (1 - ms_ssim(d, x, data_range=2.0, win_size=3, weights=w)))
 
 
 out.mkdir(parents=True, exist_ok=True)

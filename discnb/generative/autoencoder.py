@@ -201,7 +201,11 @@ def decode(vq: VQModel, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
 
 def reconstruction_metrics(vq: VQModel, imgs: np.ndarray, batch_size: int = 64) -> dict:
     """PSNR / SSIM of encode -> decode on uint8 tiles (mean and std over tiles)."""
-    rec = reconstruct(vq, imgs, batch_size)
+    return reconstruction_scores(imgs, reconstruct(vq, imgs, batch_size))
+
+
+def reconstruction_scores(imgs: np.ndarray, rec: np.ndarray) -> dict:
+    """:func:`reconstruction_metrics` for reconstructions already made (``rec``, uint8, as :func:`reconstruct`)."""
     p, s = psnr(imgs, rec), ssim(imgs, rec)
     return {"psnr": float(p.mean()), "psnr_std": float(p.std()), "ssim": float(s.mean()), "ssim_std": float(s.std()),
             "n": len(imgs)}

@@ -193,18 +193,25 @@ def judge_report(P, judges: dict) -> dict:
     """
     real, fs, tiles = judges["real"], judges["first_stage"], judges["tiles"]
     recon = jg.first_stage_view(tiles["imgs"], ck.first_stage_folder(P))
-    masks = tiles["masks"]
-
-    def keep(r):
-        return {k: r[k] for k in ("mean_iou", "iou", "pixel_agreement", "n_tiles")}
-    rep = {"real_on_real": keep(real.info["real"]), "real_on_recon": keep(real(recon, masks)),
-           "recon_on_recon": keep(fs.info["real"]),
-           "chance": keep(fs(recon, masks[adherence.chance_order(len(masks), 0)])),
-           "scored_on": fs.info["scored_on"], "judge_steps": int(P.judge["train"]["steps"]),
-           "first_stage": ck.first_stage_folder(P).name if P.autoencoder["path"] else "trained by notebook 01"}
+    rep = judge_three_ways(real, fs, recon, tiles["masks"]) | {
+        "scored_on": fs.info["scored_on"], "judge_steps": int(P.judge["train"]["steps"]),
+        "first_stage": ck.first_stage_folder(P).name if P.autoencoder["path"] else "trained by notebook 01"}
     rep["ratio_real_on_recon_to_real_on_real"] = rep["real_on_recon"]["mean_iou"] / max(rep["real_on_real"]["mean_iou"], 1e-9)
     io.write_json(judge_dir(out_dir(P)) / "judge_report.json", rep)
     io.write_json(paths.results_dir(P.profile) / "judge.json", rep)
+    return rep
+
+
+def judge_three_ways(real, fs, recon: np.ndarray, masks: np.ndarray) -> dict:
+    """The scores of :func:`judge_report` for the real-tile judge ``real`` and the first-stage judge ``fs`` (None:
+    leave out ``recon_on_recon`` and ``chance``) on held-out tiles whose reconstructions are ``recon``; ``real`` and
+    ``fs`` were scored on those tiles when trained (``info["real"]``), so only the reconstructions are judged here."""
+    def keep(r):
+        return {k: r[k] for k in ("mean_iou", "iou", "pixel_agreement", "n_tiles")}
+    rep = {"real_on_real": keep(real.info["real"]), "real_on_recon": keep(real(recon, masks))}
+    if fs is not None:
+        rep |= {"recon_on_recon": keep(fs.info["real"]),
+                "chance": keep(fs(recon, masks[adherence.chance_order(len(masks), 0)]))}
     return rep
 
 
