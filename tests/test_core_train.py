@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -176,3 +177,18 @@ def test_a_run_shorter_than_one_validation_still_selects_best(tmp_path):
     s = train.fit(model, lambda m, b, generator=None: m(b["x"]).pow(2).mean(), data, cfg, val=val, save_fn=save)
     assert (tmp_path / "best" / "w.pt").exists() and s["best_step"] == 2 and math.isfinite(s["best_val_loss"])
     assert torch.equal(torch.load(tmp_path / "best" / "w.pt")["weight"], torch.load(tmp_path / "final" / "w.pt")["weight"])
+
+
+def test_resume_needs_the_ema_state(tmp_path):
+    """A checkpoint without EMAModel's state (e.g. one holding the earlier ema.safetensors) is refused with
+    what to do, not resumed with a fresh EMA."""
+    data = train.TensorData({"x": torch.randn(8, 4, generator=torch.Generator().manual_seed(0))})
+    cfg = train.FitConfig(out_dir=str(tmp_path), max_steps=1, global_batch=4, ema_decay=0.9, cpu=True,
+                          resume="latest", progress=False)
+
+    def loss(m, b, generator=None):
+        return m(b["x"]).pow(2).mean()
+    train.fit(torch.nn.Linear(4, 1), loss, data, cfg)
+    (tmp_path / "checkpoint-1" / "custom_checkpoint_0.pkl").unlink()
+    with pytest.raises(ValueError, match="holds no EMAModel state"):
+        train.fit(torch.nn.Linear(4, 1), loss, data, replace(cfg, max_steps=2))

@@ -287,6 +287,9 @@ def _resume(run: _Run) -> Path | None:
                              "resume from a checkpoint of this configuration or start fresh (resume: null)")
         if saved["global_batch"] != cfg.global_batch:
             raise ValueError(f"{ckpt} was trained with global_batch {saved['global_batch']}, not {cfg.global_batch}")
+        if run.ema is not None and not (ckpt / "custom_checkpoint_0.pkl").exists():
+            raise ValueError(f"{ckpt} holds no EMAModel state (custom_checkpoint_0.pkl; an ema.safetensors there is the "
+                             "format of the loop's own EMA that EMAModel replaced): start fresh (resume: null)")
         run.acc.load_state(str(ckpt))
         if run.ema is not None:
             run.ema.to(run.acc.device)  # accelerate loads registered objects' states onto the CPU
