@@ -21,6 +21,11 @@ from safetensors.torch import save_file
 from discnb.core import train
 
 
+def toy_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -48,8 +53,7 @@ def main() -> None:
             target = target + 0.1 * torch.randn(target.shape, generator=generator).to(target.device)
         return torch.nn.functional.mse_loss(model(batch["x"]).squeeze(-1), target)
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    model = toy_model()
     cfg = train.FitConfig(out_dir=a.out, max_steps=a.steps, global_batch=8, grad_accum=a.grad_accum, lr=0.02,
                           ema_decay=0.9, cpu=True, checkpoint_every=2, checkpoints_total_limit=100, validate_every=3,
                           resume="latest", seed=3, log_every=1, progress=False, signature={"kind": "toy"})

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import fit_toy  # tests/ is on sys.path (conftest.py)
 from discnb.core import io, train
 from discnb.core.paths import REPO
 
@@ -30,11 +32,19 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
-def _assert_same_weights(a: Path, b: Path) -> None:
+def _assert_same_weights(a: Path, b: Path, exact: bool = False) -> None:
     wa, wb = _weights(a), _weights(b)
     assert set(wa) == set(wb)
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+        if exact:
+            assert torch.equal(wa[k], wb[k]), k
+        else:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+
+
+def _ema_state(checkpoint: Path) -> dict:
+    """The EMA's state (diffusers' EMAModel.state_dict) that accelerate saved with the checkpoint."""
+    return torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)
 
 
 @pytest.mark.slow
@@ -42,7 +52,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     """Kill (SIGKILL) in step 6 of 10, after checkpoint 4 and the logged step 5; resume. With
     gradient accumulation, EMA, validation and torch-RNG noise + augmentation (a known source of
     resume bugs, diffusers #3467), the per-step losses, the raw weights and the EMA weights must
-    equal those of a run that was never interrupted."""
+    equal those of a run that was never interrupted, bit for bit."""
     args = ("--steps", 10, "--grad-accum", 2, "--noise")
     ref, run = tmp_path / "ref", tmp_path / "run"
     r = _fit(ref, *args)
@@ -55,11 +65,16 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = pd.read_csv(ref / "metrics.csv"), pd.read_csv(run / "metrics.csv")
     assert b.step.tolist() == list(range(1, 11))  # no duplicated or missing rows
-    pd.testing.assert_series_equal(a.loss, b.loss, rtol=1e-6)
-    pd.testing.assert_series_equal(a.val_loss, b.val_loss, rtol=1e-6)
-    _assert_same_weights(ref / "checkpoint-10", run / "checkpoint-10")  # raw weights
-    _assert_same_weights(ref / "final", run / "final")  # EMA weights
-    assert load_file(str(run / "checkpoint-10" / "ema.safetensors")).keys() == _weights(run / "final").keys()
+    pd.testing.assert_series_equal(a.loss, b.loss, check_exact=True)
+    pd.testing.assert_series_equal(a.val_loss, b.val_loss, check_exact=True)
+    _assert_same_weights(ref / "checkpoint-10", run / "checkpoint-10", exact=True)  # raw weights
+    _assert_same_weights(ref / "final", run / "final", exact=True)  # EMA weights
+    ema_ref, ema_run = _ema_state(ref / "checkpoint-10"), _ema_state(run / "checkpoint-10")
+    assert ema_ref["optimization_step"] == ema_run["optimization_step"] == 10
+    assert all(map(torch.equal, ema_ref["shadow_params"], ema_run["shadow_params"]))
+    final = _weights(run / "final")  # saved with the EMA's weights swapped in
+    names = [n for n, _ in fit_toy.toy_model().named_parameters()]
+    assert all(torch.equal(final[n], p) for n, p in zip(names, ema_run["shadow_params"], strict=True))
 
 
 @pytest.mark.slow
@@ -162,3 +177,18 @@ def test_a_run_shorter_than_one_validation_still_selects_best(tmp_path):
     s = train.fit(model, lambda m, b, generator=None: m(b["x"]).pow(2).mean(), data, cfg, val=val, save_fn=save)
     assert (tmp_path / "best" / "w.pt").exists() and s["best_step"] == 2 and math.isfinite(s["best_val_loss"])
     assert torch.equal(torch.load(tmp_path / "best" / "w.pt")["weight"], torch.load(tmp_path / "final" / "w.pt")["weight"])
+
+
+def test_resume_needs_the_ema_state(tmp_path):
+    """A checkpoint without EMAModel's state (e.g. one holding the earlier ema.safetensors) is refused with
+    what to do, not resumed with a fresh EMA."""
+    data = train.TensorData({"x": torch.randn(8, 4, generator=torch.Generator().manual_seed(0))})
+    cfg = train.FitConfig(out_dir=str(tmp_path), max_steps=1, global_batch=4, ema_decay=0.9, cpu=True,
+                          resume="latest", progress=False)
+
+    def loss(m, b, generator=None):
+        return m(b["x"]).pow(2).mean()
+    train.fit(torch.nn.Linear(4, 1), loss, data, cfg)
+    (tmp_path / "checkpoint-1" / "custom_checkpoint_0.pkl").unlink()
+    with pytest.raises(ValueError, match="holds no EMAModel state"):
+        train.fit(torch.nn.Linear(4, 1), loss, data, replace(cfg, max_steps=2))

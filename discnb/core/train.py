@@ -1,7 +1,8 @@
 """ONE training loop for every model of the project (first stage, SD, SD-DISC, CarcinoNet).
 
 Plain code in the spirit of nanoGPT and the diffusers training examples, on accelerate:
-mixed precision, gradient accumulation, DDP over processes/GPUs/nodes, an EMA of the weights,
+mixed precision, gradient accumulation, DDP over processes/GPUs/nodes, an EMA of the weights
+(diffusers' ``EMAModel``, saved in accelerate's checkpoint),
 ``checkpoint-{step}`` folders written atomically with a rotation limit, ``resume: latest|PATH``,
 validation with a fixed generator, best-by-validation selection (the paper keeps the model with
 the lowest validation error) and a clear stop when the loss stops being finite.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import re
@@ -30,8 +32,7 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from discnb.core.io import atomic_dir
@@ -96,55 +97,6 @@ class TensorData:
         return {k: v.to(device) for k, v in b.items()} if device is not None else b
 
 
-class EMA:
-    """Exponential moving average of trainable weights, with LDM's warm-up
-    (decay_n = min(decay, (1 + n) / (10 + n))) so short runs are not dominated by the init.
-
-    Our own rather than ``diffusers.training_utils.EMAModel`` or ``torch.optim.swa_utils``: its
-    state is saved inside each checkpoint folder before that folder is renamed into place (so a
-    kill never pairs weights with another step's EMA), and the resume test checks it bit for bit."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay, self.num_updates = decay, 0
-        self.shadow = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def step(self, model: nn.Module) -> None:
-        self.num_updates += 1
-        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for n, p in model.named_parameters():
-            if n in self.shadow:
-                self.shadow[n].lerp_(p.detach().float(), 1 - d)
-
-    @contextlib.contextmanager
-    def applied(self, model: nn.Module):
-        """Temporarily swap the EMA weights into ``model``."""
-        saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.shadow}
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in self.shadow:
-                    p.copy_(self.shadow[n])
-        try:
-            yield model
-        finally:
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in saved:
-                        p.copy_(saved[n])
-
-    def save(self, path: Path) -> None:
-        save_file({k: v.contiguous() for k, v in self.shadow.items()}, str(path),
-                  metadata={"num_updates": str(self.num_updates), "decay": str(self.decay)})
-
-    def load(self, path: Path) -> None:
-        with safe_open(str(path), "pt") as f:
-            self.num_updates = int(f.metadata()["num_updates"])
-        loaded = load_file(str(path))
-        if set(loaded) != set(self.shadow):
-            raise ValueError(f"{path}: EMA weights do not match this model")
-        self.shadow = loaded
-
-
 # ------------------------------------------------------------------------------ checkpoints
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
     """Complete checkpoints (a half-written one is still named ``*.tmp``), oldest first."""
@@ -199,21 +151,101 @@ def _lr_at(step: int, cfg: FitConfig, base: float) -> float:
     return base * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else base
 
 
+
+@dataclass
+class TrainerState:
+    """Where a run stands: saved as a checkpoint's ``trainer_state.json`` (written last, so its presence
+    marks the folder complete) beside accelerate's files."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0             # global batches of this epoch already trained on
+    best_val: float = math.inf
+    best_step: int = -1
+    signature: dict = field(default_factory=dict)
+    global_batch: int = 0
+
+
+@dataclass
+class _Run:
+    """One fit's moving parts, set up once by :func:`_prepare` (the locals of a diffusers training script)."""
+    cfg: FitConfig
+    out: Path
+    acc: Accelerator
+    model: nn.Module                    # as prepared (wrapped in DDP over several processes)
+    raw: nn.Module                      # the model itself: EMA, validation and saving use it
+    opt: torch.optim.Optimizer
+    ema: EMAModel | None
+    ema_params: list[nn.Parameter]      # what the EMA averages: the model's trainable weights, in a fixed order
+    per_proc: int                       # samples per process in one micro-batch
+    steps_per_epoch: int
+    base_lr: float
+    state: TrainerState
+    t0: float = 0.0                     # when training (after set-up and resume) began
+
+
+SaveFn = Callable[[nn.Module, Path], None]
+
+
 def fit(model: nn.Module, loss_fn: Callable, train: TensorData, cfg: FitConfig, *,
-        val: TensorData | None = None, save_fn: Callable[[nn.Module, Path], None] | None = None,
+        val: TensorData | None = None, save_fn: SaveFn | None = None,
         params: list[nn.Parameter] | None = None) -> dict:
     """Train ``model`` on ``loss_fn(model, batch, generator=None) -> scalar`` for ``cfg.max_steps``.
 
     ``save_fn(model, folder)`` writes a usable model (e.g. ``save_pretrained``); it is called
     with EMA weights (when EMA is on) for ``best/`` (lowest validation loss) and ``final/``.
+    ``params`` are the weights to optimise (default: every parameter that requires a gradient).
     Returns a summary (steps, best step/val loss, throughput, where it resumed from).
     """
+    run = _prepare(model, train, cfg, params)
+    resumed_from = _resume(run)
+    acc, state = run.acc, run.state
+    if acc.is_main_process:
+        acc.init_trackers("train", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc=cfg.desc, disable=not (cfg.progress and acc.is_main_process),
+               mininterval=2, dynamic_ncols=True)
+    validate_every = cfg.validate_every or run.steps_per_epoch
+    has_val = val is not None and len(val) > 0
+    run.model.train()
+    step0, loss = state.step, float("nan")
+    run.t0 = time.perf_counter()
+    while state.step < cfg.max_steps:
+        if state.batch_in_epoch == run.steps_per_epoch:  # epoch done: the next one, in its own order
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        loss = _train_step(run, loss_fn, train)
+        state.step += 1
+        state.batch_in_epoch += 1
+        row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": run.opt.param_groups[0]["lr"]}
+        if has_val and state.step % validate_every == 0:
+            row["val_loss"] = _validate_and_keep_best(run, loss_fn, val, save_fn)
+        if state.step % cfg.log_every == 0 or "val_loss" in row or state.step == cfg.max_steps:
+            _log(run, row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", epoch=state.epoch)
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
+            _save_checkpoint(run)
+    bar.close()
+    elapsed = time.perf_counter() - run.t0
+    if not list_checkpoints(run.out) or list_checkpoints(run.out)[-1].name != f"checkpoint-{state.step}":
+        _save_checkpoint(run)
+    _save_best_if_unselected(run, loss_fn, val if has_val else None, save_fn, loss)
+    _save_model(run, save_fn, "final")
+    _finish_trackers(acc)
+    steps_done = state.step - step0
+    return {"steps": state.step, "epochs": state.epoch, "best_step": state.best_step,
+            "best_val_loss": state.best_val, "final_loss": loss, "resumed_from": str(resumed_from or ""),
+            "processes": acc.num_processes, "train_seconds": elapsed,
+            "steps_per_s": steps_done / elapsed if elapsed > 0 else float("nan"),
+            "samples_per_s": steps_done * cfg.global_batch / elapsed if elapsed > 0 else float("nan")}
+
+
+def _prepare(model: nn.Module, train: TensorData, cfg: FitConfig, params: list[nn.Parameter] | None) -> _Run:
+    """The accelerator, the batch geometry (checked), the seeds, AdamW and the EMA."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                       log_with="tensorboard", cpu=use_cpu(cfg.cpu),
                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
-    world, rank = acc.num_processes, acc.process_index
+    world = acc.num_processes
     per_proc, rem = divmod(cfg.global_batch, world * cfg.grad_accum)
     if rem or per_proc == 0:
         raise ValueError(f"global_batch {cfg.global_batch} must be a multiple of processes ({world}) x "
@@ -229,153 +261,170 @@ def fit(model: nn.Module, loss_fn: Callable, train: TensorData, cfg: FitConfig, 
     opt = torch.optim.AdamW(trainable, lr=base_lr, weight_decay=cfg.weight_decay)
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
-    ema = EMA(raw, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ema, ema_params = None, [p for p in raw.parameters() if p.requires_grad]
+    if cfg.ema_decay > 0:
+        # LDM's warm-up, decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update, so short runs are not
+        # dominated by the init. EMAModel computes it from n = updates - update_after_step - 1 (and copies the
+        # weights while that is 0): update_after_step=-1 makes n the number of updates, as in LDM's LitEma.
+        ema = EMAModel(ema_params, decay=cfg.ema_decay, update_after_step=-1, foreach=True)  # foreach: one fused update
+        acc.register_for_checkpointing(ema)  # saved by save_state inside the checkpoint's *.tmp folder
+    return _Run(cfg=cfg, out=out, acc=acc, model=model, raw=raw, opt=opt, ema=ema, ema_params=ema_params,
+                per_proc=per_proc, steps_per_epoch=steps_per_epoch, base_lr=base_lr,
+                state=TrainerState(signature=cfg.signature, global_batch=cfg.global_batch))
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": math.inf, "best_step": -1,
-             "signature": cfg.signature, "global_batch": cfg.global_batch}
-    start_ckpt = resolve_resume(cfg.resume, out)
-    if start_ckpt is not None:
-        saved = json.loads((start_ckpt / "trainer_state.json").read_text())
-        if saved.get("signature") != cfg.signature:
-            diff = {k for k in set(saved.get("signature", {})) | set(cfg.signature)
-                    if saved.get("signature", {}).get(k) != cfg.signature.get(k)}
-            raise ValueError(f"{start_ckpt} holds another model (config differs in {sorted(diff)}): "
+
+def _resume(run: _Run) -> Path | None:
+    """Load ``cfg.resume``'s checkpoint (weights, optimizer, RNGs, EMA, step and data position) when there is one,
+    after checking that it holds this model; drop the metric rows logged after it."""
+    cfg = run.cfg
+    ckpt = resolve_resume(cfg.resume, run.out)
+    if ckpt is not None:
+        saved = json.loads((ckpt / "trainer_state.json").read_text())
+        theirs = saved["signature"]
+        if theirs != cfg.signature:
+            diff = {k for k in set(theirs) | set(cfg.signature) if theirs.get(k) != cfg.signature.get(k)}
+            raise ValueError(f"{ckpt} holds another model (config differs in {sorted(diff)}): "
                              "resume from a checkpoint of this configuration or start fresh (resume: null)")
         if saved["global_batch"] != cfg.global_batch:
-            raise ValueError(f"{start_ckpt} was trained with global_batch {saved['global_batch']}, not {cfg.global_batch}")
-        acc.load_state(str(start_ckpt))
-        if ema is not None:
-            ema.load(start_ckpt / "ema.safetensors")
-        state.update({k: saved[k] for k in ("step", "epoch", "batch_in_epoch", "best_val", "best_step")})
-    metrics_path = out / "metrics.csv"
-    _truncate_metrics(metrics_path, state["step"], acc.is_main_process)
+            raise ValueError(f"{ckpt} was trained with global_batch {saved['global_batch']}, not {cfg.global_batch}")
+        if run.ema is not None and not (ckpt / "custom_checkpoint_0.pkl").exists():
+            raise ValueError(f"{ckpt} holds no EMAModel state (custom_checkpoint_0.pkl; an ema.safetensors there is the "
+                             "format of the loop's own EMA that EMAModel replaced): start fresh (resume: null)")
+        run.acc.load_state(str(ckpt))
+        if run.ema is not None:
+            run.ema.to(run.acc.device)  # accelerate loads registered objects' states onto the CPU
+        for k in ("step", "epoch", "batch_in_epoch", "best_val", "best_step"):
+            setattr(run.state, k, saved[k])
+    _truncate_metrics(run.out / "metrics.csv", run.state.step, run.acc.is_main_process)
+    return ckpt
 
-    # Our own rotation rather than accelerate's (ProjectConfiguration(automatic_checkpoint_naming=True,
-    # total_limit=N)): that one writes checkpoint_N in place, so a kill mid-save leaves a folder that
-    # looks complete. Here a checkpoint is complete only once renamed from *.tmp, with
-    # trainer_state.json written last, and the oldest go only after the new one exists.
-    def save_checkpoint() -> Path:
-        final = out / f"checkpoint-{state['step']}"
-        tmp = final.with_name(final.name + ".tmp")
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        # save_state has no barrier at its end: without this one the main process could rename tmp while another
-        # process is still writing its random_states_<rank>.pkl there (seen on a loaded 2-core machine)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if ema is not None:
-                ema.save(tmp / "ema.safetensors")
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))  # written last: marks it complete
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            for old in list_checkpoints(out)[:-cfg.checkpoints_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
 
-    def save_model(name: str) -> None:
-        if save_fn is None or not acc.is_main_process:
-            return
-        ctx = ema.applied(raw) if ema is not None else contextlib.nullcontext(raw)
-        with ctx as m:
-            atomic_dir(lambda d: save_fn(m, d), out / name)
+_permutation = functools.lru_cache(maxsize=1)(epoch_permutation)  # one per epoch, not one per step
 
-    @torch.no_grad()
-    def validate() -> float:
-        raw.eval()
-        g = torch.Generator().manual_seed(cfg.seed + 7919)  # same t and eps at every validation
-        ctx = ema.applied(raw) if ema is not None else contextlib.nullcontext(raw)
-        tot = n = 0
-        with ctx as m, acc.autocast():
-            for s in range(0, len(val), per_proc):
-                idx = torch.arange(s, min(s + per_proc, len(val)))
-                b = val.batch(idx, acc.device, augment=False)
-                tot += float(loss_fn(m, b, generator=g)) * len(idx)
-                n += len(idx)
-        raw.train()
-        return tot / max(n, 1)
 
+def _train_step(run: _Run, loss_fn: Callable, train: TensorData) -> float:
+    """One optimizer step on global batch ``batch_in_epoch`` of the epoch's permutation: this process's slice,
+    in ``grad_accum`` micro-batches. Returns the loss averaged over processes; raises when it is not finite."""
+    cfg, acc, state = run.cfg, run.acc, run.state
+    share = run.per_proc * cfg.grad_accum
+    batch = _permutation(len(train), cfg.seed, state.epoch)[state.batch_in_epoch * cfg.global_batch:
+                                                             (state.batch_in_epoch + 1) * cfg.global_batch]
+    mine = batch[acc.process_index * share:(acc.process_index + 1) * share]
+    for g in run.opt.param_groups:
+        g["lr"] = _lr_at(state.step, cfg, run.base_lr)
+    loss_sum = torch.zeros((), device=acc.device)
+    for a in range(cfg.grad_accum):
+        micro = train.batch(mine[a * run.per_proc:(a + 1) * run.per_proc], acc.device)
+        with acc.accumulate(run.model):
+            with acc.autocast():
+                loss = loss_fn(run.model, micro)
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm:
+                acc.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
+            run.opt.step()
+            run.opt.zero_grad(set_to_none=True)
+        loss_sum += loss.detach().float()
+    loss_v = float(acc.gather((loss_sum / cfg.grad_accum).reshape(1)).mean())
+    if not math.isfinite(loss_v):
+        last = list_checkpoints(run.out)
+        _finish_trackers(acc)
+        raise TrainingDiverged(f"{cfg.desc}: loss became {loss_v} at step {state.step + 1}; nothing after the "
+                               f"last good checkpoint ({last[-1] if last else 'none'}) was saved. Lower lr "
+                               f"({run.base_lr:g}), use mixed_precision 'no', or check the data.")
+    if run.ema is not None:
+        run.ema.step(run.ema_params)
+    return loss_v
+
+
+@contextlib.contextmanager
+def _ema_weights(run: _Run):
+    """``run.raw`` with the EMA weights in it (when EMA is on), its own weights back afterwards."""
+    if run.ema is None:
+        yield run.raw
+        return
+    run.ema.store(run.ema_params)
+    run.ema.copy_to(run.ema_params)
+    try:
+        yield run.raw
+    finally:
+        run.ema.restore(run.ema_params)
+
+
+@torch.no_grad()
+def _validate(run: _Run, loss_fn: Callable, val: TensorData) -> float:
+    """The mean validation loss of the EMA weights (when on), with the same t and eps at every validation."""
+    run.raw.eval()
+    g = torch.Generator().manual_seed(run.cfg.seed + 7919)
+    tot = n = 0
+    with _ema_weights(run) as m, run.acc.autocast():
+        for s in range(0, len(val), run.per_proc):
+            idx = torch.arange(s, min(s + run.per_proc, len(val)))
+            tot += float(loss_fn(m, val.batch(idx, run.acc.device, augment=False), generator=g)) * len(idx)
+            n += len(idx)
+    run.raw.train()
+    return tot / max(n, 1)
+
+
+def _validate_and_keep_best(run: _Run, loss_fn: Callable, val: TensorData, save_fn: SaveFn | None) -> float:
+    """Validate on the main process (nan on the others); a new lowest validation loss is saved as ``best/``."""
+    v = _validate(run, loss_fn, val) if run.acc.is_main_process else float("nan")
+    if run.acc.is_main_process and v < run.state.best_val:
+        run.state.best_val, run.state.best_step = v, run.state.step
+        _save_model(run, save_fn, "best")
+    run.acc.wait_for_everyone()
+    return v
+
+
+def _save_best_if_unselected(run: _Run, loss_fn: Callable, val: TensorData | None, save_fn: SaveFn | None,
+                             loss: float) -> None:
+    """``best/`` when no validation chose one: without validation data, the final weights; in a run shorter
+    than one validation interval (the paper dry run), the final weights too, validated once and logged."""
+    state = run.state
+    if val is None:
+        _save_model(run, save_fn, "best")
+    elif _on_main_says(run.acc, state.best_step < 0):
+        v = _validate(run, loss_fn, val) if run.acc.is_main_process else float("nan")
+        if run.acc.is_main_process:
+            state.best_val, state.best_step = v, state.step
+            _save_model(run, save_fn, "best")
+        run.acc.wait_for_everyone()
+        _log(run, {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": run.opt.param_groups[0]["lr"],
+                   "val_loss": v})
+
+
+def _save_model(run: _Run, save_fn: SaveFn | None, name: str) -> None:
+    """``save_fn`` with the EMA weights (when on) into ``out/name``, atomically, on the main process."""
+    if save_fn is None or not run.acc.is_main_process:
+        return
+    with _ema_weights(run) as m:
+        atomic_dir(lambda d: save_fn(m, d), run.out / name)
+
+
+def _save_checkpoint(run: _Run) -> Path:
+    """``checkpoint-{step}``: accelerate's state (model, optimizer, RNGs, EMA), then ``trainer_state.json``.
+
+    Our own rotation rather than accelerate's (ProjectConfiguration(automatic_checkpoint_naming=True,
+    total_limit=N)): that one writes checkpoint_N in place, so a kill mid-save leaves a folder that
+    looks complete. Here a checkpoint is complete only once renamed from *.tmp, with
+    trainer_state.json written last, and the oldest go only after the new one exists."""
+    acc = run.acc
+    final = run.out / f"checkpoint-{run.state.step}"
+    tmp = final.with_name(final.name + ".tmp")
     if acc.is_main_process:
-        acc.init_trackers("train", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc=cfg.desc, disable=not (cfg.progress and acc.is_main_process),
-               mininterval=2, dynamic_ncols=True)
-    validate_every = cfg.validate_every or steps_per_epoch
-    model.train()
-    t0, step0, loss_v = time.perf_counter(), state["step"], float("nan")
-    while state["step"] < cfg.max_steps:
-        perm = epoch_permutation(len(train), cfg.seed, state["epoch"])
-        for b in range(state["batch_in_epoch"], steps_per_epoch):
-            mine = perm[b * cfg.global_batch:(b + 1) * cfg.global_batch][rank * per_proc * cfg.grad_accum:
-                                                                         (rank + 1) * per_proc * cfg.grad_accum]
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(state["step"], cfg, base_lr)
-            loss_sum = torch.zeros((), device=acc.device)
-            for a in range(cfg.grad_accum):
-                batch = train.batch(mine[a * per_proc:(a + 1) * per_proc], acc.device)
-                with acc.accumulate(model):
-                    with acc.autocast():
-                        loss = loss_fn(model, batch)
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm:
-                        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                loss_sum += loss.detach().float()
-            loss_v = float(acc.gather((loss_sum / cfg.grad_accum).reshape(1)).mean())
-            if not math.isfinite(loss_v):
-                last = list_checkpoints(out)
-                _finish_trackers(acc)
-                raise TrainingDiverged(f"{cfg.desc}: loss became {loss_v} at step {state['step'] + 1}; nothing after the "
-                                       f"last good checkpoint ({last[-1] if last else 'none'}) was saved. Lower lr "
-                                       f"({base_lr:g}), use mixed_precision 'no', or check the data.")
-            if ema is not None:
-                ema.step(raw)
-            state["step"] += 1
-            state["batch_in_epoch"] = b + 1
-            row = {"step": state["step"], "epoch": state["epoch"], "loss": loss_v, "lr": opt.param_groups[0]["lr"]}
-            if state["step"] % validate_every == 0 and val is not None and len(val):
-                row["val_loss"] = v = validate() if acc.is_main_process else float("nan")
-                if acc.is_main_process and v < state["best_val"]:
-                    state["best_val"], state["best_step"] = v, state["step"]
-                    save_model("best")
-                acc.wait_for_everyone()
-            if state["step"] % cfg.log_every == 0 or "val_loss" in row or state["step"] == cfg.max_steps:
-                row["elapsed_s"] = time.perf_counter() - t0
-                _log(acc, metrics_path, row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_v:.4f}", epoch=state["epoch"])
-            if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.max_steps:
-                save_checkpoint()
-            if state["step"] >= cfg.max_steps:
-                break
-        else:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    if not list_checkpoints(out) or list_checkpoints(out)[-1].name != f"checkpoint-{state['step']}":
-        save_checkpoint()
-    if val is None or not len(val):
-        save_model("best")  # nothing to select on: the final weights
-    elif _on_main_says(acc, state["best_step"] < 0):  # shorter than one validation interval (the paper dry run): judge the final weights
-        v = validate() if acc.is_main_process else float("nan")
-        if acc.is_main_process:
-            state["best_val"], state["best_step"] = v, state["step"]
-            save_model("best")
-            _log(acc, metrics_path, {"step": state["step"], "epoch": state["epoch"], "loss": loss_v,
-                                     "lr": opt.param_groups[0]["lr"], "val_loss": v,
-                                     "elapsed_s": time.perf_counter() - t0})
-        acc.wait_for_everyone()
-    save_model("final")
-    _finish_trackers(acc)
-    steps_done = state["step"] - step0
-    return {"steps": state["step"], "epochs": state["epoch"], "best_step": state["best_step"],
-            "best_val_loss": state["best_val"], "final_loss": loss_v, "resumed_from": str(start_ckpt or ""),
-            "processes": world, "train_seconds": elapsed,
-            "steps_per_s": steps_done / elapsed if elapsed > 0 else float("nan"),
-            "samples_per_s": steps_done * cfg.global_batch / elapsed if elapsed > 0 else float("nan")}
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    # save_state has no barrier at its end: without this one the main process could rename tmp while another
+    # process is still writing its random_states_<rank>.pkl there (seen on a loaded 2-core machine)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps(asdict(run.state), indent=2))  # last: marks it complete
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in list_checkpoints(run.out)[:-run.cfg.checkpoints_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
 
 
 def _truncate_metrics(path: Path, step: int, main: bool) -> None:
@@ -409,10 +458,12 @@ def _on_main_says(acc, flag: bool) -> bool:
     return bool(box[0])
 
 
-def _log(acc, path: Path, row: dict) -> None:
-    acc.log({k: v for k, v in row.items() if k not in ("step", "epoch") and not (isinstance(v, float) and math.isnan(v))},
-            step=row["step"])
-    if acc.is_main_process:
+def _log(run: _Run, row: dict) -> None:
+    row = {**row, "elapsed_s": time.perf_counter() - run.t0}
+    run.acc.log({k: v for k, v in row.items() if k not in ("step", "epoch") and not (isinstance(v, float) and math.isnan(v))},
+                step=row["step"])
+    if run.acc.is_main_process:
+        path = run.out / "metrics.csv"
         new = not path.exists()
         with path.open("a", newline="") as f:
             w = csv.DictWriter(f, _FIELDS)
