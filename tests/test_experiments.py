@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from discnb.core import paths
@@ -93,3 +94,14 @@ def test_judge_fp16_on_the_shipped_judge():
     assert {"SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain"} <= set(out)
     # docs/reproducing.md: rounding the judge to fp16 moves a model's mean IoU by at most about 0.0002
     assert all(abs(v["fp32"] - v["fp16"]) < 1e-3 and v["pixels_differ"] < 5e-3 for v in out.values())
+
+
+def test_cpu_threads():
+    n = torch.get_num_threads()
+    try:
+        # one thread only: two OpenMP threads on a busy shared machine can take minutes for these few steps
+        rep = script("cpu_threads").main(["--transmil-steps", "2", "--carcinonet-steps", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(n)
+    assert set(rep) == {"TransMIL 1 thread(s) s/step", "CarcinoNet 1 thread(s) s/step"}
+    assert all(v > 0 for v in rep.values())
