@@ -133,7 +133,7 @@ class MaskLDM(nn.Module):
     and DISC do not change. Why: an under-trained eps-U-Net's small errors at high t are amplified
     1/sqrt(abar)-fold (~60x at t = 950) in DDIM's x_0 estimate, and the eps loss puts almost no
     weight on low-noise-to-signal steps, where the layout (and so the mask) is decided; on the CPU
-    demo this made samples drift to ~4x the latents' std and ignore their masks (docs/demo-results.md).
+    demo this made samples drift to ~4x the latents' std and ignore their masks (docs/mask-adherence.md).
 
     ``cond_drop`` and ``guidance_scale`` (beyond the paper; off in the paper profile) are classifier-free
     guidance on the mask (Ho & Salimans 2022): training replaces the condition image of a share
@@ -148,8 +148,8 @@ class MaskLDM(nn.Module):
     conditioning: the condition image, area-averaged to the latent grid (label fractions per latent
     pixel), is also concatenated to z_t, as LDM does for its own semantic-map-to-image f4 model
     (Rombach et al. 2022, Sec. 4.3.2). Cross-attention to tau_theta's tokens stays. On the CPU demo
-    a cross-attention-only SD learns the layout too slowly to follow its masks (docs/demo-results.md, "Does SD
-    follow the mask?"); the concatenated mask gives every latent pixel its own label directly.
+    a cross-attention-only SD learns the layout too slowly to follow its masks (docs/mask-adherence.md, "Why the demo SD
+    predicts v and concatenates its mask"); the concatenated mask gives every latent pixel its own label directly.
     """
 
     def __init__(self, unet: UNet2DConditionModel, tau: MaskEncoder, condition: str = "pixel",

@@ -9,7 +9,7 @@ complex masks, SC and DISC fix it) concerns only the multi-label ones:
   kept when at least two labels survive on the latent grid, where SC fuses;
 - ``complex-real``: the held-out annotation masks with the most labels (at least two), the real
   masks closest to the paper's "complex masks" (beyond the issue's three sets: on the demo, this is
-  where SD-DISC measured above SD, docs/demo-results.md); it may share masks with ``real``;
+  where SD-DISC measured above SD, docs/mask-adherence.md); it may share masks with ``real``;
 - ``single``: constant masks, the same number of each label;
 - ``real``: annotation masks of held-out tiles, as they are.
 

@@ -446,7 +446,7 @@ def run_sweep(P, B: dict, keys: dict, progress: bool = True) -> list[dict]:
         bar.update(1)
 
     # On CPU the sweep's models are tiny (the demo's TransMIL: dim 32): one thread trains them 1.7x faster than two
-    # (experiments/issue16_threads.py), and the same thread count in every process keeps results process-count-free
+    # (experiments/cpu_threads.py), and the same thread count in every process keeps results process-count-free
     threads = torch.get_num_threads()
     if pick_device(P.device).type == "cpu":
         torch.set_num_threads(1)

@@ -328,7 +328,7 @@ def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed:
     """Do SD's samples land where real latents are? The std and the median per-tile max |z| of
     ``n`` sampled latents (validation masks, seeded noise) next to those of the real validation
     latents. A model whose DDIM trajectories drift (the demo's eps-U-Net: ~4x the std) decodes to
-    flat or saturated tiles whatever the mask; see docs/demo-results.md "Does SD follow the mask?". Sampled on
+    flat or saturated tiles whatever the mask; see docs/mask-adherence.md "Why the demo SD predicts v and concatenates its mask". Sampled on
     ``P.device`` (the seeded noise is drawn on the CPU, so the latents do not depend on it)."""
     src, model, vq = _inputs(P, inputs, which)
     n = min(n, len(src["masks"]))  # no more samples than held-out masks
