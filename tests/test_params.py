@@ -262,3 +262,94 @@ def test_empty_document_is_no_overrides(tmp_path):
     for text in ("", "# only a comment\n", "---\n"):
         f.write_text(text)
         assert params.check_file("00_data_prep", f).profile == "smoke"
+
+
+# ------------------------------------------------------------------ allowed values, checked before a stage runs
+def _constrained(section: type[Section], where: tuple = ()):
+    """(path of keys, kind) of every parameter with a fixed set of values or a Check, nested ones included."""
+    for k, tp in section.types().items():
+        base, checks, _ = params._split(tp)
+        if isinstance(base, type) and issubclass(base, Section):
+            yield from _constrained(base, where + (k,))
+        elif typing.get_origin(base) is typing.Literal:
+            yield where + (k,), "choice"
+        elif typing.get_origin(base) is list and typing.get_origin(typing.get_args(base)[0]) is typing.Literal:
+            yield where + (k,), "choices"
+        if checks:
+            yield where + (k,), "check"
+
+
+CONSTRAINED = [(n, keys, kind) for n in sp.SCHEMAS for keys, kind in _constrained(sp.SCHEMAS[n])]
+
+
+def _nest(keys: tuple, value) -> dict:
+    return {keys[0]: _nest(keys[1:], value) if len(keys) > 1 else value}
+
+
+@pytest.mark.parametrize("name,keys,kind", CONSTRAINED, ids=[f"{n}:{'.'.join(k)}" for n, k, _ in CONSTRAINED])
+def test_a_value_outside_its_allowed_set_is_refused(tmp_path, name, keys, kind):
+    bad = {"choice": "no-such-value", "choices": ["no-such-value"], "check": 0}[kind]
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(_nest(keys, bad)))
+    label = f"{'.'.join(keys[:-1])}.{keys[-1]!r}" if len(keys) > 1 else repr(keys[0])
+    says = {"choice": "must be one of", "choices": "item 0 must be one of", "check": "must be > 0"}[kind]
+    with pytest.raises(params.ParamError, match=rf"p.yaml: {name}: parameter {label} {says}"):
+        params.check_file(name, f)
+    assert params.main(["check", name, str(f)]) == 2
+
+
+def test_the_constraints_found_include_the_known_ones():
+    found = {(n, ".".join(k)) for n, k, _ in CONSTRAINED}
+    assert {("00_data_prep", "on_bad_file"), ("00_data_prep", "masks"), ("00_data_prep", "image_size"),
+            ("01_train_ldm", "condition"), ("01_train_ldm", "unet.prediction"), ("01_train_ldm", "judge.input"),
+            ("02_sc_disc", "compare.scheduler"), ("03_tile_sets", "weights"), ("03_tile_sets", "secondary"),
+            ("05_transmil_sweep", "extractor.name"), ("06_figures", "run_bench"), ("06_figures", "fig8_test_sets"),
+            ("07_generate_from_masks", "dtype"), ("07_generate_from_masks", "sampler")} <= found
+
+
+def test_image_size_zero_is_refused_at_check_time(tmp_path, capsys):
+    f = tmp_path / "p.yaml"
+    f.write_text("profile: demo\nimage_size: 0\n")
+    assert params.main(["check", "notebooks/00_data_prep.ipynb", str(f)]) == 2
+    assert "parameter 'image_size' must be > 0 (default 64), got 0" in capsys.readouterr().err
+    f.write_text("profile: demo\non_bad_file: Skip\n")
+    with pytest.raises(params.ParamError, match=r"'on_bad_file' must be one of \['error', 'skip'\] \(default 'error'\), "
+                                                r"got str 'Skip'"):
+        params.check_file("00_data_prep", f)
+
+
+def test_a_check_on_list_items(monkeypatch):
+    class Sizes(Section):
+        sizes: list[sp.PositiveInt] = [1, 2]
+    monkeypatch.setitem(sp.SCHEMAS, "x", Sizes)
+    assert params.validate("x", {"sizes": [3]}).sizes == [3]
+    with pytest.raises(params.ParamError, match=r"parameter 'sizes' item 1 must be > 0, got 0"):
+        params.validate("x", {"sizes": [3, 0]})
+    with pytest.raises(params.ParamError, match=r"parameter 'sizes' item 0 must be int, got float 1.5"):
+        params.validate("x", {"sizes": [1.5]})
+
+
+def test_fixed_sets_equal_the_ones_the_code_accepts():
+    """A set declared in the schema and again where the code uses it (an upper layer, which core may
+    not import) must be the same set."""
+    from discnb.core import train
+    from discnb.generative import ldm, sampling
+    from discnb.grading import features, judge
+    from discnb.pipelines import paper_figures, shipped
+
+    def values(tp):
+        return set(typing.get_args(tp))
+
+    assert values(sp.Profile) == set(paths.PROFILES)
+    assert values(sp.Scheduler) == set(sampling.SCHEDULERS)
+    assert values(sp.Condition) == set(ldm.CONDITIONS)
+    assert values(sp.UNet.types()["prediction"]) == set(ldm.PREDICTIONS)
+    assert values(sp.Figure) == set(paper_figures.FIGURES)
+    assert values(sp.Figures.types()["run_bench"]) == set(paper_figures.BENCH_MODES)
+    assert values(sp.Extractor.types()["name"]) == set(features.EXTRACTORS)
+    assert values(sp.Judge.types()["input"]) == set(judge.RECIPE_KEYS["input"])
+    assert values(sp.GenerateFromMasks.types()["dtype"]) == set(shipped.DTYPES)
+    for device in values(sp.Device) - {"cuda"}:
+        train.pick_device(device)  # accepted (cuda: needs a GPU)
+    with pytest.raises(ValueError, match="device must be"):
+        train.pick_device("gpu")
