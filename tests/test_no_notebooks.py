@@ -1,7 +1,7 @@
-"""The package stands without its notebooks: a copy of ``discnb/`` alone (as an installed package
-is) checks every stage's parameters, answers every stage's ``python -m discnb.pipelines.<stage> --help``, trains a
+"""The package stands without its notebooks: ``discnb`` installed from its wheel alone checks every
+stage's parameters, answers every stage's ``python -m discnb.pipelines.<stage> --help``, trains a
 tiny LDM and builds every registered generator, with any read under a ``notebooks`` folder (or of
-an ``.ipynb``) refused. A second run, on a copy whose parameter defaults read the notebook again,
+an ``.ipynb``) refused. A second run, on an install whose parameter check reads the notebook again,
 shows that such a read is seen."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ sys.addaudithook(refuse_notebooks)
 
 import discnb
 from discnb.core import params, paths
-assert Path(discnb.__file__).is_relative_to(tmp / "pkg"), discnb.__file__
+assert Path(paths.__file__).is_relative_to(tmp / "pkg"), paths.__file__
 assert not paths.NOTEBOOKS.exists(), paths.NOTEBOOKS
 
 
@@ -97,14 +98,26 @@ for name in generators.available():
 print("generators built:", generators.available())
 assert not seen, seen
 print("no notebook read")
+# every module came from the install (an editable install of the repository must not fill in for it)
+elsewhere = sorted(n for n, m in sys.modules.items()
+                   if n.split(".")[0] == "discnb" and not Path(m.__file__).is_relative_to(tmp / "pkg"))
+assert not elsewhere, elsewhere
 '''
 
 
-def copy_package(tmp_path: Path) -> Path:
-    """``discnb/`` alone in ``tmp_path/pkg`` (no notebooks/, params/ or anything else beside it)."""
-    pkg = tmp_path / "pkg"
-    shutil.copytree(paths.REPO / "discnb", pkg / "discnb", ignore=shutil.ignore_patterns("__pycache__"))
-    return pkg
+def install_package(tmp_path: Path) -> Path:
+    """The package as pip installs it: a wheel built from ``pyproject.toml`` and ``discnb/`` alone,
+    unpacked into ``tmp_path/pkg`` (no notebooks/, params/ or anything else beside it)."""
+    src = tmp_path / "src"
+    shutil.copytree(paths.REPO / "discnb", src / "discnb", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(paths.REPO / f, src / f)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",
+                    str(tmp_path / "wheel"), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("discnb-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp_path / "pkg")
+    return tmp_path / "pkg"
 
 
 def run_without_notebooks(tmp_path: Path, pkg: Path) -> subprocess.CompletedProcess:
@@ -116,15 +129,15 @@ def run_without_notebooks(tmp_path: Path, pkg: Path) -> subprocess.CompletedProc
 
 @pytest.mark.slow
 def test_the_package_runs_without_its_notebooks(tmp_path):
-    r = run_without_notebooks(tmp_path, copy_package(tmp_path))
+    r = run_without_notebooks(tmp_path, install_package(tmp_path))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert "generators built: ['SD', 'SD-DISC', 'SD-DISC-CoTrain', 'SD-SC', 'SD-tile', 'SD-tile+slide']" in r.stdout
     assert re.search(r"--help: \[.*'discnb.pipelines.train_ldm'", r.stdout) and "no notebook read" in r.stdout
 
 
 def test_a_notebook_read_is_seen(tmp_path):
-    """The same run on a copy whose parameter defaults read the notebook again fails, naming it."""
-    pkg = copy_package(tmp_path)
+    """The same run on an install whose parameter check reads the notebook again fails, naming it."""
+    pkg = install_package(tmp_path)
     f = pkg / "discnb" / "core" / "params.py"
     text = f.read_text()
     planted = "    try:\n        return SCHEMAS[name]\n"  # in params.schema, which every check goes through
