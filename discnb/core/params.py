@@ -28,7 +28,7 @@ from discnb.core.stage_params import SCHEMAS, Section
 
 
 class ParamError(ValueError):
-    """A parameter file or override that does not fit the notebook's parameters cell."""
+    """A parameter file or override that does not fit the stage's declared parameters."""
 
 
 class _Empty:
@@ -44,6 +44,7 @@ class _Empty:
 
 
 EMPTY = _Empty()
+
 
 class _Loader(yaml.SafeLoader):
     """safe_load, except that an empty scalar loads as :data:`EMPTY` instead of None."""
@@ -125,10 +126,14 @@ def _check(key: str, value: Any, tp: Any, default: Any, where: str) -> Any:
         _check_unset(f"{where}{key}", value, default)
     elif value is None:
         return None
-    value = _conform(value, base, where, key, default)
+    return _holds(_conform(value, base, where, key, default), checks, f"{where}{key!r}", f" (default {default!r})")
+
+
+def _holds(value: Any, checks: tuple, label: str, note: str = "") -> Any:
+    """``value`` if it passes every :class:`~discnb.core.stage_params.Check` in ``checks``."""
     for c in checks:
         if not c.holds(value):
-            raise ParamError(f"parameter {where}{key!r} must be {c.says} (default {default!r}), got {value!r}")
+            raise ParamError(f"parameter {label} must be {c.says}{note}, got {value!r}")
     return value
 
 
@@ -174,11 +179,7 @@ def _items(value: list, tp: Any, where: str, key: str) -> list:
         if v is None and nullable:
             out.append(None)
             continue
-        v = _conform(v, base, where, key, None, item=i)
-        for c in checks:
-            if not c.holds(v):
-                raise ParamError(f"parameter {where}{key!r} item {i} must be {c.says}, got {v!r}")
-        out.append(v)
+        out.append(_holds(_conform(v, base, where, key, None, item=i), checks, f"{where}{key!r} item {i}"))
     return out
 
 
