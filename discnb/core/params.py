@@ -1,29 +1,34 @@
 """Parameters are data.
 
-Each notebook's cell tagged ``parameters`` holds the smoke defaults as plain literals, one per
-line with a comment. That cell is the schema: ``params/<profile>/NN_name.yaml`` may only override
-keys it defines, with values of the same type; an empty or null value is an error naming the key
-unless the default is None (or the key is in :data:`NULLABLE`). papermill only *warns* about unknown parameters,
-so the check happens here, both before a notebook runs (``python -m discnb.core.params check``, used
-by ``run_all.sh``) and inside the notebook's setup cell (:func:`from_globals`).
+Every stage's parameters (names, types, allowed values, defaults) are declared in
+:mod:`discnb.core.stage_params`; each notebook's cell tagged ``parameters`` holds the same defaults
+as plain literals (a test keeps the two equal). ``params/<profile>/NN_name.yaml`` may only override
+keys the stage declares, with values of the declared type (and allowed values: a ``Literal``, or a
+:class:`~discnb.core.stage_params.Check` such as ``POSITIVE``); an empty or null value is an error
+naming the key unless the default is None or the type allows None (``float | None``). papermill only
+*warns* about unknown parameters, so the check happens here, both before a notebook runs
+(``python -m discnb.core.params check``, used by ``run_all.sh``) and inside the notebook's setup cell
+(:func:`from_globals`).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import json
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from discnb.core import paths
+from discnb.core.stage_params import SCHEMAS, Section
 
 
 class ParamError(ValueError):
-    """A parameter file or override that does not fit the notebook's parameters cell."""
+    """A parameter file or override that does not fit the stage's declared parameters."""
 
 
 class _Empty:
@@ -39,12 +44,6 @@ class _Empty:
 
 
 EMPTY = _Empty()
-
-# Parameters (leaf names, at any nesting) whose None means something although their default is
-# not None. Any other key with a non-None default must not be None: the code would fail on it.
-NULLABLE = {
-    "max_grad_norm": "no gradient clipping (discnb.core.train.TrainConfig; the LDM recipe)",
-}
 
 
 class _Loader(yaml.SafeLoader):
@@ -68,34 +67,17 @@ class Params(dict):
             raise AttributeError(f"no parameter {name!r}; known: {sorted(self)}") from None
 
 
-def _parameters_cell(nb_path: Path) -> str:
-    nb = json.loads(Path(nb_path).read_text())
-    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if len(cells) != 1:
-        raise ParamError(f"{nb_path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
-    src = cells[0]["source"]
-    return "".join(src) if isinstance(src, list) else src
+def schema(name: str) -> type[Section]:
+    """The parameters of stage (notebook) ``name``."""
+    try:
+        return SCHEMAS[name]
+    except KeyError:
+        raise ParamError(f"no stage {name!r}; known: {sorted(SCHEMAS)}") from None
 
 
-def notebook_defaults(name: str) -> dict[str, Any]:
-    """The defaults (= schema) of notebook ``name``, read from its parameters cell.
-
-    The cell may contain only ``name = <literal>`` assignments (and comments): anything computed
-    there would not be recomputed after papermill injects overrides.
-    """
-    nb_path = paths.notebook_path(name)
-    tree = ast.parse(_parameters_cell(nb_path))
-    out: dict[str, Any] = {}
-    for node in tree.body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name)):
-            raise ParamError(f"{nb_path}: parameters cell line {node.lineno} is not `name = literal`")
-        try:
-            out[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError:
-            raise ParamError(f"{nb_path}: parameter {node.targets[0].id!r} (line {node.lineno}) "
-                             "is not a plain literal; move derived values to the setup cell") from None
-    return out
+def defaults(name: str) -> dict[str, Any]:
+    """The defaults of stage ``name`` (the smoke profile; its notebook's parameters cell)."""
+    return schema(name).defaults()
 
 
 def _typename(v: Any) -> str:
@@ -103,44 +85,102 @@ def _typename(v: Any) -> str:
 
 
 def _check_unset(name: str, value: Any, default: Any) -> None:
-    """An empty or null ``value`` is an error naming ``name`` unless None is allowed there."""
+    """An empty ``value``, or a null one where the type does not allow None, is an error naming ``name``."""
     if value is EMPTY:
         raise ParamError(f"parameter {name!r} is empty (default {default!r}): give it a "
                          f"{_typename(default)} value, or delete the line to keep the default")
-    if name.rsplit(".", 1)[-1] not in NULLABLE:
-        raise ParamError(f"parameter {name!r} is null (default {default!r}): it must be {_typename(default)}; "
-                         "delete the line to keep the default")
+    raise ParamError(f"parameter {name!r} is null (default {default!r}): it must be {_typename(default)}; "
+                     "delete the line to keep the default")
 
 
-def _check(key: str, value: Any, default: Any, where: str) -> Any:
-    """Check one value against its default's type; return it (ints widened to float)."""
+def _split(tp: Any) -> tuple[Any, tuple, bool]:
+    """(type without ``Annotated`` and ``None``, its checks, whether None is allowed)."""
+    checks: tuple = ()
+    if typing.get_origin(tp) is typing.Annotated:
+        tp, checks = tp.__origin__, tp.__metadata__
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(rest) != 1:
+            raise TypeError(f"unsupported parameter type {tp!r}: only `X | None` unions")
+        base, more, _ = _split(rest[0])
+        return base, checks + more, True
+    return tp, checks, False
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return f"one of {list(typing.get_args(tp))}"
+    if isinstance(tp, type) and issubclass(tp, Section):
+        return "dict"
+    return getattr(typing.get_origin(tp), "__name__", None) or getattr(tp, "__name__", str(tp))
+
+
+def _check(key: str, value: Any, tp: Any, default: Any, where: str) -> Any:
+    """Check one value against its declared type; return it (ints widened to float)."""
+    base, checks, nullable = _split(tp)
     if default is None:
-        # None defaults mean "unset / optional": any literal is allowed (empty means None).
-        return None if value is EMPTY else _no_empty_items(f"{where}{key}", value)
-    if value is None or value is EMPTY:
+        # None defaults mean "unset / optional": empty or null means None.
+        if value is None or value is EMPTY:
+            return None
+    elif value is EMPTY or (value is None and not nullable):
         _check_unset(f"{where}{key}", value, default)
+    elif value is None:
         return None
-    if isinstance(default, bool):
+    return _holds(_conform(value, base, where, key, default), checks, f"{where}{key!r}", f" (default {default!r})")
+
+
+def _holds(value: Any, checks: tuple, label: str, note: str = "") -> Any:
+    """``value`` if it passes every :class:`~discnb.core.stage_params.Check` in ``checks``."""
+    for c in checks:
+        if not c.holds(value):
+            raise ParamError(f"parameter {label} must be {c.says}{note}, got {value!r}")
+    return value
+
+
+def _conform(value: Any, tp: Any, where: str, key: str, default: Any, item: int | None = None) -> Any:
+    """``value`` if it is of type ``tp`` (a list of it, a section of it), as that type; else a ParamError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return _no_empty_items(f"{where}{key}", value)
+    if origin is Literal:
+        ok = any(value == a and type(value) is type(a) for a in typing.get_args(tp))
+    elif tp is bool:
         ok = isinstance(value, bool)
-    elif isinstance(default, int):
+    elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
+    elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
-    elif isinstance(default, (list, tuple)):
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif origin is list:
         ok = isinstance(value, (list, tuple))
-        value = _no_empty_items(f"{where}{key}", list(value)) if ok else value
-    elif isinstance(default, dict):
-        if not isinstance(value, dict):
-            ok = False
-        else:
-            return _validate(value, default, f"{where}{key}.")
+        if ok:
+            return _items(list(value), typing.get_args(tp)[0], where, key)
+    elif isinstance(tp, type) and issubclass(tp, Section):
+        ok = isinstance(value, dict)
+        if ok:
+            return _validate(value, tp, f"{where}{key}.")
     else:
-        ok = isinstance(value, type(default))
+        raise TypeError(f"parameter {where}{key}: unsupported type {tp!r} in discnb.core.stage_params")
     if not ok:
-        raise ParamError(f"parameter {where}{key!r} must be {_typename(default)} "
-                         f"(default {default!r}), got {_typename(value)} {value!r}")
+        what = f"item {item} must be {_describe(tp)}" if item is not None else \
+            f"must be {_describe(tp)} (default {default!r})"
+        raise ParamError(f"parameter {where}{key!r} {what}, got {_typename(value)} {value!r}")
     return value
+
+
+def _items(value: list, tp: Any, where: str, key: str) -> list:
+    """A list parameter's items, each checked against ``tp``; an empty item is named as such."""
+    _no_empty_items(f"{where}{key}", value)
+    base, checks, nullable = _split(tp)
+    out = []
+    for i, v in enumerate(value):
+        if v is None and nullable:
+            out.append(None)
+            continue
+        out.append(_holds(_conform(v, base, where, key, None, item=i), checks, f"{where}{key!r} item {i}"))
+    return out
 
 
 def _no_empty_items(name: str, value: Any) -> Any:
@@ -153,21 +193,22 @@ def _no_empty_items(name: str, value: Any) -> Any:
     return value
 
 
-def _validate(values: dict, defaults: dict, where: str = "") -> dict:
-    unknown = sorted(set(values) - set(defaults))
+def _validate(values: dict, section: type[Section], where: str = "") -> dict:
+    declared = section.types()
+    unknown = sorted(set(values) - set(declared))
     if unknown:
         raise ParamError(f"unknown parameter(s) {[where + u for u in unknown]}; "
-                         f"known {where or ''}keys: {sorted(defaults)}")
-    out = dict(defaults)
+                         f"known {where or ''}keys: {sorted(declared)}")
+    out = section.defaults()
     for k, v in values.items():
-        out[k] = _check(k, v, defaults[k], where)
+        out[k] = _check(k, v, declared[k], out[k], where)
     return out
 
 
 def validate(name: str, overrides: dict) -> Params:
-    """Defaults of notebook ``name`` updated by ``overrides``, checked key by key."""
+    """Defaults of stage ``name`` updated by ``overrides``, checked key by key."""
     try:
-        return Params(_validate(dict(overrides), notebook_defaults(name)))
+        return Params(_validate(dict(overrides), schema(name)))
     except ParamError as e:
         raise ParamError(f"{name}: {e}") from None
 
@@ -188,7 +229,7 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def check_file(name: str, path: str | Path) -> Params:
-    """Validate a parameter file against notebook ``name``; errors name the file."""
+    """Validate a parameter file against stage ``name``; errors name the file."""
     try:
         return validate(name, load_yaml(path))
     except ParamError as e:
@@ -217,22 +258,23 @@ def injected_names(g: dict) -> set[str]:
 def from_globals(name: str, g: dict) -> Params:
     """Collect a running notebook's parameters from its globals and validate them.
 
-    Parameters are the names of the parameters cell. A name papermill injected that the cell
-    does not define (a typo in a YAML file or a ``-p`` flag) is an error, not a warning.
+    Parameters are the names the stage declares (:func:`schema`). A name papermill injected that
+    the stage does not declare (a typo in a YAML file or a ``-p`` flag) is an error, not a warning.
     """
-    defaults = notebook_defaults(name)
-    stray = sorted(injected_names(g) - set(defaults))
+    declared = defaults(name)
+    stray = sorted(injected_names(g) - set(declared))
     if stray:
-        raise ParamError(f"{name}: unknown parameter(s) {stray}; known: {sorted(defaults)}")
-    missing = [k for k in defaults if k not in g]
+        raise ParamError(f"{name}: unknown parameter(s) {stray}; known: {sorted(declared)}")
+    missing = [k for k in declared if k not in g]
     if missing:
         raise ParamError(f"{name}: parameters {missing} are not defined: run the parameters cell first")
-    return validate(name, {k: g[k] for k in defaults})
+    return validate(name, {k: g[k] for k in declared})
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m discnb.core.params",
-                                 description="Check parameter files against notebooks' parameters cells.")
+                                 description="Check parameter files against the stages' parameters "
+                                             "(discnb.core.stage_params).")
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="validate NOTEBOOK_NAME against a YAML file")
     c.add_argument("notebook", help="notebook name or path, e.g. 00_data_prep or notebooks/00_data_prep.ipynb")

@@ -70,7 +70,7 @@ def resolved_params(name: str) -> dict:
     base = params.load_yaml(paths.PARAMS / "paper" / f"{name}.yaml")
     over_file = OVERLAYS / f"{name}.yaml"
     over = params.load_yaml(over_file) if over_file.exists() else {}
-    P = merge(base, over, str(over_file.relative_to(paths.REPO)), params.notebook_defaults(name))
+    P = merge(base, over, str(over_file.relative_to(paths.REPO)), params.defaults(name))
     return {k: P[k] for k in params.validate(name, P) if k in P}  # validated; only the keys the files set
 
 
