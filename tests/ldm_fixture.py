@@ -34,7 +34,7 @@ def tiny_model(condition: str = "pixel", image_size: int = 32, **options) -> ldm
 
 def prepared(tmp: Path, **overrides) -> Path:
     """Data dir (index.csv + params.resolved.yaml, 32-px tiles) and a params file; returns the file."""
-    root = write_sicap(tmp / "SICAPv2")
+    root = write_sicap(tmp / "SICAPv2", varied=True)
     ddir = tmp / "data"
     ddir.mkdir()
     index, skipped = data.build_index(root, progress=False)

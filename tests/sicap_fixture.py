@@ -22,16 +22,21 @@ TILES_PER_SLIDE = 3
 SIZE = 32
 
 
-def _mask_for(rng, primary, secondary):
+def _mask_for(rng, primary, secondary, corner: int = 0):
+    """Primary grade on the left three quarters, secondary in a square at the top (``corner`` 0) or the
+    bottom (1) of it."""
     m = np.zeros((SIZE, SIZE), np.uint8)
     if primary:
         m[:, : SIZE * 3 // 4] = primary
-        m[: SIZE // 3, : SIZE // 3] = secondary
+        rows = slice(None, SIZE // 3) if corner == 0 else slice(SIZE - SIZE // 3, None)
+        m[rows, : SIZE // 3] = secondary
     return m
 
 
-def write_sicap(root: Path, mask_ext: str = ".png", seed: int = 0) -> Path:
-    """A minimal SICAPv2-layout folder: images, masks (0/3/4/5), partitions, wsi_labels."""
+def write_sicap(root: Path, mask_ext: str = ".png", seed: int = 0, varied: bool = False) -> Path:
+    """A minimal SICAPv2-layout folder: images, masks (0/3/4/5), partitions, wsi_labels. ``varied``: a
+    slide's tiles put their secondary grade in different places (else they share one mask, and a
+    fold of one slide is too uniform to score chance on)."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -41,7 +46,7 @@ def write_sicap(root: Path, mask_ext: str = ".png", seed: int = 0) -> Path:
         for t in range(TILES_PER_SLIDE):
             name = f"{sid}_Block_Region_1_0_{t}_xini_{1000 * t}_yini_500"
             Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / "images" / f"{name}.jpg")
-            m = _mask_for(rng, p, s)
+            m = _mask_for(rng, p, s, t % 2 if varied else 0)
             if mask_ext == ".png":
                 Image.fromarray(m).save(root / "masks" / f"{name}.png")
             else:

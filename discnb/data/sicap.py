@@ -89,13 +89,32 @@ def _table_path(root: Path, rel: str) -> Path | None:
 def read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     path = Path(path)
     try:
-        df = pd.read_excel(path) if path.suffix == ".xlsx" else pd.read_csv(path)
+        # only an empty cell is missing: a slide or patient id such as "NA" or "null" stays text
+        read = pd.read_excel if path.suffix == ".xlsx" else pd.read_csv
+        df = read(path, keep_default_na=False, na_values=[""])
     except Exception as e:  # openpyxl/pandas raise many types; the user needs the file name
         raise DataError(f"{path}: cannot be read as a table ({type(e).__name__}: {e})") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
     return df
+
+
+def blank_rows(df: pd.DataFrame, column: str) -> list[int]:
+    """Spreadsheet row numbers (header = row 1) whose ``column`` cell is empty or only spaces."""
+    cells = df[column]
+    blank = cells.isna() | (cells.astype(str).str.strip() == "")
+    return [int(i) + 2 for i in np.flatnonzero(blank.to_numpy())]
+
+
+def require_filled(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
+    """An empty identifier cell is an error naming the file, the row and the column: as NaN it
+    would become a patient or slide of its own and slip past the patient-wise split check."""
+    for col in columns:
+        rows = blank_rows(df, col)
+        if rows:
+            more = f" (and {len(rows) - 1} more row(s): {rows[1:6]})" if len(rows) > 1 else ""
+            raise DataError(f"{path}, row {rows[0]}: {col} is empty{more}")
 
 
 def check_layout(root: str | Path) -> Path:
@@ -128,6 +147,7 @@ def read_wsi_labels(root: str | Path) -> pd.DataFrame:
     if path is None:
         raise DataError(f"{root}: no wsi_labels.xlsx")
     df = read_table(path, ("slide_id", "patient_id", "Gleason_primary", "Gleason_secondary"))
+    require_filled(df, path, ("slide_id", "patient_id"))
     df["slide_id"] = df["slide_id"].astype(str)
     df["patient_id"] = df["patient_id"].astype(str)
     for col in ("Gleason_primary", "Gleason_secondary"):
@@ -143,11 +163,20 @@ def read_wsi_labels(root: str | Path) -> pd.DataFrame:
     return df
 
 
-def _read_split(root: Path, rel: str) -> pd.DataFrame:
+def _read_split(root: Path, rel: str, skipped: Skipped | None = None) -> pd.DataFrame:
+    """One partition table. A row with an empty ``image_name`` is an error naming the file and the
+    row, or, given ``skipped`` (``on_bad_file="skip"``), left out and listed there."""
     path = _table_path(root, rel)
     if path is None:
         raise DataError(f"{root}: missing {rel}")
     df = read_table(path, ("image_name",) + ONEHOT_COLUMNS)
+    empty = blank_rows(df, "image_name")
+    if empty and skipped is None:
+        require_filled(df, path, ("image_name",))
+    for row in empty:
+        skipped.add(path, f"{path}, row {row}: image_name is empty")
+    df = df.drop(index=[r - 2 for r in empty]).reset_index(drop=True)
+    df["image_name"] = df["image_name"].astype(str)
     if "G4C" not in df.columns:
         df["G4C"] = 0
     onehot = df[list(ONEHOT_COLUMNS)].to_numpy()
@@ -160,16 +189,18 @@ def _read_split(root: Path, rel: str) -> pd.DataFrame:
     return df[["image_name", *ONEHOT_COLUMNS, "G4C", "tile_label", "_table"]]
 
 
-def read_partitions(root: str | Path) -> pd.DataFrame:
+def read_partitions(root: str | Path, skipped: Skipped | None = None) -> pd.DataFrame:
     """Official split and CV folds, one row per listed patch.
 
     ``split`` is ``train`` or ``test``; ``cv_fold`` is k when the patch is in
     ``Validation/Val{k}/Test`` (its validation fold), 0 for official-test patches and -1 for a
-    train patch in no fold (or when the dataset has no Validation folder).
+    train patch in no fold (or when the dataset has no Validation folder). With ``skipped``
+    (``on_bad_file="skip"``), rows with an empty ``image_name`` and fold patches missing from the
+    official Train set are listed there instead of stopping.
     """
     root = Path(root)
-    train = _read_split(root, "partition/Test/Train.xlsx").assign(split="train")
-    test = _read_split(root, "partition/Test/Test.xlsx").assign(split="test")
+    train = _read_split(root, "partition/Test/Train.xlsx", skipped).assign(split="train")
+    test = _read_split(root, "partition/Test/Test.xlsx", skipped).assign(split="test")
     both = set(train.image_name) & set(test.image_name)
     if both:
         raise DataError(f"{root}/partition/Test: {len(both)} patch(es) are in both Train and Test, e.g. {sorted(both)[0]}")
@@ -182,7 +213,7 @@ def read_partitions(root: str | Path) -> pd.DataFrame:
         if _table_path(root, rel) is None:
             continue
         n_folds += 1
-        for name in _read_split(root, rel).image_name:
+        for name in _read_split(root, rel, skipped).image_name:
             if name in fold_of:
                 raise DataError(f"{root}/partition/Validation: {name} is in the Test set of both "
                                 f"Val{fold_of[name]} and Val{k}")
@@ -192,7 +223,11 @@ def read_partitions(root: str | Path) -> pd.DataFrame:
     is_train = df.split == "train"
     df.loc[is_train, "cv_fold"] = df.loc[is_train, "image_name"].map(fold_of).fillna(-1).astype(int)
     stray = set(fold_of) - set(train.image_name)
-    if stray:
+    if stray and skipped is not None:
+        for name in sorted(stray):
+            skipped.add(root / "images" / name, f"{root}/partition/Validation/Val{fold_of[name]}/Test.xlsx lists "
+                                                f"{name}, which partition/Test/Train.xlsx does not")
+    elif stray:
         raise DataError(f"{root}/partition/Validation: {len(stray)} fold patch(es) are not in the official Train "
                         f"set, e.g. {sorted(stray)[0]}")
     return df
@@ -266,7 +301,7 @@ def _kept_regions(grades: np.ndarray, values: np.ndarray, block: int) -> tuple[n
         region = np.pad((grades == g).view(np.uint8), block, mode="edge")
         region = _opening(_closing(region, block // 2 + 1), block)[block:-block, block:-block].astype(bool)
         pieces, n = ndi.label(region)
-        core = ndi.minimum_filter((values == g).view(np.uint8), size=_JPG_CORE, mode="nearest").astype(bool) & region
+        core = ndi.minimum_filter((values == g).view(np.uint8), size=_JPG_CORE, mode="constant", cval=0).astype(bool) & region
         genuine = np.zeros(n + 1, bool)
         genuine[np.unique(pieces[core])] = True
         genuine[0] = False
@@ -384,8 +419,8 @@ def tile_label(fractions) -> int:
     return 0 if not (cancer > 0).any() else 1 + int(np.argmax(cancer))
 
 
-def read_mask(path: str | Path) -> tuple[np.ndarray, float]:
-    """A mask file -> ((H, W) uint8 labels 0..3, fraction of its pixels that snapping changed).
+def decode_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A mask file -> (its stored values as (H, W), its grades 0/3/4/5 as (H, W) uint8, lossy?).
 
     ``.jpg``/``.jpeg`` masks (SICAPv1, some SICAPv2 copies) are lossy: see :func:`snap_lossy`.
     """
@@ -398,8 +433,23 @@ def read_mask(path: str | Path) -> tuple[np.ndarray, float]:
                 check_jpeg_quality(im, path)
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable mask ({e})") from None
-    grades, changed = mask_grades(arr, path, lossy=lossy)
-    return grades_to_labels(grades), changed
+    values = _one_channel(arr, path, lossy)
+    return values, mask_grades(values, path, lossy=lossy)[0], lossy
+
+
+def read_mask(path: str | Path) -> tuple[np.ndarray, float]:
+    """A mask file -> ((H, W) uint8 labels 0..3, fraction of its pixels that snapping changed)."""
+    values, grades, _ = decode_mask(path)
+    return grades_to_labels(grades), float((grades != values).mean()) if values.size else 0.0
+
+
+def label_before_snapping(values: np.ndarray) -> int:
+    """:func:`tile_label` of a lossy mask's stored values rounded pixel by pixel to 0/3/4/5, before
+    :func:`absorb_thin_regions`: the label the file itself says. Where it differs from the snapped
+    mask's label, snapping gave a small region to its neighbours (a tile whose only cancer is a
+    64-px GG5 region becomes NC)."""
+    labels = grades_to_labels(_NEAREST_GRADE[np.minimum(values, 255).astype(np.uint8)])
+    return tile_label(np.bincount(labels.ravel(), minlength=4) / labels.size)
 
 
 def load_mask(path: str | Path) -> np.ndarray:
@@ -418,13 +468,17 @@ def _check_tile(root: Path, name: str, masks: str) -> dict:
     if mpath is None:
         if masks == "required":
             raise DataError(f"{root / 'masks' / Path(name).stem}.png: mask missing for image {name}")
-        row.update(mask_path="", mask_label=-1, mask_changed=np.nan, **{c: np.nan for c in FRACTION_COLUMNS})
+        row.update(mask_path="", mask_label=-1, mask_changed=np.nan, mask_lossy=False, mask_label_raw=-1,
+                   **{c: np.nan for c in FRACTION_COLUMNS})
         return row
-    m, changed = read_mask(mpath)
+    values, grades, lossy = decode_mask(mpath)
+    m = grades_to_labels(grades)
     if m.shape != (im.height, im.width):
         raise DataError(f"{mpath}: mask is {m.shape[1]}x{m.shape[0]} but image {name} is {im.width}x{im.height}")
     frac = np.bincount(m.ravel(), minlength=4) / m.size
-    row.update(mask_path=str(mpath), mask_label=tile_label(frac), mask_changed=changed,
+    label = tile_label(frac)
+    row.update(mask_path=str(mpath), mask_label=label, mask_changed=float((grades != values).mean()),
+               mask_lossy=lossy, mask_label_raw=label_before_snapping(values) if lossy else label,
                **dict(zip(FRACTION_COLUMNS, frac)))
     return row
 
@@ -436,7 +490,9 @@ def build_index(root: str | Path, *, on_bad_file: str = "error", masks: str = "r
     Columns: image_name, image_path, mask_path, slide_id, patient_id, split, cv_fold, NC..G5,
     G4C, tile_label (0..3, the partition's: majority cancer grade), mask_label (:func:`tile_label`
     of the mask, -1 without one), frac_NC..frac_GG5 (mask pixel fractions), mask_changed (fraction
-    of mask pixels whose stored value was not their grade: non-zero for lossy masks only), slide_primary /
+    of mask pixels whose stored value was not their grade: non-zero for lossy masks only),
+    mask_lossy (the mask is a JPEG), mask_label_raw (:func:`label_before_snapping`; = mask_label for
+    an exact mask, -1 without one), slide_primary /
     slide_secondary (Gleason grades 0/3/4/5) and their labels, width, height.
 
     ``on_bad_file``: "error" stops at the first bad file; "skip" leaves it out and lists it in
@@ -449,8 +505,8 @@ def build_index(root: str | Path, *, on_bad_file: str = "error", masks: str = "r
         raise ValueError(f"masks must be 'required' or 'optional', got {masks!r}")
     root = check_layout(root)
     slides = read_wsi_labels(root).set_index("slide_id")
-    parts = read_partitions(root)
     skipped = Skipped()
+    parts = read_partitions(root, skipped if on_bad_file == "skip" else None)
 
     from tqdm.auto import tqdm
     rows = []
@@ -477,12 +533,10 @@ def build_index(root: str | Path, *, on_bad_file: str = "error", masks: str = "r
     cols = ["image_name", "image_path", "mask_path", "slide_id", "patient_id", "split", "cv_fold",
             *ONEHOT_COLUMNS, "G4C", "tile_label", "mask_label", *FRACTION_COLUMNS, "mask_changed",
             "slide_primary", "slide_secondary",
-            "slide_primary_label", "slide_secondary_label", "width", "height"]
+            "slide_primary_label", "slide_secondary_label", "width", "height", "mask_lossy", "mask_label_raw"]
     index = pd.DataFrame(rows)[cols]
     _check_patient_split(index, root)
     _report_label_disagreement(index, root)
-    if len(skipped):
-        log.warning("%s: skipped %d file(s); see the skip report", root, len(skipped))
     return index, skipped
 
 

@@ -101,6 +101,29 @@ def chance_order(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(10_000 + seed).permutation(n)
 
 
+# Chance scores a judge against masks shuffled between tiles. Where the shuffled masks agree with the
+# true ones on most pixels (one tile; tiles that all show one label), chance is the real score
+# by construction and a normalized adherence (between chance and the ceiling) means nothing.
+MAX_CHANCE_AGREEMENT = 0.9
+
+
+def chance_agreement(masks: np.ndarray, seed: int = 0) -> float:
+    """The fraction of pixels on which ``masks`` and their :func:`chance_order` shuffle agree."""
+    masks = np.asarray(masks)
+    return float((masks == masks[chance_order(len(masks), seed)]).mean()) if len(masks) else 1.0
+
+
+def check_chance_separable(masks: np.ndarray, where: str, seed: int = 0) -> float:
+    """Refuse held-out masks on which chance cannot be told from the ceiling (see
+    :data:`MAX_CHANCE_AGREEMENT`); returns the agreement otherwise. ``where`` names the split."""
+    agree = chance_agreement(masks, seed)
+    if agree > MAX_CHANCE_AGREEMENT:
+        raise ValueError(f"{where}: {len(masks)} held-out tile(s) whose masks, shuffled between tiles, still agree "
+                         f"on {agree:.0%} of pixels (limit {MAX_CHANCE_AGREEMENT:.0%}): chance would equal the ceiling. "
+                         "Score on a larger or more varied split (another val_fold, or fix the partition files)")
+    return agree
+
+
 def score(judge, tiles: np.ndarray, masks: np.ndarray, seed: int = 0) -> dict:
     """The judge's IoU per class and mean for ``tiles`` against their ``masks``, and chance: the
     same tiles against :func:`chance_order` of the masks."""

@@ -65,9 +65,9 @@ def dataset(P, progress: bool = True) -> Path:
                         tile_size=P.demo_tile_size, progress=progress)
 
 
-def index(P, root: Path) -> tuple[pd.DataFrame, data.Skipped]:
+def index(P, root: Path, progress: bool = True) -> tuple[pd.DataFrame, data.Skipped]:
     """The tile index of ``root``, written to ``index.csv`` (+ ``index.skipped.csv``)."""
-    idx, skipped = data.build_index(root, on_bad_file=P.on_bad_file, masks=P.masks)
+    idx, skipped = data.build_index(root, on_bad_file=P.on_bad_file, masks=P.masks, progress=progress)
     write_index(idx, skipped, out_dir(P))
     return idx, skipped
 
@@ -80,14 +80,14 @@ def ood_index(P, progress: bool = True) -> pd.DataFrame | None:
     root = dataset_root(P.ood_dataset, out_dir(P), name="demo_ood", domain="ood", seed=P.seed + 1,
                         patients=P.ood_patients, tiles_per_slide=P.demo_tiles_per_slide,
                         tile_size=P.demo_tile_size, progress=progress)
-    idx, skipped = data.build_index(root, on_bad_file=P.on_bad_file, masks=P.masks)
+    idx, skipped = data.build_index(root, on_bad_file=P.on_bad_file, masks=P.masks, progress=progress)
     write_index(idx, skipped, out_dir(P), stem="ood_index")
     return idx
 
 
-def shape_maps(P, idx: pd.DataFrame) -> dict:
+def shape_maps(P, idx: pd.DataFrame, progress: bool = True) -> dict:
     """The shape-map library m_freq (Sec. 2.2) of the official training masks, at the models' size."""
-    lib = shapes.build_library(idx[idx.split == "train"], P.image_size)
+    lib = shapes.build_library(idx[idx.split == "train"], P.image_size, progress=progress)
     shapes.save_library(out_dir(P) / "shape_maps.npz", lib)
     return lib
 
@@ -110,9 +110,62 @@ def stats(P, root: Path, idx: pd.DataFrame, skipped: data.Skipped, lib: dict, oo
     out = {"dataset": str(root), "patches": len(idx), "skipped": len(skipped),
            "slides": int(idx.slide_id.nunique()), "patients": int(idx.patient_id.nunique()),
            "shape_maps": int(len(lib["maps"])), "ood_patches": 0 if ood is None else len(ood),
-           "class_table": data.class_table(idx).reset_index().to_dict("records"), "validity": valid}
+           "class_table": data.class_table(idx).reset_index().to_dict("records"), "validity": valid,
+           "fold_tiles": {str(k): int(v) for k, v in fold_tiles(idx).items()}, **mask_report(idx)}
     io.write_json(out_dir(P) / "stats.json", out)
     return out
+
+
+def fold_tiles(idx: pd.DataFrame) -> pd.Series:
+    """Tiles with a mask per CV fold (the validation split notebook 01 and 04 score on), folds 1..4
+    of the partition files; a fold listed by no file, or by an empty one, counts 0."""
+    tr = idx[(idx.split == "train") & idx.mask_path.astype(bool)]
+    found = sorted(set(tr.cv_fold[tr.cv_fold > 0]))
+    folds = range(1, max(found, default=0) + 1) if found else []
+    return tr[tr.cv_fold > 0].groupby("cv_fold").size().reindex(folds, fill_value=0).rename("tiles")
+
+
+def check_folds(P, idx: pd.DataFrame) -> pd.Series:
+    """Each CV fold's tile count (printed by notebook 00); a fold with fewer than ``min_fold_tiles``
+    tiles is an error naming it: scored on so few tiles, a judge's chance (masks shuffled between
+    tiles) meets its ceiling and every validation number is noise. A fold that lacks a label the
+    training tiles have pixels of is a warning: that label's IoU is undefined there."""
+    n = fold_tiles(idx)
+    small = n[n < P.min_fold_tiles]
+    if len(small):
+        raise data.DataError(f"{out_dir(P) / 'index.csv'}: CV fold(s) {small.index.tolist()} hold "
+                             f"{small.tolist()} tile(s) with a mask, fewer than min_fold_tiles={P.min_fold_tiles}: "
+                             "too few to score a model on. Fix the partition files (partition/Validation/Val*/Test.xlsx), "
+                             "or lower min_fold_tiles (0 turns the check off) and pick another val_fold in notebooks 01 and 04")
+    tr = idx[(idx.split == "train") & idx.mask_path.astype(bool)]
+    frac = list(data.FRACTION_COLUMNS)
+    have = tr[frac].to_numpy().sum(0) > 0
+    for k in n.index:
+        missing = [LABELS[i] for i in np.flatnonzero(have & ~(tr[frac][tr.cv_fold == k].to_numpy().sum(0) > 0))]
+        if missing:
+            warnings.warn(f"CV fold {k} ({n[k]} tiles) has no {missing} pixels: validation IoU of "
+                          f"{'those labels' if len(missing) > 1 else 'that label'} is undefined when it is the val_fold")
+    return n
+
+
+def mask_report(idx: pd.DataFrame) -> dict:
+    """How many masks were lossy (JPEG) and how many tile labels snapping them changed (``mask_label``
+    vs ``mask_label_raw``, :func:`discnb.data.sicap.label_before_snapping`)."""
+    m = idx[idx.mask_path.astype(bool)]
+    lossy = m[m.mask_lossy.astype(bool)]
+    return {"masks": int(len(m)), "lossy_masks": int(len(lossy)),
+            "lossy_pixels_changed": float(lossy.mask_changed.mean()) if len(lossy) else 0.0,
+            "labels_changed_by_snapping": int((lossy.mask_label != lossy.mask_label_raw).sum())}
+
+
+def mask_summary(idx: pd.DataFrame) -> str:
+    """One line for notebook 00: lossy masks and the tile labels snapping changed."""
+    r = mask_report(idx)
+    if not r["lossy_masks"]:
+        return f"{r['masks']} masks, none lossy"
+    return (f"{r['lossy_masks']} of {r['masks']} masks are lossy (JPEG): snapping to 0/3/4/5 changed "
+            f"{r['lossy_pixels_changed']:.2%} of their pixels on average and {r['labels_changed_by_snapping']} tile "
+            "label(s) (index.csv: mask_lossy, mask_changed, mask_label_raw -> mask_label)")
 
 
 def overview_figure(P, idx: pd.DataFrame, lib: dict):
@@ -136,9 +189,10 @@ def check(P, idx: pd.DataFrame, lib: dict, valid: dict | None) -> None:
 def run(P, progress: bool = True, checks: bool = True) -> dict:
     """Every step of notebook 00, in its order."""
     root = dataset(P, progress)
-    idx, skipped = index(P, root)
+    idx, skipped = index(P, root, progress)
+    check_folds(P, idx)
     ood = ood_index(P, progress)
-    lib = shape_maps(P, idx)
+    lib = shape_maps(P, idx, progress)
     valid = validity(P, root)
     st = stats(P, root, idx, skipped, lib, ood, valid)
     overview_figure(P, idx, lib)
@@ -154,6 +208,7 @@ def write_index(index: pd.DataFrame, skipped: data.Skipped, out: Path, stem: str
     report = out / f"{stem}.skipped.csv"
     if len(skipped):
         skipped.frame().to_csv(report, index=False)
+        warnings.warn(f"skipped {len(skipped)} file(s) (on_bad_file: skip); each with its problem in {report}")
     elif report.exists():
         report.unlink()  # a stale report would describe another run
     return path
@@ -240,7 +295,7 @@ def overview_rows(index: pd.DataFrame, lib: dict, n: int, size: int, seed: int) 
     """
     rng = np.random.default_rng(seed)
     tr = index[(index.split == "train") & index.mask_path.astype(bool)]
-    n_labels = (tr[list(data.FRACTION_COLUMNS)] > 0).sum(1)
+    n_labels = (tr[list(data.FRACTION_COLUMNS)] > 0).sum(axis=1)
     picks = []
     for lab in range(4):
         cand = tr[(tr.tile_label == lab)]

@@ -176,8 +176,10 @@ def train_judges(P, progress: bool = True) -> dict:
     ceiling), and ``real``, trained on the untouched tiles (how much of what tells the grades apart
     the first stage keeps). Returns {input: Judge, "tiles": the held-out split they are scored on}."""
     D = prep.split_tiles(prep.data_dir(P), P.val_fold, ood_split="", progress=progress)
-    judges = {i: train_judge(P, progress, D, i) for i in ("real", "first_stage")}
     on = "val" if len(D["val"]["imgs"]) else "test"
+    adherence.check_chance_separable(D[on]["masks"], f"{prep.data_dir(P)}/index.csv, the {on} split "
+                                     f"(val_fold {P.val_fold})")  # before training judges it could not score
+    judges = {i: train_judge(P, progress, D, i) for i in ("real", "first_stage")}
     return judges | {"tiles": D[on]}
 
 
@@ -192,6 +194,7 @@ def judge_report(P, judges: dict) -> dict:
     - ``chance``: that judge on the reconstructions against a fixed permutation of the masks.
     """
     real, fs, tiles = judges["real"], judges["first_stage"], judges["tiles"]
+    adherence.check_chance_separable(tiles["masks"], f"judge report on {fs.info['scored_on']}")
     recon = jg.first_stage_view(tiles["imgs"], ck.first_stage_folder(P))
     rep = judge_three_ways(real, fs, recon, tiles["masks"]) | {
         "scored_on": fs.info["scored_on"], "judge_steps": int(P.judge["train"]["steps"]),
