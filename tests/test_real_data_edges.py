@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from discnb.core import paths
-from discnb.core.params import Params
+from discnb.core.params import ParamError, Params, check_file
 from discnb.data import sicap as data
 from discnb.grading import adherence
 from discnb.pipelines import prep
@@ -204,3 +204,17 @@ def test_prep_no_progress_draws_no_bars_and_the_skip_message_names_the_report(si
                for w in warned)
     stats = json.loads((tmp_path / "outputs" / "smoke" / "data" / "stats.json").read_text())
     assert stats["fold_tiles"] == {"1": 2, "2": 3, "3": 3, "4": 3} and stats["lossy_masks"] == 0
+
+
+# -------------------------------------------------------------------------- parameters at check time
+@pytest.mark.parametrize("key, value, says", [
+    ("image_size", 0, r"parameter 'image_size' must be > 0 \(default 64\), got 0"),
+    ("on_bad_file", "skipp", r"parameter 'on_bad_file' must be one of"),
+    ("masks", "requried", r"parameter 'masks' must be one of"),
+    ("min_fold_tiles", -1, r"parameter 'min_fold_tiles' must be >= 0"),
+])
+def test_notebook_00s_parameters_are_refused_at_check_time_before_anything_is_written(tmp_path, key, value, says):
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({key: value}))
+    with pytest.raises(ParamError, match=says):
+        check_file("00_data_prep", f)

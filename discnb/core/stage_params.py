@@ -38,6 +38,8 @@ class Check:
 
 POSITIVE = Check(lambda v: v > 0, "> 0")
 PositiveInt = Annotated[int, POSITIVE]
+NON_NEGATIVE = Check(lambda v: v >= 0, ">= 0")
+NonNegativeInt = Annotated[int, NON_NEGATIVE]
 
 Profile = Literal["smoke", "demo", "paper"]  # paths.PROFILES
 Device = Literal["auto", "cuda", "cpu"]  # core.train.pick_device
@@ -87,6 +89,7 @@ class DataPrep(Section):
     image_size: PositiveInt = 64
     on_bad_file: Literal["error", "skip"] = "error"  # data.sicap.build_index
     masks: Literal["required", "optional"] = "required"  # data.sicap.build_index
+    min_fold_tiles: NonNegativeInt = 8  # pipelines.prep.check_folds
     validity_check: bool = True
     validity_cnn_epochs: int = 3
     figure_tiles: int = 8
