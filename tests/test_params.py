@@ -275,8 +275,8 @@ def _constrained(section: type[Section], where: tuple = ()):
             yield where + (k,), "choice"
         elif typing.get_origin(base) is list and typing.get_origin(typing.get_args(base)[0]) is typing.Literal:
             yield where + (k,), "choices"
-        if checks:
-            yield where + (k,), "check"
+        for c in checks:
+            yield where + (k,), c.says
 
 
 CONSTRAINED = [(n, keys, kind) for n in sp.SCHEMAS for keys, kind in _constrained(sp.SCHEMAS[n])]
@@ -288,11 +288,12 @@ def _nest(keys: tuple, value) -> dict:
 
 @pytest.mark.parametrize("name,keys,kind", CONSTRAINED, ids=[f"{n}:{'.'.join(k)}" for n, k, _ in CONSTRAINED])
 def test_a_value_outside_its_allowed_set_is_refused(tmp_path, name, keys, kind):
-    bad = {"choice": "no-such-value", "choices": ["no-such-value"], "check": 0}[kind]
+    # a Check's kind is what it says ("> 0", ">= 0"): the first integer it refuses
+    bad = {"choice": "no-such-value", "choices": ["no-such-value"], "> 0": 0, ">= 0": -1}[kind]
     f = tmp_path / "p.yaml"
     f.write_text(yaml.safe_dump(_nest(keys, bad)))
     label = f"{'.'.join(keys[:-1])}.{keys[-1]!r}" if len(keys) > 1 else repr(keys[0])
-    says = {"choice": "must be one of", "choices": "item 0 must be one of", "check": "must be > 0"}[kind]
+    says = {"choice": "must be one of", "choices": "item 0 must be one of"}.get(kind, f"must be {kind}")
     with pytest.raises(params.ParamError, match=rf"p.yaml: {name}: parameter {label} {says}"):
         params.check_file(name, f)
     assert params.main(["check", name, str(f)]) == 2
