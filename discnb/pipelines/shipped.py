@@ -44,7 +44,7 @@ from discnb.pipelines import prep, train_ldm
 MODELS = ("SD", "SD-DISC", "SD-DISC-CoTrain")
 # exported too when notebook 01 trained them (notebooks 03 and 05 draw Fig. 7's tile sets with them)
 ABLATIONS = {"SD-tile": "tile", "SD-tile+slide": "tile+slide"}
-STATE_SKIP = ("checkpoint-", "logs", "best", "final", "disc_data", "run-", "model", ".tmp", ".old")
+STATE_SKIP = ("checkpoint-", "logs", "best", "final", "disc_data", "run-", "model", ".tmp", ".old", "restored.json")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 # the shipped state keeps this many of notebook 02's 64 Fig. 5 tiles per model: the ones Fig. 5 shows (the first
 # ``fig5_rows``, 6 in params/demo/06_figures.yaml); the other 58 would be 3.2 MB of the demo's 40 MB
@@ -126,6 +126,8 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
         params_files = [ldm_dir / "params.resolved.yaml"] + ([p02] if tuned and p02.exists() else [])
         params_hash = fingerprint(*params_files)
         pipe = pl.DISCPipeline.from_models(copy.deepcopy(gen.model), copy.deepcopy(gen.vq))
+        for c in ("vqvae", "unet", "mask_encoder"):  # where a component came from: the shipped folder, not this machine's
+            getattr(pipe, c).register_to_config(_name_or_path=_shown(out / name / c))
         if dtype != "fp32":
             verbosity = dlogging.get_verbosity()
             dlogging.set_verbosity_error()  # diffusers warns about casting with to(); these are copies, stored as fp16
