@@ -22,6 +22,7 @@ from discnb.core.train import TensorData, fit
 from discnb.data import shapes
 from discnb.generative import autoencoder as ae
 from discnb.generative import ldm
+from discnb.generative.pipeline import DISCPipeline
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
@@ -84,8 +85,8 @@ for name, w3 in (("plain", 1.0), (f"gg3x{a.weight:g}", a.weight)):
     tr = TensorData(tensors("train"), augment=lambda b: ae.dihedral(b, ("z", "mask")))
     res = fit(model, weighted_eq1(w3), tr, train_ldm.fit_config(P, out / "ldm" / "sd", P.sd, f"SD {name}",
                                                                  train_ldm.ldm_signature(P, size), False),
-              val=TensorData(tensors("val")), save_fn=lambda m, d: m.save_pretrained(d))
-    sd = ldm.MaskLDM.from_pretrained(out / "ldm" / "sd" / "final").eval()
+              val=TensorData(tensors("val")), save_fn=DISCPipeline.saver(vq))
+    sd = DISCPipeline.from_pretrained(out / "ldm" / "sd" / "final").ldm.eval()
     # the GG3-vs-GG4 gap on pure held-out tiles (same t and noise for both masks)
     ho = train_ldm.held_out(split)
     gap = {}

@@ -26,7 +26,7 @@ from _demo01 import demo_params_01
 from discnb import K, LABELS
 from discnb.core import paths
 from discnb.data import shapes
-from discnb.generative import ldm
+from discnb.generative.pipeline import DISCPipeline
 from discnb.generative.disc import SCGenerator
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
@@ -48,7 +48,7 @@ run = paths.resolve(a.run)
 P = demo_params_01(run / "ldm", first_stage=a.first_stage)
 split = train_ldm.load_split(P, progress=False)
 vq, _ = train_ldm.first_stage(P, split, progress=False)
-model = ldm.MaskLDM.from_pretrained(run / "ldm" / "sd" / "best")
+model = DISCPipeline.from_pretrained(run / "ldm" / "sd" / "best").ldm
 judge = jg.load_judge(paths.resolve(a.judge))
 size = split["image_size"]
 maps = np.stack([shapes.resize_mask(m, size) for m in shapes.load_library(prep.data_dir(P) / "shape_maps.npz")["maps"]])

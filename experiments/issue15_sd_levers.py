@@ -17,7 +17,7 @@ import torch
 from _demo01 import demo_params_01
 from discnb.core import paths
 from discnb.data import shapes
-from discnb.generative import ldm
+from discnb.generative.pipeline import DISCPipeline
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
@@ -44,7 +44,7 @@ vq, info = train_ldm.first_stage(P, split, progress=False)
 t0 = time.time()
 res = train_ldm.train_sd(P, split, vq, info, progress=False)
 train_s = time.time() - t0
-model = ldm.MaskLDM.from_pretrained(out / "ldm" / "sd" / "best")
+model = DISCPipeline.from_pretrained(out / "ldm" / "sd" / "best").ldm
 judge = jg.load_judge(a.judge)
 ceiling = judge.info["real"]["mean_iou"]
 maps = shapes.load_library(prep.data_dir(P) / "shape_maps.npz")["maps"]
