@@ -290,8 +290,8 @@ def fake_ldm(tmp_path, image_size=32, ae_sig_channels=(8, 16, 16)):
     """An LDM folder as notebook 01 leaves it, minus the weights (enough for check_ldm)."""
     d = tmp_path / "ldm"
     (d / "sd" / "best").mkdir(parents=True)
-    (d / "sd" / "best" / "ldm.json").write_text(json.dumps({"condition": "pixel", "latent_scale": 1.0}))
-    (d / "autoencoder" / "best").mkdir(parents=True)
+    (d / "sd" / "best" / "model_index.json").write_text(json.dumps({"_class_name": "DISCPipeline"}))
+    (d / "autoencoder").mkdir(parents=True)
     P01 = params.validate("01_train_ldm", {"profile": "smoke"})
     (d / "params.resolved.yaml").write_text(yaml.safe_dump(dict(P01)))
     ae_info = {"signature": {"kind": "vq", "channels": list(ae_sig_channels)}, "fit": {"steps": 4}}

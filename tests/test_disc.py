@@ -19,6 +19,7 @@ from discnb.generative import autoencoder as ae
 from discnb.generative import disc
 
 from discnb.generative import ldm
+from discnb.generative.pipeline import DISCPipeline
 from discnb.generative.sampling import SDGenerator
 from ldm_fixture import TINY, tiny_model
 
@@ -237,7 +238,7 @@ def test_conditioning_gap_is_zero_for_a_model_that_ignores_the_mask():
 
 
 def test_concat_mask_reaches_the_unet_without_tau_and_saves(tmp_path):
-    model, _ = tiny(concat_mask=True)
+    model, vq = tiny(concat_mask=True)
     assert model.unet.config.in_channels == 3 + K and model.concat_mask
     for p in model.tau.parameters():  # tau's tokens now carry nothing: only the concatenated mask can
         torch.nn.init.zeros_(p)
@@ -246,7 +247,7 @@ def test_concat_mask_reaches_the_unet_without_tau_and_saves(tmp_path):
     b = torch.from_numpy(np.stack([two_label_mask(3, 1), two_label_mask(0, 2)]))
     out_a, out_b = model(z, t, ldm.make_condition(a)), model(z, t, ldm.make_condition(b))
     assert not torch.allclose(out_a[0], out_b[0]) and torch.allclose(out_a[1], out_b[1])
-    model.save_pretrained(tmp_path / "m")
-    back = ldm.MaskLDM.from_pretrained(tmp_path / "m").eval()
+    DISCPipeline.from_models(model, vq).save_pretrained(tmp_path / "m")
+    back = DISCPipeline.from_pretrained(tmp_path / "m").ldm.eval()
     assert back.concat_mask
     torch.testing.assert_close(back(z, t, ldm.make_condition(a)), model.eval()(z, t, ldm.make_condition(a)))

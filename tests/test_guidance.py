@@ -13,20 +13,21 @@ from diffusers.training_utils import compute_snr
 from discnb.core import params
 from discnb.generative import autoencoder as ae
 from discnb.generative import disc, ldm, sampling
+from discnb.generative.pipeline import DISCPipeline
 from discnb.generative import checkpoints as ck
 from ldm_fixture import TINY, tiny_model
 
 
 def test_settings_round_trip_and_old_models_load_with_both_off(tmp_path):
     m = tiny_model(cond_drop=0.15, guidance_scale=2.5, snr_gamma=5.0)
-    m.save_pretrained(tmp_path / "m")
-    back = ldm.MaskLDM.from_pretrained(tmp_path / "m")
+    DISCPipeline.from_models(m, ae.build_vq(TINY["autoencoder"]["channels"], 1, 32)).save_pretrained(tmp_path / "m")
+    back = DISCPipeline.from_pretrained(tmp_path / "m").ldm
     assert (back.cond_drop, back.guidance_scale, back.snr_gamma) == (0.15, 2.5, 5.0)
-    meta = json.loads((tmp_path / "m" / "ldm.json").read_text())
+    meta = json.loads((tmp_path / "m" / "model_index.json").read_text())
     for k in ("cond_drop", "guidance_scale", "snr_gamma"):
         meta.pop(k)
-    (tmp_path / "m" / "ldm.json").write_text(json.dumps(meta))  # a model saved before these options
-    old = ldm.MaskLDM.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps(meta))  # a model saved before these options
+    old = DISCPipeline.from_pretrained(tmp_path / "m").ldm
     assert (old.cond_drop, old.guidance_scale, old.snr_gamma) == (0.0, 1.0, 0.0)
 
 

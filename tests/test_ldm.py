@@ -18,6 +18,7 @@ from discnb.data import sicap as data
 from discnb.generative import ldm
 from discnb.core import params
 from discnb.generative import sampling
+from discnb.generative.pipeline import DISCPipeline, load_pipeline
 from discnb.core import train
 from discnb.pipelines import train_ldm
 from discnb.core.paths import REPO
@@ -55,11 +56,12 @@ def test_forward_shape_and_save_load(tmp_path):
     z, cond = torch.randn(2, 3, 8, 8), ldm.make_condition(torch.randint(0, 4, (2, 32, 32)))
     out = model(z, torch.tensor([10, 500]), cond)
     assert out.shape == z.shape
-    model.save_pretrained(tmp_path / "m")
-    back = ldm.MaskLDM.from_pretrained(tmp_path / "m").eval()
+    DISCPipeline.saver(ae.build_vq([8, 16, 16], 1, 32))(model, tmp_path / "m")  # as notebooks 01 and 02 save it
+    back = load_pipeline(tmp_path / "m").ldm.eval()
     assert torch.equal(back(z, torch.tensor([10, 500]), cond), out)
-    with pytest.raises(FileNotFoundError, match="not a saved MaskLDM"):
-        ldm.MaskLDM.from_pretrained(tmp_path)
+    assert not (tmp_path / "m" / "ldm.json").exists()
+    with pytest.raises(FileNotFoundError, match="not a DISCPipeline folder"):
+        load_pipeline(tmp_path)
 
 
 def test_ldm_loss_on_known_input():
@@ -89,8 +91,9 @@ def test_v_prediction_gives_eps_and_trains_on_v(tmp_path):
     model.predict = lambda z, tt, c: v  # a perfect v-predictor is a perfect eps-predictor
     torch.testing.assert_close(model(z_t, t, None), noise, rtol=1e-4, atol=1e-4)
     back_dir = tmp_path / "m"
-    ldm.MaskLDM.from_config({**TINY["unet"], "condition": "pixel", "prediction": "v"}, 32, 8).save_pretrained(back_dir)
-    assert ldm.MaskLDM.from_pretrained(back_dir).prediction == "v"
+    DISCPipeline.from_models(ldm.MaskLDM.from_config({**TINY["unet"], "condition": "pixel", "prediction": "v"}, 32, 8),
+                             ae.build_vq([8, 16, 16], 1, 32)).save_pretrained(back_dir)
+    assert load_pipeline(back_dir).ldm.prediction == "v"
     with pytest.raises(ValueError, match="prediction"):
         ldm.MaskLDM.from_config({**TINY["unet"], "condition": "pixel", "prediction": "x0"}, 32, 8)
 

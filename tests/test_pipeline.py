@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 from PIL import Image
+from safetensors.torch import load_file
 
 import discnb
 from discnb import generate
@@ -18,7 +19,7 @@ from discnb.core.io import fingerprint
 from discnb.generative import checkpoints, generators
 from discnb.generative.autoencoder import build_vq
 from discnb.generative.disc import SCGenerator
-from discnb.generative.pipeline import DISCPipeline, load_pipeline, prepare_masks, to_labels
+from discnb.generative.pipeline import DISCPipeline, check_pipeline_folder, load_pipeline, prepare_masks, to_labels
 from discnb.generative.sampling import SDGenerator
 from discnb.pipelines import masks_to_tiles, shipped, train_ldm
 from discnb.core.notebook import record
@@ -113,6 +114,27 @@ def trained(tmp_path_factory):
     record(tmp / "ldm", P, "01_train_ldm")
     train_ldm.train(P, progress=False)
     return tmp / "ldm"
+
+
+def _tensors(folder):
+    """Every safetensors file under ``folder``: {relative path: {key: tensor}}."""
+    return {str(f.relative_to(folder)): load_file(f) for f in sorted(folder.rglob("*.safetensors"))}
+
+
+def test_notebook_01_saves_its_models_as_pipeline_folders(trained):
+    """One model format: SD's and the Fig. 7 SDs' best/ and final/ are DISCPipeline folders holding the first
+    stage they were trained on; the training state (optimizer, EMA, step) stays in checkpoint-<step>/."""
+    for sub in ("sd", "sd-tile", "sd-tile-slide"):
+        for which in ("best", "final"):
+            d = check_pipeline_folder(trained / sub / which)
+            assert json.loads((d / "model_index.json").read_text())["_class_name"] == "DISCPipeline"
+            assert sorted(_tensors(d)) == [f"{c}/diffusion_pytorch_model.safetensors" for c in
+                                           ("mask_encoder", "unet", "vqvae")], d
+        assert list((trained / sub).glob("checkpoint-*/optimizer.bin")), sub
+    assert not list(trained.rglob("ldm.json"))
+    inside = _tensors(trained / "sd" / "best")["vqvae/diffusion_pytorch_model.safetensors"]
+    trained_vq = _tensors(trained / "autoencoder" / "best")["diffusion_pytorch_model.safetensors"]
+    assert inside.keys() == trained_vq.keys() and all(torch.equal(inside[k], trained_vq[k]) for k in inside)
 
 
 def test_the_registry_samples_through_the_pipeline(trained, tmp_path):
@@ -243,6 +265,14 @@ def test_restored_shipped_models_draw_the_shipped_tiles(trained, tmp_path):
     assert np.array_equal(gen.generate(MASKS, [4, 5, 6]),
                           _u8(pipe(MASKS, num_inference_steps=3, seeds=[4, 5, 6], output_type="np").images))
     assert (root / "judge" / "model").exists() and (root / "judge" / "judge.json").exists()
+    # restored = copied: the shipped folders are what notebooks 01 and 02 write (their model cards aside)
+    for name, where in (("SD", root / "ldm" / "sd" / "best"), ("SD-tile", root / "ldm" / "sd-tile" / "best")):
+        assert shipped._file_hashes(where) == {k: v for k, v in man["models"][name]["files"].items()
+                                               if k != "README.md"}, name
+    # the state holds no folder of the training machine (its data_dir and output_dir were set)
+    assert params.load_yaml(trained / "params.resolved.yaml")["data_dir"]
+    assert {k: params.load_yaml(root / "ldm" / "params.resolved.yaml")[k] for k in ("data_dir", "output_dir")} == \
+        {"data_dir": "", "output_dir": ""}
     # other notebook-01 settings than the shipped models': refused, naming what differs and the command
     other = params.Params({**P01, "unet": {**P01.unet, "channels": [16, 48]}})
     with pytest.raises(ValueError, match=r"do not match the current notebook-01 parameters \(differs: \['unet'\]\); "

@@ -12,7 +12,7 @@ import pytest
 
 from discnb.core import params, paths
 from discnb.generative import generators
-from discnb.generative.pipeline import DISCPipeline, load_pipeline
+from discnb.generative.pipeline import DISCPipeline, check_pipeline_folder, load_pipeline
 from discnb.pipelines import shipped
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,6 +40,10 @@ def manifest():
 
 def test_manifest_lists_the_shipped_models_within_40_mb(manifest):
     assert set(MODELS) | {"judge"} <= set(manifest["models"])
+    assert not list(WEIGHTS.rglob("ldm.json"))  # one model format: every model is a DISCPipeline folder
+    for name, entry in manifest["models"].items():
+        if entry["kind"] == "DISCPipeline":
+            check_pipeline_folder(WEIGHTS / name)
     for name, entry in manifest["models"].items():
         assert entry["commit"] and entry["params_hash"] and entry["command"], name
         assert (WEIGHTS / name / "README.md").exists(), name
@@ -52,9 +56,17 @@ def test_manifest_lists_the_shipped_models_within_40_mb(manifest):
 
 
 def test_the_shipped_pipelines_draw_the_registrys_tiles(manifest, tmp_path):
+    """The default run's path (restore, then the registry) draws what the pipelines draw."""
     P01 = params.check_file("01_train_ldm", paths.PARAMS / "demo" / "01_train_ldm.yaml")
     root = tmp_path / "outputs"
     shipped.restore("demo", WEIGHTS, P01, root=root, data=False)  # the data check needs notebook 00's run
+    # restored = copied: the folders the notebooks read are the shipped pipeline folders, file for file
+    for name, where in (("SD", root / "ldm" / "sd" / "best"), ("SD-DISC", root / "disc" / "sd-disc" / "best"),
+                        ("SD-DISC-CoTrain", root / "disc" / "sd-disc-cotrain" / "best"),
+                        ("SD-tile", root / "ldm" / "sd-tile" / "best"),
+                        ("SD-tile+slide", root / "ldm" / "sd-tile-slide" / "best")):
+        files = {k: v for k, v in manifest["models"][name]["files"].items() if k != "README.md"}
+        assert shipped._file_hashes(check_pipeline_folder(where)) == files, name
     masks, seeds = _masks(), [0, 1, 2, 3]
     ctx = generators.GeneratorContext(ldm_dir=root / "ldm", image_size=64, steps=4, batch_size=4)
     for name in MODELS:

@@ -7,9 +7,13 @@ the layout of that folder is known in one place:
 
     ldm/params.resolved.yaml      notebook 01's parameters (:func:`ldm_params`)
     ldm/summary.json              written last: the run finished (:func:`check_ldm`)
-    ldm/autoencoder/best/         the first stage trained here (unless ``autoencoder.path``)
-    ldm/sd/best/                  SD (:func:`load_sd`)
+    ldm/autoencoder/best/         the first stage trained here (unless ``autoencoder.path``), for notebook 01 itself
+    ldm/sd/best/                  SD (:func:`sd_pipeline`)
     ldm/sd-tile/best/, ...        the ablation SDs (:func:`ablation_folder`)
+
+Every model folder (``best/`` and ``final/``) is a :class:`discnb.generative.pipeline.DISCPipeline` folder
+holding the first stage the model was trained on; training state (optimizer, EMA, step) stays in the
+``checkpoint-<step>/`` folders beside it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from pathlib import Path
 import yaml
 
 from discnb.core import params, paths
-from discnb.generative import autoencoder as ae
 from discnb.generative import ldm
+from discnb.generative import pipeline as pl
 
 RUN01 = "notebooks/01_train_ldm.ipynb"
 
@@ -49,7 +53,7 @@ def check_ldm(ldir: Path, P01, image_size: int) -> dict:
     and still has the first stage it was trained with. Returns its ``summary.json``."""
     ldir = Path(ldir)
     run01 = f"run {RUN01} (profile {P01.profile})"
-    if not (ldir / "sd" / "best" / "ldm.json").exists():
+    if not (ldir / "sd" / "best" / "model_index.json").exists():
         raise FileNotFoundError(f"{ldir / 'sd' / 'best'}: no trained SD model; {run01} first")
     if not (ldir / "summary.json").exists():
         raise FileNotFoundError(f"{ldir / 'summary.json'}: notebook 01 did not finish; {run01} to the end")
@@ -65,8 +69,7 @@ def check_ldm(ldir: Path, P01, image_size: int) -> dict:
         same = summary.get("autoencoder", {}).get("source") == A["path"]
     else:
         done = ldir / "autoencoder" / "done.json"
-        same = done.exists() and (ldir / "autoencoder" / "best").exists() and \
-            json.loads(done.read_text()) == summary.get("autoencoder")
+        same = done.exists() and json.loads(done.read_text()) == summary.get("autoencoder")
     if not same:
         raise ValueError(f"{ldir}: SD was trained on the latents of another first stage than the one there now "
                          f"(autoencoder changed after SD was trained); {run01} again so SD and its first stage match")
@@ -103,20 +106,25 @@ def guidance(P01) -> dict:
     return {"cond_drop": P01.sd["cond_drop"], "snr_gamma": P01.sd["snr_gamma"], "guidance_scale": P01.guidance_scale}
 
 
-def load_sd(P01, which: str = "best", condition: str | None = None) -> ldm.MaskLDM:
-    """SD as notebook 01 trained it; ``condition`` other than SD's own: the Fig. 7 ablation SD of
-    that condition."""
+def sd_pipeline(P01, which: str = "best", condition: str | None = None) -> pl.DISCPipeline:
+    """SD as notebook 01 trained it, with its first stage; ``condition`` other than SD's own: the Fig. 7
+    ablation SD of that condition. Its guidance scale is notebook 01's current one (a sampling setting)."""
     folder = sd_folder(P01, condition, which)
-    if condition not in (None, P01.condition) and not (folder / "ldm.json").exists():
+    if condition not in (None, P01.condition) and not (folder / "model_index.json").exists():
         raise FileNotFoundError(f"{folder}: no {condition}-conditioned SD; add {condition!r} to ablation_conditions in "
                                 f"notebook 01's parameters (profile {P01.profile}) and run it again (SD itself is reused)")
-    model = ldm.MaskLDM.from_pretrained(folder)
-    # the guidance scale is a sampling setting: notebook 01's current one, not the one saved at training
-    model.guidance_scale = ldm.check_guidance(model.cond_drop, P01.guidance_scale, model.snr_gamma)[1]
-    return model
+    pipe = pl.load_pipeline(folder)
+    c = pipe.config
+    pipe.register_to_config(guidance_scale=ldm.check_guidance(c.cond_drop, P01.guidance_scale, c.snr_gamma)[1])
+    return pipe
+
+
+def load_sd(P01, which: str = "best", condition: str | None = None) -> ldm.MaskLDM:
+    """:func:`sd_pipeline`'s model as the :class:`MaskLDM` that trains and samples it."""
+    return sd_pipeline(P01, which, condition).ldm
 
 
 def load_trained(P01, which: str = "best", condition: str | None = None) -> tuple:
-    """(SD, first stage): :func:`load_sd` and the first stage it was trained on."""
-    sd = load_sd(P01, which, condition)  # first: a missing ablation SD is the error to report
-    return sd, ae.load_vq(first_stage_folder(P01))
+    """(SD, first stage) of :func:`sd_pipeline`."""
+    pipe = sd_pipeline(P01, which, condition)
+    return pipe.ldm, pipe.vqvae

@@ -21,8 +21,7 @@ from typing import Callable
 
 from discnb.core.io import fingerprint
 from discnb.generative import checkpoints
-from discnb.generative.ldm import MaskLDM
-from discnb.generative.pipeline import DISCPipeline
+from discnb.generative.pipeline import DISCPipeline, load_pipeline
 
 
 @dataclass
@@ -56,10 +55,9 @@ def build_generator(name: str, ctx: GeneratorContext) -> tuple:
     return GENERATORS[name](ctx)
 
 
-def _sampler(ctx: GeneratorContext, model: MaskLDM, vq, name: str, separated: bool = False):
-    """The generator of a :class:`DISCPipeline` on these weights: one sampling path for the registry,
-    the pipeline and ``python -m discnb.generate``."""
-    pipe = DISCPipeline.from_models(model, vq, ctx.scheduler)
+def _sampler(ctx: GeneratorContext, pipe: DISCPipeline, name: str, separated: bool = False):
+    """The generator of a :class:`DISCPipeline`: one sampling path for the registry, the pipeline and
+    ``python -m discnb.generate``."""
     gen = pipe.generator(separated, ctx.steps, ctx.batch_size, scheduler=ctx.scheduler, device=ctx.device,
                          bf16=ctx.bf16)
     gen.name = name
@@ -69,11 +67,10 @@ def _sampler(ctx: GeneratorContext, model: MaskLDM, vq, name: str, separated: bo
 def _sd_like(ctx: GeneratorContext, name: str, condition: str | None) -> tuple:
     P01 = checkpoints.ldm_params(ctx.ldm_dir)
     checkpoints.check_ldm(ctx.ldm_dir, P01, ctx.image_size)
-    model, vq = checkpoints.load_trained(P01, condition=condition)
-    key = fingerprint([name, ctx.steps, ctx.scheduler] + ([model.guidance_scale] if model.guidance_scale != 1 else []),
-                      checkpoints.sd_folder(P01, condition),
-                      checkpoints.first_stage_folder(P01))
-    return _sampler(ctx, model, vq, name), key
+    pipe = checkpoints.sd_pipeline(P01, condition=condition)
+    g = pipe.config.guidance_scale
+    key = fingerprint([name, ctx.steps, ctx.scheduler] + ([g] if g != 1 else []), checkpoints.sd_folder(P01, condition))
+    return _sampler(ctx, pipe, name), key
 
 
 @register_generator("SD")
@@ -108,18 +105,23 @@ def disc_dir(ldm_dir: Path) -> Path:
 @register_generator("SD-SC")
 def _sc_generator(ctx: GeneratorContext) -> tuple:
     sd, key = build_generator("SD", ctx)
-    return _sampler(ctx, sd.model, sd.vq, "SD-SC", separated=True), fingerprint("SC", key)
+    return _sampler(ctx, DISCPipeline.from_models(sd.model, sd.vq), "SD-SC", separated=True), fingerprint("SC", key)
+
+
+def finetuned_folder(ldm_dir: Path, name: str, which: str = "best") -> Path:
+    """Notebook 02's DISCPipeline folder of fine-tuned model ``name`` (checkpoint ``which``: best or final)."""
+    return disc_dir(ldm_dir) / FINETUNED[name] / which
 
 
 def _finetuned(name: str):
     def builder(ctx: GeneratorContext) -> tuple:
         sd, key = build_generator("SD", ctx)
-        folder = disc_dir(ctx.ldm_dir) / FINETUNED[name] / "best"
-        if not (folder / "ldm.json").exists():
+        folder = finetuned_folder(ctx.ldm_dir, name)
+        if not (folder / "model_index.json").exists():
             raise FileNotFoundError(f"{folder}: no {name} model; run notebooks/02_sc_disc.ipynb for this profile first")
-        model = MaskLDM.from_pretrained(folder)
-        model.guidance_scale = sd.model.guidance_scale  # one guidance scale for SD, SD-SC and SD-DISC (issue 15)
-        return _sampler(ctx, model, sd.vq, name), fingerprint(name, key, folder)
+        pipe = load_pipeline(folder)
+        pipe.register_to_config(guidance_scale=sd.model.guidance_scale)  # one guidance scale for SD, SD-SC and SD-DISC
+        return _sampler(ctx, pipe, name), fingerprint(name, key, folder)
     return builder
 
 

@@ -11,9 +11,7 @@ with LDM's "linear" schedule (diffusers "scaled_linear", beta 0.0015 -> 0.0195, 
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -125,7 +123,8 @@ def _groups(channels) -> int:
 
 
 class MaskLDM(nn.Module):
-    """eps_theta(z_t, t, tau_theta(condition)). Saved as ``unet/`` + ``mask_encoder/`` + ``ldm.json``.
+    """eps_theta(z_t, t, tau_theta(condition)). Saved and loaded as a
+    :class:`discnb.generative.pipeline.DISCPipeline` folder, with the first stage it was trained on.
 
     ``prediction`` "eps" (the paper, Eq. 1) or "v" (beyond the paper; Salimans & Ho 2022, as in
     SD 2.x): the U-Net outputs v = sqrt(abar) eps - sqrt(1 - abar) z_0 and is trained on v's MSE.
@@ -207,27 +206,6 @@ class MaskLDM(nn.Module):
         if self.concat_mask:
             z_t = torch.cat([z_t, F.adaptive_avg_pool2d(cond, z_t.shape[-2:]).to(z_t.dtype)], 1)
         return self.unet(z_t, t, encoder_hidden_states=self.tau(cond)).sample
-
-    def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        self.unet.save_pretrained(path / "unet")
-        self.tau.save_pretrained(path / "mask_encoder")
-        (path / "ldm.json").write_text(json.dumps({"condition": self.condition, "latent_scale": self.latent_scale,
-                                                   "concat_mask": self.concat_mask, "prediction": self.prediction,
-                                                   "cond_drop": self.cond_drop, "guidance_scale": self.guidance_scale,
-                                                   "snr_gamma": self.snr_gamma},
-                                                  indent=2))
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> "MaskLDM":
-        path = Path(path)
-        if not (path / "ldm.json").exists():
-            raise FileNotFoundError(f"{path}: not a saved MaskLDM (no ldm.json); train it with notebooks/01_train_ldm.ipynb")
-        meta = json.loads((path / "ldm.json").read_text())
-        return cls(UNet2DConditionModel.from_pretrained(path / "unet"), MaskEncoder.from_pretrained(path / "mask_encoder"),
-                   meta["condition"], meta["latent_scale"], meta["concat_mask"], meta["prediction"],
-                   # models saved before classifier-free guidance and min-SNR were options: both off
-                   meta.get("cond_drop", 0.0), meta.get("guidance_scale", 1.0), meta.get("snr_gamma", 0.0))
 
 
 def check_guidance(cond_drop: float, guidance_scale: float, snr_gamma: float) -> tuple[float, float, float]:

@@ -5,8 +5,9 @@ Components, as diffusers pipelines hold them: ``vqvae`` (the f = 4 first stage, 
 :class:`discnb.generative.ldm.MaskEncoder`) and ``scheduler``. The LDM's own settings (condition,
 latent scale, concatenated mask, eps/v prediction, classifier-free guidance) are the pipeline's
 config, so ``save_pretrained`` / ``from_pretrained`` round-trip the whole model in one folder
-(``model_index.json`` + one sub-folder of safetensors per component), and the scheduler can be
-swapped the diffusers way::
+(``model_index.json`` + one sub-folder of safetensors per component). Notebooks 01 and 02 save SD,
+the Fig. 7 ablation SDs, SD-DISC and SD-DISC-CoTrain in this format (:meth:`DISCPipeline.saver`), and
+the shipped ``weights/<profile>/`` folders are the same. The scheduler can be swapped the diffusers way::
 
     pipe = DISCPipeline.from_pretrained("weights/demo/SD-DISC")
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
@@ -64,6 +65,13 @@ class DISCPipeline(DiffusionPipeline):
         sched = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
         return cls(vq, model.unet, model.tau, sched, model.condition, model.latent_scale, model.concat_mask,
                    model.prediction, model.cond_drop, model.guidance_scale, model.snr_gamma)
+
+    @classmethod
+    def saver(cls, vq: VQModel):
+        """``save_fn(model, folder)`` for :func:`discnb.core.train.fit` of a :class:`MaskLDM` trained on ``vq``'s
+        latents: every ``best/`` and ``final/`` it writes is a pipeline folder holding that first stage, the one
+        format notebooks 01 and 02 save their models in and every reader loads."""
+        return lambda model, folder: cls.from_models(model, vq).save_pretrained(folder)
 
     @property
     def ldm(self) -> MaskLDM:

@@ -339,7 +339,7 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
     else:
         out["notes"].append(f"SD-SC skipped: SD is {sd.model.condition}-conditioned (SC needs pixel)")
     bar.update()
-    if not untrained and (generators.disc_dir(ldm_dir_of(profile, ldm_dir)) / generators.FINETUNED["SD-DISC"] / "best" / "ldm.json").exists():
+    if not untrained and (generators.finetuned_folder(ldm_dir_of(profile, ldm_dir), "SD-DISC") / "model_index.json").exists():
         ctx = generators.GeneratorContext(ldm_dir_of(profile, ldm_dir), size, S.steps, "ddim", S.batch_size,
                                           str(device), S.bf16)
         dg, _ = generators.build_generator("SD-DISC", ctx)

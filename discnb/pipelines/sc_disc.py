@@ -36,6 +36,7 @@ from discnb.data import shapes
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints as ck
 from discnb.generative import disc, generators, ldm
+from discnb.generative import pipeline as pl
 from discnb.generative.sampling import evals_per_step
 from discnb.grading import adherence
 from discnb.grading import judge as jg
@@ -116,7 +117,7 @@ def finetune(P, variant: str, data: dict, progress: bool = True) -> dict:
     cfg = train_ldm.fit_config(P, out_dir(P) / VARIANTS[variant], F, variant, sig, progress)
     sched = ldm.noise_scheduler()
     res = fit(model, disc.disc_loss(sched.alphas_cumprod, cot), train, cfg, val=val,
-              save_fn=lambda m, d: m.save_pretrained(d))
+              save_fn=pl.DISCPipeline.saver(vq))
     return res
 
 
@@ -281,8 +282,8 @@ def conditioning(P, n: int = 256) -> pd.DataFrame:
     P01 = ck.ldm_params(ldm_dir(P))
     inputs = train_ldm.report_inputs(P01)
     folders = {v: out_dir(P) / VARIANTS[v] / "best" for v in VARIANTS if v in P.models}
-    models = {"SD": inputs["model"]} | {v: ldm.MaskLDM.from_pretrained(f) for v, f in folders.items()
-                                        if (f / "ldm.json").exists()}
+    models = {"SD": inputs["model"]} | {v: pl.load_pipeline(f).ldm for v, f in folders.items()
+                                        if (f / "model_index.json").exists()}
     return train_ldm.conditioning_report(P01, n, inputs=inputs, models=models)
 
 

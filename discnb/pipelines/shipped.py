@@ -44,7 +44,7 @@ from discnb.pipelines import prep, train_ldm
 MODELS = ("SD", "SD-DISC", "SD-DISC-CoTrain")
 # exported too when notebook 01 trained them (notebooks 03 and 05 draw Fig. 7's tile sets with them)
 ABLATIONS = {"SD-tile": "tile", "SD-tile+slide": "tile+slide"}
-STATE_SKIP = ("checkpoint-", "logs", "best", "final", "disc_data", "run-", "model", ".tmp", ".old")
+STATE_SKIP = ("checkpoint-", "logs", "best", "final", "disc_data", "run-", "model", ".tmp", ".old", "restored.json")
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 # the shipped state keeps this many of notebook 02's 64 Fig. 5 tiles per model: the ones Fig. 5 shows (the first
 # ``fig5_rows``, 6 in params/demo/06_figures.yaml); the other 58 would be 3.2 MB of the demo's 40 MB
@@ -126,6 +126,8 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
         params_files = [ldm_dir / "params.resolved.yaml"] + ([p02] if tuned and p02.exists() else [])
         params_hash = fingerprint(*params_files)
         pipe = pl.DISCPipeline.from_models(copy.deepcopy(gen.model), copy.deepcopy(gen.vq))
+        for c in ("vqvae", "unet", "mask_encoder"):  # where a component came from: the shipped folder, not this machine's
+            getattr(pipe, c).register_to_config(_name_or_path=_shown(out / name / c))
         if dtype != "fp32":
             verbosity = dlogging.get_verbosity()
             dlogging.set_verbosity_error()  # diffusers warns about casting with to(); these are copies, stored as fp16
@@ -202,7 +204,9 @@ def write_state(ldm_dir: Path, dest: Path) -> dict:
             for f in _state_files(root, folder):
                 rel = Path(folder) / f.relative_to(root / folder)
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                if f.name == "comparison_samples.npz":
+                if f.name == "params.resolved.yaml":
+                    _portable_params(f, tmp / rel)
+                elif f.name == "comparison_samples.npz":
                     with np.load(f) as z:
                         np.savez_compressed(tmp / rel, **{k: z[k] if k == "models" else z[k][:FIG5_KEEP]
                                                           for k in z.files})
@@ -210,6 +214,18 @@ def write_state(ldm_dir: Path, dest: Path) -> dict:
                     shutil.copy2(f, tmp / rel)
     atomic_dir(save, dest)
     return _file_hashes(dest)
+
+
+def _portable_params(src: Path, dst: Path) -> None:
+    """A resolved-parameters file without this machine's folders (its ``*_dir`` values emptied: the defaults,
+    which :func:`restore` fills in on the machine it restores to); copied as it is when it names none."""
+    P = params.load_yaml(src)
+    local = [k for k, v in P.items() if str(k).endswith("_dir") and v]
+    if not local:
+        shutil.copy2(src, dst)
+        return
+    write_text(dst, "# resolved parameters, shipped: this machine's folders emptied\n" +
+               yaml.safe_dump(P | {k: "" for k in local}, sort_keys=False))
 
 
 def data_identity(data_dir: Path) -> dict:
@@ -258,9 +274,9 @@ def check_shipped(profile: str, weights: Path, P01_now, data: bool = True) -> di
 def restore(profile: str, weights: Path | None = None, P01_now=None, root: Path | None = None,
             data: bool = True) -> dict:
     """Put the shipped models where notebooks 03-07 look for them, as if notebooks 01 and 02 had run:
-    ``outputs/<profile>/{ldm,disc,judge}`` (weights from the pipeline folders, float32 as loaded, and the
-    small files of ``state/``), after :func:`check_shipped` (``data``: as there); ``root``: another outputs folder
-    (tests). Returns the manifest."""
+    ``outputs/<profile>/{ldm,disc,judge}``, after :func:`check_shipped` (``data``: as there); ``root``: another
+    outputs folder (tests). The pipeline folders are copied as they are (the format notebooks 01 and 02 write;
+    fp16-stored weights are upcast on load), with the small files of ``state/``. Returns the manifest."""
     weights = Path(weights) if weights else paths.weights_dir(profile, create=False)
     if P01_now is None:
         P01_now = params.check_file("01_train_ldm", paths.PARAMS / profile / "01_train_ldm.yaml") \
@@ -273,23 +289,13 @@ def restore(profile: str, weights: Path | None = None, P01_now=None, root: Path 
     for name in STATE_FILES:
         if (weights / "state" / name).exists():
             shutil.copy2(weights / "state" / name, root / name)
-    where = {"SD": root / "ldm" / "sd", "SD-DISC": root / "disc" / "sd-disc",
-             "SD-DISC-CoTrain": root / "disc" / "sd-disc-cotrain"} | \
-        {a: root / "ldm" / checkpoints.ablation_folder(c) for a, c in ABLATIONS.items()}
-    for name, entry in man["models"].items():
-        if name == "judge":
-            atomic_dir(lambda tmp: shutil.copytree(weights / "judge" / "model", tmp), root / "judge" / "model")
-            continue
-        pipe = pl.load_pipeline(weights / name)
-        atomic_dir(lambda tmp, pipe=pipe: pipe.ldm.save_pretrained(tmp), where[name] / "best")
-        if name == "SD":
-            atomic_dir(lambda tmp, pipe=pipe: pipe.vqvae.save_pretrained(tmp), root / "ldm" / "autoencoder" / "best")
-    # notebook 01's parameters as it ran for them, at this machine's paths
-    p01 = root / "ldm" / "params.resolved.yaml"
-    P = params.load_yaml(p01)
-    P.update({"output_dir": "", "data_dir": ""})
-    write_text(p01, "# resolved parameters of notebook 01_train_ldm (restored from shipped models)\n" +
-               yaml.safe_dump(P, sort_keys=False))
+    where = {"SD": root / "ldm" / "sd" / "best", "judge": root / "judge" / "model"} | \
+        {n: generators.finetuned_folder(root / "ldm", n) for n in generators.FINETUNED} | \
+        {a: root / "ldm" / checkpoints.ablation_folder(c) / "best" for a, c in ABLATIONS.items()}
+    for name in man["models"]:
+        src = weights / name / "model" if name == "judge" else weights / name
+        atomic_dir(lambda tmp, src=src: shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("README.md")),
+                   where[name])
     write_json(root / "ldm" / "restored.json", {"from": str(weights), "commit": man["commit"],
                                                 "command": man["command"]})
     return man

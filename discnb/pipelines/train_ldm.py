@@ -32,6 +32,7 @@ from discnb.data import sicap as data
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints as ck
 from discnb.generative import ldm
+from discnb.generative.pipeline import DISCPipeline
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
@@ -101,7 +102,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
         sig |= {k: A[k] for k in ("disc_weight", "disc_channels", "disc_layers")}
     done = out / "done.json"
     if done.exists() and json.loads(done.read_text()).get("signature") == sig and (out / "final").exists():
-        return ae.load_vq(out / "final"), json.loads(done.read_text())
+        return ae.load_vq(out / "best"), json.loads(done.read_text())  # the one a fresh run continues with
     vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"])
     # uint8 in memory, floats per batch (issue 17: float32 tiles were ~10 GB per process at SICAPv2's size)
     tr = TensorData({"x": ae.pixels(split["train"]["imgs"])}, augment=lambda b: ae.dihedral(b, ("x",)),
@@ -257,14 +258,14 @@ def train_sd(P, split: dict, vq, ae_info: dict, progress: bool = True) -> dict:
     sched = ldm.noise_scheduler()
     summary = fit(model, ldm_batch_loss(P.condition, sched.alphas_cumprod), tr,
                   fit_config(P, out / "sd", P.sd, "SD", ldm_signature(P, size), progress), val=va,
-                  save_fn=lambda m, d: m.save_pretrained(d))
+                  save_fn=DISCPipeline.saver(vq))
     ablation = {}
     A = {**P.sd, "steps": P.ablation_steps or P.sd["steps"]}  # smoke: fewer steps (only the pipeline is tested)
     for c in P.ablation_conditions:  # Fig. 7: the same SD recipe, conditioned on tile (+ slide) labels only
         m = ck.build_model(P, size, z["train"].shape[-1], latent_scale, c)
         ablation[c] = fit(m, ldm_batch_loss(c, sched.alphas_cumprod), tr,
                           fit_config(P, out / ck.ablation_folder(c), A, f"SD ({c})", ldm_signature(P, size, c), progress),
-                          val=va, save_fn=lambda m, d: m.save_pretrained(d))
+                          val=va, save_fn=DISCPipeline.saver(vq))
     result = {"autoencoder": ae_info, "sd": summary, "latent_scale": latent_scale, "image_size": size,
               "latent_shape": list(z["train"].shape[1:]), "n_train": len(tr), "n_val": len(va),
               "unet_parameters": sum(p.numel() for p in model.unet.parameters()),
