@@ -14,7 +14,7 @@ from discnb.core.io import write_json
 from discnb.generative import checkpoints, generators
 from discnb.grading import adherence
 from discnb.grading import judge as jg
-from discnb.pipelines import train_ldm
+from discnb.generative import ldm_training
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--n", type=int, default=64)
@@ -25,8 +25,8 @@ ap.add_argument("--settings", default="ddim:50,dpm++:20")
 ap.add_argument("--seeds", default="0", help="noise seeds: tile i of seed s draws from s * 100000 + i (notebook 02's rule)")
 a = ap.parse_args()
 root = paths.resolve(a.root)
-split = train_ldm.load_split(checkpoints.ldm_params(root / "ldm"), progress=False)
-masks = train_ldm.held_out(split)["masks"]
+split = ldm_training.load_split(checkpoints.ldm_params(root / "ldm"), progress=False)
+masks = ldm_training.held_out(split)["masks"]
 masks = masks[adherence.complex_choice(masks, a.n, 0)]  # notebook 02's complex-real set
 judge = jg.load_judge(root / "judge")
 rep = {"n_masks": len(masks), "masks": "held-out annotation masks with the most labels (multi-label only)", "runs": []}

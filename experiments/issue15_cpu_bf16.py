@@ -16,7 +16,7 @@ import torch
 from discnb.core import paths
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints
-from discnb.pipelines import train_ldm
+from discnb.generative import ldm_training
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--ldm", default="outputs/demo/ldm")
@@ -35,7 +35,7 @@ sd = checkpoints.build_model(P01, 64, 16, 1.0)
 sd.train()
 z = torch.randn(16, 3, 16, 16, generator=g)
 mask = torch.randint(0, 4, (16, 64, 64), generator=g).to(torch.uint8)
-sd_loss = train_ldm.ldm_batch_loss(P01.condition, sd.alphas_cumprod)
+sd_loss = ldm_training.ldm_batch_loss(P01.condition, sd.alphas_cumprod)
 jobs = {"first stage": (vq, lambda: ae.vq_loss(vq, {"x": x})),
         "SD": (sd, lambda: sd_loss(sd, {"z": z, "mask": mask, "slide": None}))}
 opts = {k: torch.optim.AdamW(m.parameters(), 1e-4) for k, (m, _) in jobs.items()}

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from discnb.core import paths
 from discnb.generative import autoencoder as ae
 from discnb.grading import judge as jg
-from discnb.grading.metrics import psnr, ssim
-from discnb.pipelines import prep
+from discnb.data.image_metrics import psnr, ssim
+from discnb.data import prepared
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--first-stage", required=True)
@@ -48,7 +48,7 @@ out = paths.resolve(a.out)
 out.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(0)
 
-D = prep.split_tiles(paths.resolve(a.data), 1, progress=False)
+D = prepared.split_tiles(paths.resolve(a.data), 1, progress=False)
 vq = ae.load_vq(paths.resolve(a.first_stage))
 judge = jg.load_judge(paths.resolve(a.judge_real))
 x_tr = ae.pixels_to_model({"x": ae.pixels(D["train"]["imgs"])})["x"]

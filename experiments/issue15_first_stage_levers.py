@@ -32,7 +32,8 @@ from discnb.core import paths
 from discnb.core.train import FitConfig, TensorData, fit
 from discnb.generative import autoencoder as ae
 from discnb.grading import judge as jg
-from discnb.pipelines import prep
+from discnb.data import prepared
+from discnb.data.augment import dihedral
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--lever", choices=["plain", "gan", "ffl", "msssim", "perceptual", "codebook", "split"], required=True)
@@ -51,8 +52,8 @@ lr = a.lr or (5e-4 if scratch else 2e-4)
 name = f"{a.lever}-{a.n_embed if scratch else a.weight}" + (f"-{a.n_embed}" if a.lever == "split" else "") + \
     ("-decoder" if a.decoder_only else "")
 out = paths.resolve(a.out or f"outputs/exp15/first_stage/{name}")
-D = prep.split_tiles(paths.resolve(a.data), 1, progress=False)
-tr = TensorData({"x": ae.pixels(D["train"]["imgs"])}, augment=lambda b: ae.dihedral(b, ("x",)), transform=ae.pixels_to_model)
+D = prepared.split_tiles(paths.resolve(a.data), 1, progress=False)
+tr = TensorData({"x": ae.pixels(D["train"]["imgs"])}, augment=lambda b: dihedral(b, ("x",)), transform=ae.pixels_to_model)
 va = TensorData({"x": ae.pixels(D["val"]["imgs"])}, transform=ae.pixels_to_model)
 judge = jg.load_judge(paths.resolve(a.judge_real))
 res_f = out / "res.json"
@@ -137,7 +138,7 @@ def train_cellnet(steps=2000, seed=1):
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-4)
     for i in range(steps):
         idx = torch.randint(0, len(x), (32,))
-        b = ae.dihedral({"x": x[idx], "y": y[idx][:, None].float()}, ("x", "y"))
+        b = dihedral({"x": x[idx], "y": y[idx][:, None].float()}, ("x", "y"))
         loss = F.cross_entropy(net(b["x"]), b["y"][:, 0].long())
         opt.zero_grad()
         loss.backward()

@@ -25,7 +25,10 @@ from discnb.generative import ldm
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
-from discnb.pipelines import prep, train_ldm
+from discnb.pipelines import train_ldm
+from discnb.data import prepared
+from discnb.data.augment import dihedral
+from discnb.generative import ldm_training
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--from", dest="src", required=True)
@@ -73,21 +76,21 @@ for name, w3 in (("plain", 1.0), (f"gg3x{a.weight:g}", a.weight)):
         ck = src / "ldm" / "sd" / f"checkpoint-{a.start}"
         shutil.copytree(ck, out / "ldm" / "sd" / ck.name)
         shutil.copy2(src / "ldm" / "sd" / "metrics.csv", out / "ldm" / "sd" / "metrics.csv")
-    split = train_ldm.load_split(P, progress=False)
+    split = ldm_training.load_split(P, progress=False)
     vq, _ = train_ldm.first_stage(P, split, progress=False)
-    z, scale = train_ldm.encode_split(vq, split, None)
+    z, scale = ldm_training.encode_split(vq, split, None)
     size = split["image_size"]
     model = train_ldm.ck.build_model(P, size, z["train"].shape[-1], scale)
 
     def tensors(k):
         return {"z": z[k], "mask": torch.from_numpy(split[k]["masks"]), "slide": torch.from_numpy(split[k]["slide"])}
-    tr = TensorData(tensors("train"), augment=lambda b: ae.dihedral(b, ("z", "mask")))
-    res = fit(model, weighted_eq1(w3), tr, train_ldm.fit_config(P, out / "ldm" / "sd", P.sd, f"SD {name}",
-                                                                 train_ldm.ldm_signature(P, size), False),
+    tr = TensorData(tensors("train"), augment=lambda b: dihedral(b, ("z", "mask")))
+    res = fit(model, weighted_eq1(w3), tr, ldm_training.fit_config(P, out / "ldm" / "sd", P.sd, f"SD {name}",
+                                                                 ldm_training.ldm_signature(P, size), False),
               val=TensorData(tensors("val")), save_fn=lambda m, d: m.save_pretrained(d))
     sd = ldm.MaskLDM.from_pretrained(out / "ldm" / "sd" / "final").eval()
     # the GG3-vs-GG4 gap on pure held-out tiles (same t and noise for both masks)
-    ho = train_ldm.held_out(split)
+    ho = ldm_training.held_out(split)
     gap = {}
     for k, lab in ((1, "GG3"), (2, "GG4")):
         idx = np.flatnonzero((ho["masks"] == k).all((1, 2)))[:48]
@@ -98,7 +101,7 @@ for name, w3 in (("plain", 1.0), (f"gg3x{a.weight:g}", a.weight)):
             with torch.no_grad():
                 ls[mlab] = float(ldm.ldm_loss(sd, {"z": z0, "cond": cond}, AC, torch.Generator().manual_seed(0)))
         gap[f"{lab}_tiles_loss_GG3_mask"], gap[f"{lab}_tiles_loss_GG4_mask"] = ls["GG3"], ls["GG4"]
-    maps = np.stack([shapes.resize_mask(m, size) for m in shapes.load_library(prep.data_dir(P) / "shape_maps.npz")["maps"]])
+    maps = np.stack([shapes.resize_mask(m, size) for m in shapes.load_library(prepared.data_dir(P) / "shape_maps.npz")["maps"]])
     sets = adherence.mask_sets(maps, ho["masks"], a.n_multi, a.n_single, 4, 0, sd.unet.config.sample_size)
     gen = SDGenerator(sd, vq, steps=50, batch_size=64, guidance_scale=3.0)
     for mset in ("multi", "single"):

@@ -17,7 +17,8 @@ import yaml
 from discnb.core import paths
 from discnb.generative import autoencoder as ae
 from discnb.grading import judge as jg
-from discnb.pipelines import prep, train_ldm
+from discnb.pipelines import train_ldm
+from discnb.data import prepared
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -30,7 +31,7 @@ base = yaml.safe_load(open(paths.REPO / "params/demo/01_train_ldm.yaml"))
 recipe = {k: v for k, v in base["judge"].items() if k != "seed"}  # the seeds are this script's
 out = paths.resolve(a.out)
 out.mkdir(parents=True, exist_ok=True)
-D = prep.split_tiles(paths.resolve(a.data), int(base["val_fold"]), progress=False)
+D = prepared.split_tiles(paths.resolve(a.data), int(base["val_fold"]), progress=False)
 V = D["val"]
 recons = {f: ae.reconstruct(ae.load_vq(paths.resolve(f)), V["imgs"]) for f in a.first_stage}
 rows = []

@@ -13,6 +13,7 @@ import yaml
 from _demo01 import demo_params_01
 from discnb.core import params, paths
 from discnb.pipelines import sc_disc
+from discnb.grading import comparison
 
 ap = argparse.ArgumentParser()
 ap.add_argument("run")
@@ -42,4 +43,4 @@ P02 = params.validate("02_sc_disc", D02 | over)
 res = sc_disc.run(P02, progress=False, checks=False)
 print(sc_disc.adherence_summary(res["comparison"]["adherence"]).to_string())
 print(sc_disc.ranking_table(res["comparison"]["adherence"], res["comparison"]["ranking"]).to_string())
-print(sc_disc.table(res["summary"], P02.models).to_string())
+print(comparison.table(res["summary"], P02.models).to_string())

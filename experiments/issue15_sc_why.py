@@ -32,7 +32,9 @@ from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.grading.judge import judge_scores
-from discnb.pipelines import prep, train_ldm
+from discnb.pipelines import train_ldm
+from discnb.data import prepared
+from discnb.generative import ldm_training
 
 ap = argparse.ArgumentParser()
 ap.add_argument("run")
@@ -46,13 +48,13 @@ ap.add_argument("--variants", nargs="+", default=["SD", "SC", "SC-step", "SC-g1"
 a = ap.parse_args()
 run = paths.resolve(a.run)
 P = demo_params_01(run / "ldm", first_stage=a.first_stage)
-split = train_ldm.load_split(P, progress=False)
+split = ldm_training.load_split(P, progress=False)
 vq, _ = train_ldm.first_stage(P, split, progress=False)
 model = ldm.MaskLDM.from_pretrained(run / "ldm" / "sd" / "best")
 judge = jg.load_judge(paths.resolve(a.judge))
 size = split["image_size"]
-maps = np.stack([shapes.resize_mask(m, size) for m in shapes.load_library(prep.data_dir(P) / "shape_maps.npz")["maps"]])
-masks = adherence.mask_sets(maps, train_ldm.held_out(split)["masks"], a.n, K, K, 0,
+maps = np.stack([shapes.resize_mask(m, size) for m in shapes.load_library(prepared.data_dir(P) / "shape_maps.npz")["maps"]])
+masks = adherence.mask_sets(maps, ldm_training.held_out(split)["masks"], a.n, K, K, 0,
                             model.unet.config.sample_size)["multi"]
 # boundary band: pixels within `band` px of a pixel of another label
 near = np.zeros(masks.shape, bool)

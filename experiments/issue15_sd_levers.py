@@ -21,7 +21,9 @@ from discnb.generative import ldm
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
-from discnb.pipelines import prep, train_ldm
+from discnb.pipelines import train_ldm
+from discnb.data import prepared
+from discnb.generative import ldm_training
 
 ap = argparse.ArgumentParser()
 ap.add_argument("name")
@@ -39,7 +41,7 @@ a = ap.parse_args()
 out = paths.resolve(a.out) / a.name
 P = demo_params_01(out / "ldm", first_stage=a.first_stage, cond_drop=a.cond_drop, snr_gamma=a.snr_gamma,
                    sd_steps=a.steps)
-split = train_ldm.load_split(P, progress=False)
+split = ldm_training.load_split(P, progress=False)
 vq, info = train_ldm.first_stage(P, split, progress=False)
 t0 = time.time()
 res = train_ldm.train_sd(P, split, vq, info, progress=False)
@@ -47,10 +49,10 @@ train_s = time.time() - t0
 model = ldm.MaskLDM.from_pretrained(out / "ldm" / "sd" / "best")
 judge = jg.load_judge(a.judge)
 ceiling = judge.info["real"]["mean_iou"]
-maps = shapes.load_library(prep.data_dir(P) / "shape_maps.npz")["maps"]
+maps = shapes.load_library(prepared.data_dir(P) / "shape_maps.npz")["maps"]
 size = split["image_size"]
 maps = np.stack([shapes.resize_mask(m, size) for m in maps])
-sets = adherence.mask_sets(maps, train_ldm.held_out(split)["masks"], a.n_multi, a.n_other, a.n_other, 0,
+sets = adherence.mask_sets(maps, ldm_training.held_out(split)["masks"], a.n_multi, a.n_other, a.n_other, 0,
                            model.unet.config.sample_size)
 rows = []
 for s in a.scales:

@@ -45,13 +45,12 @@ from discnb.core import paths, shards
 from discnb.core.io import atomic_file, fingerprint, write_json
 from discnb.core.notebook import cli
 from discnb.core.train import pick_device
-from discnb.data import shapes
+from discnb.data import prepared, shapes
 from discnb.generative.generators import GeneratorContext, build_generator
 from discnb.grading import judge as jg
-from discnb.grading.carcinonet import load_model, predict, train_carcinonet
+from discnb.grading.carcinonet import load_model, metric_table, predict, summarize, train_carcinonet
 from discnb.grading.eq4 import check_lam
 from discnb.grading.metrics import confusion, metrics_from_confusion
-from discnb.pipelines import prep, train_ldm
 
 NOTEBOOK = "04_carcinonet"
 STAGE = "carcinonet"
@@ -66,8 +65,8 @@ def out_dir(P) -> Path:
 # ====================================================================================== data
 def load_data(P, progress: bool = True) -> dict:
     """Real tiles of train / val (fold ``val_fold``) / test / ood (rows ``ood_split``) in memory
-    (:func:`discnb.pipelines.prep.split_tiles`)."""
-    return prep.split_tiles(prep.data_dir(P), P.val_fold, P.ood_split, progress)
+    (:func:`discnb.data.prepared.split_tiles`)."""
+    return prepared.split_tiles(prepared.data_dir(P), P.val_fold, P.ood_split, progress)
 
 
 def data_fingerprint(D: dict) -> str:
@@ -123,12 +122,12 @@ def synthetic_tiles(P, name: str, image_size: int, progress: bool = True) -> dic
     one cache file and deletes them; a killed run keeps its finished chunks. Every process returns
     the whole set."""
     S = P.synth
-    lib_path = prep.data_dir(P) / "shape_maps.npz"
+    lib_path = prepared.data_dir(P) / "shape_maps.npz"
     lib = shapes.load_library(lib_path)
     plan_key = fingerprint([S["n_tiles"], S["seed"], image_size], lib_path)
     procs = shards.processes(P.device == "cpu")  # before the model goes to a GPU: each process has its own
     device = str(pick_device(P.device))
-    ctx = GeneratorContext(train_ldm.ldm_dir(P), image_size, S["steps"], S["scheduler"], S["batch_size"], device,
+    ctx = GeneratorContext(paths.ldm_dir(P), image_size, S["steps"], S["scheduler"], S["batch_size"], device,
                            P.mixed_precision == "bf16")
     gen, gen_key = build_generator(name, ctx)
     key = fingerprint(f"{gen_key}/{plan_key}", n=12)
@@ -308,28 +307,6 @@ def evaluate(P, runs: list[dict], D: dict) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(rows), cms
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and number of seeds per (model, generator, lam, test_set, metric, label)."""
-    keys = ["model", "generator", "lam", "test_set", "metric", "label"]
-    g = df.groupby(keys, sort=False).value
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n_seeds": g.count()}).reset_index()
-
-
-TABLE_COLUMNS = [("pixel_accuracy", "all"), ("iou", "mean"), ("dice", "mean"), ("precision", "GG3"),
-                 ("precision", "GG4"), ("precision", "GG5"), ("iou", "GG3"), ("iou", "GG4"), ("iou", "GG5")]
-
-
-def metric_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Rows (test set, generator, lambda), columns the headline metrics, cells 'mean ± std' over
-    seeds (just the value with one seed)."""
-    s = summary.assign(cell=["n/a" if not np.isfinite(m) else f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"
-                             for m, sd, n in zip(summary["mean"], summary["std"], summary["n_seeds"])],
-                       col=summary.metric + " " + summary.label)
-    t = s.pivot_table(index=["test_set", "generator", "lam"], columns="col", values="cell", aggfunc="first", sort=False)
-    cols = [f"{m} {lab}" for m, lab in TABLE_COLUMNS if f"{m} {lab}" in t.columns]
-    return t[cols]
-
-
 def results_extra(confusions: dict, judged: dict, runs: list[dict], synth: dict[str, dict]) -> dict:
     """What ``results.json`` holds beside the summary: confusion matrices, the judge's scores, the
     runs and each generator's tile-cache meta."""
@@ -347,7 +324,7 @@ def save_results(P, df: pd.DataFrame, summary: pd.DataFrame, extra: dict) -> tup
 # ===================================================================================== judge
 def load_judge(P) -> jg.Judge:
     """The pattern judge notebook 01 trained with the LDM of ``ldm_dir`` (``outputs/<profile>/judge``)."""
-    return jg.load_judge(train_ldm.judge_dir(train_ldm.ldm_dir(P)), device=P.device, batch_size=P.eval_batch)
+    return jg.load_judge(paths.judge_dir(paths.ldm_dir(P)), device=P.device, batch_size=P.eval_batch)
 
 
 def judge_synthetic(judge: jg.Judge, synth: dict[str, dict]) -> dict:
@@ -387,25 +364,9 @@ def save_fig8(P, fig8: dict) -> Path:
     return atomic_file(out_dir(P) / "fig8.npz", lambda tmp: np.savez_compressed(tmp, **fig8))
 
 
-def load_fig8(path: str | Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def fig8_rows(fig8: dict, test_set: str = "test") -> tuple[dict, list[str]]:
-    """Fig. 8 layout: tile | ground truth | baseline | + each generator, as image-grid rows, and
-    the tiles' names as column titles."""
-    if test_set not in set(fig8["test_sets"].tolist()):
-        raise KeyError(f"no {test_set!r} tiles in the Fig. 8 arrays (test sets: {fig8['test_sets'].tolist()})")
-    rows = {"tile": list(fig8[f"{test_set}_tiles"]), "ground truth": [plots.colorize(m) for m in fig8[f"{test_set}_truth"]]}
-    for name, pred in zip(fig8["runs"].tolist(), fig8[f"{test_set}_pred"]):
-        rows[name] = [plots.colorize(m) for m in pred]
-    return rows, [str(n)[:18] for n in fig8[f"{test_set}_names"]]
-
-
 def predictions_figure(P, fig8: dict, test_set: str = "test"):
     """Figure ``04_carcinonet_predictions`` (Fig. 8 layout)."""
-    fig = plots.image_grid(*fig8_rows(fig8, test_set))
+    fig = plots.image_grid(*plots.fig8_rows(fig8, test_set))
     plots.save(fig, figures_dir(P) / "04_carcinonet_predictions")
     return fig
 

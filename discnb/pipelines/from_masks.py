@@ -2,10 +2,10 @@
 
 1. **Export** (``export: true``): notebook 01's SD and first stage, notebook 02's SD-DISC and SD-DISC-CoTrain and
    the pattern judge as :class:`discnb.generative.pipeline.DISCPipeline` folders with a ``MANIFEST.json``
-   (:mod:`discnb.pipelines.shipped`), into ``weights/<profile>/`` (smoke: ``outputs/smoke/weights/``).
+   (:mod:`discnb.grading.shipped`), into ``weights/<profile>/`` (smoke: ``outputs/smoke/weights/``).
 2. **Masks you bring**: ``n_masks`` held-out annotation masks (most labels first) written as SICAPv2 PNGs
    (grades 0/3/4/5) at twice the model's tile size, then drawn by the shipped ``model`` through
-   ``python -m discnb.generate``'s code (:func:`discnb.pipelines.masks_to_tiles.run`): tiles, manifest, resume.
+   ``python -m discnb.generate``'s code (:func:`discnb.generative.masks_to_tiles.run`): tiles, manifest, resume.
 3. **Judged**: the shipped judge's IoU of those tiles with their masks, and chance (the masks permuted).
 4. **fp16**: SD from notebook 01's float32 weights vs the shipped (fp16-stored) SD, same masks and seeds.
 5. **Manifest check**: a copy of the shipped model with one byte changed must fail to load, naming the file.
@@ -26,12 +26,13 @@ from discnb.core.io import fingerprint, write_json
 from discnb.core.notebook import cli
 from discnb.data.sicap import GRADE_TO_LABEL
 from discnb.data.shapes import most_labels_first
-from discnb.generative import checkpoints, generators
+from discnb.generative import checkpoints, generators, ldm_training
+from discnb.generative import masks_to_tiles
 from discnb.generative import pipeline as pl
 from discnb.grading import adherence
 from discnb.grading import judge as jg
+from discnb.grading import shipped
 from discnb import plots
-from discnb.pipelines import masks_to_tiles, shipped, train_ldm
 
 NOTEBOOK = "07_generate_from_masks"
 LABEL_TO_GRADE = np.array([g for g, _ in sorted(GRADE_TO_LABEL.items(), key=lambda kv: kv[1])], np.uint8)
@@ -59,8 +60,8 @@ def export(P) -> dict:
 
 def held_out_masks(P) -> np.ndarray:
     """``n_masks`` masks of notebook 01's held-out tiles, most labels first (labels 0..3)."""
-    split = train_ldm.load_split(checkpoints.ldm_params(ldm_dir(P)), progress=False)
-    masks = train_ldm.held_out(split)["masks"]
+    split = ldm_training.load_split(checkpoints.ldm_params(ldm_dir(P)), progress=False)
+    masks = ldm_training.held_out(split)["masks"]
     return masks[np.sort(most_labels_first(masks, min(P.n_masks, len(masks)), P.seed))]
 
 

@@ -55,14 +55,14 @@ from discnb.core import paths, shards
 from discnb.core.io import atomic_file, fingerprint, write_json
 from discnb.core.notebook import cli
 from discnb.core.train import pick_device
-from discnb.data import panda
+from discnb.data import panda, prepared
 from discnb.data import sicap as data
 from discnb.grading import features
 from discnb.grading.eq4 import check_lam
 from discnb.grading.metrics import auroc_scores
-from discnb.grading.mil import Bag, build_model, grid_coords, mean_bce, predict, train_model
+from discnb.grading.mil import (Bag, best_lambda_table, build_model, grid_coords, mean_bce, percent_cell, predict, summarize,
+                                train_model)
 from discnb.grading.transmil import slide_targets
-from discnb.pipelines import prep
 
 NOTEBOOK = "05_transmil_sweep"
 STAGE = "mil"
@@ -178,8 +178,8 @@ def describe_sources(S: dict) -> str:
 
 def load_sources(P, progress: bool = True) -> dict:
     """Real index (train + test), the OOD index (or None) and the synthetic tile sets present."""
-    ddir = prep.data_dir(P)
-    index = prep.read_index(ddir)
+    ddir = prepared.data_dir(P)
+    index = prepared.read_index(ddir)
     out: dict = {"index": index, "data_dir": ddir, "notes": []}
     if P.panda.get("root"):
         pz = P.panda
@@ -194,7 +194,7 @@ def load_sources(P, progress: bool = True) -> dict:
         folder = paths.resolve(P.ood_dir)
         out["ood"], out["ood_name"], out["ood_fp"] = panda.read_tile_folder(folder), str(P.ood_dir), _folder_fp(folder)
     elif P.ood_split:
-        out["ood"], out["ood_name"] = prep.read_ood_index(ddir, P.ood_split), "demo OOD (notebook 00)"
+        out["ood"], out["ood_name"] = prepared.read_ood_index(ddir, P.ood_split), "demo OOD (notebook 00)"
         out["ood_fp"] = fingerprint(ddir / "ood_index.csv", P.ood_split)
     else:
         out["ood"], out["ood_name"], out["ood_fp"] = None, "", ""
@@ -220,7 +220,7 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
         return features.pretrained_extractor(E["name"], E["path"], E.get("eval_batch", 64), dev)
     if E["name"] != "tilecnn":
         raise ValueError(f"extractor.name {E['name']!r} is not one of {list(features.EXTRACTORS)}")
-    size = int(E.get("input_size") or prep.prep_params(S["data_dir"])["image_size"])
+    size = int(E.get("input_size") or prepared.prep_params(S["data_dir"])["image_size"])
     train = S["index"][(S["index"].split == "train") & S["index"].mask_path.astype(bool)]
     if train.empty:
         raise data.DataError(f"{S['data_dir']}/index.csv: no training tile with a mask to train the tilecnn extractor")
@@ -487,75 +487,14 @@ def results_frame(runs: list[dict], extractor: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof 0) and count over folds and seeds, per model/generator/lam/test set/label."""
-    keys = ["model", "generator", "lam", "test_set", "metric", "label"]
-    g = df.groupby(keys, sort=False).value
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n": g.count()}).reset_index()
-
-
-def _cell(m, s, n) -> str:
-    if not np.isfinite(m):
-        return "n/a"
-    return f"{100 * m:.2f} ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}"
-
-
 def baseline_table(summary: pd.DataFrame) -> pd.DataFrame:
     """AUROC (%) mean ± std of the baselines (and every λ) per test set, macro and GG5."""
     s = summary[(summary.metric == "auroc") & summary.label.isin(["macro", "GG5"])].copy()
-    s["cell"] = [_cell(m, sd, n) for m, sd, n in zip(s["mean"], s["std"], s["n"])]
+    s["cell"] = [percent_cell(m, sd, n) for m, sd, n in zip(s["mean"], s["std"], s["n"])]
     s["col"] = s.test_set + " " + s.label
     t = s.pivot_table(index=["model", "generator", "lam"], columns="col", values="cell", aggfunc="first", sort=False)
     cols = [f"{ts} {lab}" for ts in TEST_SETS for lab in ("macro", "GG5") if f"{ts} {lab}" in t.columns]
     return t[cols]
-
-
-def select_lambda(summary: pd.DataFrame, generator: str) -> tuple[float, str]:
-    """λ* of ``generator``, chosen on validation only (the test split and the OOD set never enter):
-    the λ > 0 of the highest mean validation macro AUROC (ties to the smaller λ); where validation
-    AUROC is undefined (e.g. single-class validation folds), the lowest validation BCE. Returns
-    (λ*, what it was selected on); (NaN, "no validation") without validation rows."""
-    s = summary[(summary.model == "TransMIL") & (summary.generator == generator) & (summary.test_set == "val")]
-    va = s[(s.metric == "auroc") & (s.label == "macro")].dropna(subset=["mean"])
-    vb = s[s.metric == "bce"].dropna(subset=["mean"])
-    if len(va):
-        return float(va.sort_values(["mean", "lam"], ascending=[False, True]).lam.iloc[0]), "val AUROC"
-    if len(vb):
-        return float(vb.sort_values(["mean", "lam"]).lam.iloc[0]), "val BCE"
-    return float("nan"), "no validation"
-
-
-def best_lambda_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per generator: λ* chosen on validation (highest mean macro AUROC over λ > 0; where validation
-    AUROC is undefined, e.g. single-class validation folds, the lowest validation BCE), the
-    test/OOD macro and GG5 AUROC at λ* and their change over the TransMIL baseline; and, flagged as
-    chosen on the test set itself (the paper's reading of Fig. 6), the λ that is best on test and
-    on OOD."""
-    s = summary[summary.model == "TransMIL"]
-    a = s[s.metric == "auroc"]
-    base = a[a.generator == "none"].set_index(["test_set", "label"])["mean"]
-
-    def at(gen, lam, ts, lab):
-        r = a[(a.generator == gen) & (a.lam == lam) & (a.test_set == ts) & (a.label == lab)]
-        return (float(r["mean"].iloc[0]), float(r["std"].iloc[0]), int(r["n"].iloc[0])) if len(r) else (np.nan, np.nan, 0)
-
-    rows = []
-    for gen in [g for g in s.generator.unique() if g != "none"]:
-        row = {"generator": gen}
-        lam_star, row["selected on"] = select_lambda(s, gen)
-        row["λ* (val)"] = lam_star
-        for ts in ("test", "ood"):
-            for lab in ("macro", "GG5"):
-                m, sd, n = at(gen, lam_star, ts, lab)
-                row[f"{ts} {lab} @λ*"] = _cell(m, sd, n)
-                b = base.get((ts, lab), np.nan)
-                row[f"{ts} {lab} Δ"] = f"{100 * (m - b):+.2f}" if np.isfinite(m) and np.isfinite(b) else "n/a"
-            st = a[(a.generator == gen) & (a.test_set == ts) & (a.label == "macro")].dropna(subset=["mean"])
-            if len(st):
-                top = st.sort_values(["mean", "lam"], ascending=[False, True]).iloc[0]
-                row[f"best λ on {ts} (optimistic)"] = f"{top.lam:g}: {100 * top['mean']:.2f}"
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("generator") if rows else pd.DataFrame()
 
 
 def results_extra(S: dict, ext: features.Extractor, B: dict, runs: list[dict]) -> dict:

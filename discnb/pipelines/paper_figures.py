@@ -11,7 +11,7 @@ figure         reads                                       written by
 ``fig6``       ``mil/results.csv``, ``results.json``        notebook 05 (λ sweep, Fig. 6)
 ``fig7``       ``ablation/...`` (see :func:`load_ablation`)  notebooks 01, 03, 05 per condition
 ``fig8``       ``carcinonet/results.json`` + runs/best      notebook 04 (Fig. 8 layout)
-``bench``      ``bench.json``                              ``python -m discnb.pipelines.bench``
+``bench``      ``bench.json``                              ``python -m discnb.grading.bench``
 =============  ==========================================  ====================================
 
 A missing input raises :class:`MissingInput`, whose message names what to run; notebook 06
@@ -34,9 +34,10 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from discnb import plots
 from discnb.core import io, paths
 from discnb.core.notebook import cli
-from discnb.pipelines import bench as B
-from discnb.pipelines import carcinonet as cn
-from discnb.pipelines import mil, sc_disc
+from discnb.grading import bench as B
+from discnb.grading import carcinonet as gc
+from discnb.grading import comparison
+from discnb.grading import mil
 from discnb.plots import colour, order
 
 NOTEBOOK = "06_figures"
@@ -52,7 +53,7 @@ REQUIRES = {
     "cost": (["disc/comparison.csv", "disc/sc_cost.csv"], "notebooks/02_sc_disc.ipynb"),
     "fig6": (["mil/results.csv"], "notebooks/05_transmil_sweep.ipynb"),
     "fig8": (["carcinonet/fig8.npz", "carcinonet/results.csv"], "notebooks/04_carcinonet.ipynb"),
-    "bench": (["bench.json"], "python -m discnb.pipelines.bench --profile {profile}"),
+    "bench": (["bench.json"], "python -m discnb.grading.bench --profile {profile}"),
 }
 
 
@@ -93,7 +94,7 @@ def load_comparison(profile: str) -> pd.DataFrame:
 
 
 def load_fig5(profile: str) -> dict:
-    return sc_disc.load_samples(require("fig5", profile) / "disc")
+    return comparison.load_samples(require("fig5", profile) / "disc")
 
 
 def load_mil(profile: str) -> tuple[pd.DataFrame, str]:
@@ -113,7 +114,7 @@ def fig5(cmp: dict, n: int = 4):
 # ============================================================================= mask adherence
 def adherence_table(df: pd.DataFrame) -> pd.DataFrame:
     """Notebook 02's table (IoU per class, mean IoU, KID, s/tile, UNet evals/tile as 'mean ± std')."""
-    return sc_disc.table(sc_disc.summarize(df), order(df.model[df.model != plots.CHANCE]))
+    return comparison.table(comparison.summarize(df), order(df.model[df.model != plots.CHANCE]))
 
 
 # ============================================================================= cost vs adherence
@@ -267,7 +268,7 @@ def fig7(df: pd.DataFrame, labels=("macro", "GG5"), sets=("test", "ood"), ood_na
 def load_fig8(profile: str) -> dict:
     """What notebook 04 stored for Fig. 8 (``carcinonet/fig8.npz``: tiles, truth and each run's
     predicted label maps per test set); nothing is predicted here."""
-    return cn.load_fig8(require("fig8", profile) / "carcinonet" / "fig8.npz")
+    return gc.load_fig8(require("fig8", profile) / "carcinonet" / "fig8.npz")
 
 
 def fig8(stored: dict, n_tiles: int = 4, test_sets=("test",)) -> dict:
@@ -280,7 +281,7 @@ def fig8(stored: dict, n_tiles: int = 4, test_sets=("test",)) -> dict:
         if ts not in have:
             print(f"[fig8] left out: notebook 04 stored no {ts!r} tiles (it has {have})")
             continue
-        rows, titles = cn.fig8_rows(stored, ts)
+        rows, titles = plots.fig8_rows(stored, ts)
         out[ts] = plots.image_grid({k: v[:n_tiles] for k, v in rows.items()}, titles[:n_tiles])
     if not out:
         raise MissingInput(f"fig8: notebook 04 stored none of the test sets {list(test_sets)} (it has {have})")
@@ -290,7 +291,7 @@ def fig8(stored: dict, n_tiles: int = 4, test_sets=("test",)) -> dict:
 def carcinonet_table(profile: str) -> pd.DataFrame:
     """Notebook 04's metric table (mean ± std over seeds) from its ``results.csv``."""
     root = require("fig8", profile) / "carcinonet"
-    return cn.metric_table(cn.summarize(pd.read_csv(root / "results.csv")))
+    return gc.metric_table(gc.summarize(pd.read_csv(root / "results.csv")))
 
 
 # ================================================================================== benchmark

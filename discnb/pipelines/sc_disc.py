@@ -32,24 +32,23 @@ from discnb import LABELS, plots
 from discnb.core import io, paths, shards
 from discnb.core.notebook import cli
 from discnb.core.train import TensorData, fit, pick_device, process_state
-from discnb.data import shapes
-from discnb.generative import autoencoder as ae
+from discnb.data import prepared, shapes
+from discnb.data.augment import dihedral
 from discnb.generative import checkpoints as ck
-from discnb.generative import disc, generators, ldm
+from discnb.generative import disc, generators, ldm, ldm_training
 from discnb.generative.sampling import evals_per_step
 from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.grading import metrics
-from discnb.pipelines import prep, train_ldm
+from discnb.grading.comparison import CHANCE, summarize, table
 
 NOTEBOOK = "02_sc_disc"
 MODELS = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain")
-CHANCE = plots.CHANCE  # the row of SD's tiles scored against other tiles' masks
 VARIANTS = generators.FINETUNED  # fine-tuned model -> its folder under disc/
 
 
 def ldm_dir(P) -> Path:
-    return train_ldm.ldm_dir(P)
+    return paths.ldm_dir(P)
 
 
 def out_dir(P) -> Path:
@@ -100,20 +99,20 @@ def finetune(P, variant: str, data: dict, progress: bool = True) -> dict:
     summary01 = ck.check_ldm(ldm_dir(P), P01, json.loads((ldm_dir(P) / "summary.json").read_text())["image_size"])
     size = summary01["image_size"]
     model, vq = ck.load_trained(P01)
-    split = train_ldm.load_split(P01, progress=False)
-    z, _ = train_ldm.encode_split(vq, split, model.latent_scale)
-    lib = shapes.load_library(prep.data_dir(P01) / "shape_maps.npz")
+    split = ldm_training.load_split(P01, progress=False)
+    z, _ = ldm_training.encode_split(vq, split, model.latent_scale)
+    lib = shapes.load_library(prepared.data_dir(P01) / "shape_maps.npz")
     maps = torch.from_numpy(np.stack([shapes.resize_mask(m, size) for m in lib["maps"]]))
 
     def tensors(k):
         return {"z": z[k], "mask": torch.from_numpy(split[k]["masks"]), "slide": torch.from_numpy(split[k]["slide"])}
-    aug = lambda b: ae.dihedral(b, ("z", "mask"))  # noqa: E731
+    aug = lambda b: dihedral(b, ("z", "mask"))  # noqa: E731
     cot = variant == "SD-DISC-CoTrain"
     train = disc.DISCData(data["z0"], maps, size, real=tensors("train") if cot else None, augment=aug)
     val = TensorData(tensors("val")) if len(split["val"]["imgs"]) else None  # L_LDM on real validation tiles
     F = P.finetune
     sig = {"kind": variant, "disc_data": data["manifest"]["plan"], "finetune": F}  # the plan names SD's fingerprint
-    cfg = train_ldm.fit_config(P, out_dir(P) / VARIANTS[variant], F, variant, sig, progress)
+    cfg = ldm_training.fit_config(P, out_dir(P) / VARIANTS[variant], F, variant, sig, progress)
     sched = ldm.noise_scheduler()
     res = fit(model, disc.disc_loss(sched.alphas_cumprod, cot), train, cfg, val=val,
               save_fn=lambda m, d: m.save_pretrained(d))
@@ -121,20 +120,6 @@ def finetune(P, variant: str, data: dict, progress: bool = True) -> dict:
 
 
 # ================================================================================ comparison
-def comparison_masks(masks: np.ndarray, n: int, seed: int, latent: int) -> np.ndarray:
-    """Indices of ``n`` held-out masks: three quarters multi-label (on the latent grid, where SC
-    fuses), the rest any; fixed by ``seed``."""
-    rng = np.random.default_rng(seed)
-    lat = disc.downsample_mask(torch.from_numpy(masks), latent).numpy()
-    n_labels = np.array([len(np.unique(m)) for m in lat])
-    multi, rest = np.flatnonzero(n_labels > 1), np.flatnonzero(n_labels <= 1)
-    k = min(len(multi), int(np.ceil(0.75 * n)))
-    pick = list(rng.choice(multi, k, replace=False)) if k else []
-    pick += list(rng.choice(rest if len(rest) else multi, min(n - k, len(rest) if len(rest) else len(multi) - k),
-                            replace=False))
-    return np.array(sorted(pick), dtype=np.int64)
-
-
 def build(P, name: str, section: dict):
     """A generator by name; ``SD-SC-step`` is SD-SC fusing at every step (the project page's drawing)."""
     if name == "SD-SC-step":
@@ -149,13 +134,13 @@ def build(P, name: str, section: dict):
 
 def load_judge(P) -> jg.Judge:
     """The pattern judge notebook 01 trained (``outputs/<profile>/judge``); the error says to run it."""
-    return jg.load_judge(train_ldm.judge_dir(ldm_dir(P)), device=device_of(P))
+    return jg.load_judge(paths.judge_dir(ldm_dir(P)), device=device_of(P))
 
 
 def ceiling(P, judge: jg.Judge) -> float:
     """The adherence ceiling: notebook 01's ``recon_on_recon`` (the judge on first-stage
     reconstructions of held-out real tiles), from its ``judge_report.json``."""
-    f = train_ldm.judge_dir(ldm_dir(P)) / "judge_report.json"
+    f = paths.judge_dir(ldm_dir(P)) / "judge_report.json"
     if not f.exists():
         raise FileNotFoundError(f"{f}: no judge report; run notebooks/01_train_ldm.ipynb for this profile to the end")
     return float(json.loads(f.read_text())["recon_on_recon"]["mean_iou"])
@@ -166,7 +151,7 @@ def adherence_sets(P, src: dict, latent_side: int) -> dict:
     00's shape-map library at SD's tile size, the held-out masks ``src``; plus ``real_index``."""
     P01 = ck.ldm_params(ldm_dir(P))
     size = src["masks"].shape[-1]
-    lib = shapes.load_library(prep.data_dir(P01) / "shape_maps.npz")
+    lib = shapes.load_library(prepared.data_dir(P01) / "shape_maps.npz")
     maps = np.stack([shapes.resize_mask(m, size) for m in lib["maps"]])
     A = P.adherence
     sets = adherence.mask_sets(maps, src["masks"], A["n_multi"], A["n_single"], A["n_real"], P.seed, latent_side,
@@ -187,8 +172,8 @@ def compare(P, progress: bool = True) -> dict:
     ``adherence.ranking_masks`` multi-label masks at ``adherence.ranking_steps`` DDIM steps (the
     paper's 200), one seed, to show that the table's fewer steps keep the models' order."""
     P01 = ck.ldm_params(ldm_dir(P))
-    split = train_ldm.load_split(P01, progress=False)
-    src = train_ldm.held_out(split)
+    split = ldm_training.load_split(P01, progress=False)
+    src = ldm_training.held_out(split)
     C, A = P.compare, P.adherence
     judge = load_judge(P)
     top = ceiling(P, judge)
@@ -276,30 +261,14 @@ def ranking_table(adh: pd.DataFrame, ranking: pd.DataFrame) -> pd.DataFrame:
 
 
 def conditioning(P, n: int = 256) -> pd.DataFrame:
-    """:func:`discnb.pipelines.train_ldm.conditioning_report` of SD and of each fine-tuned model on the same
+    """:func:`discnb.generative.ldm_training.conditioning_report` of SD and of each fine-tuned model on the same
     real validation latents: how much each model's noise prediction depends on the mask at all."""
     P01 = ck.ldm_params(ldm_dir(P))
-    inputs = train_ldm.report_inputs(P01)
+    inputs = ldm_training.report_inputs(P01)
     folders = {v: out_dir(P) / VARIANTS[v] / "best" for v in VARIANTS if v in P.models}
     models = {"SD": inputs["model"]} | {v: ldm.MaskLDM.from_pretrained(f) for v, f in folders.items()
                                         if (f / "ldm.json").exists()}
-    return train_ldm.conditioning_report(P01, n, inputs=inputs, models=models)
-
-
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    g = df.groupby(["model", "metric", "label"], sort=False)["value"]
-    return g.agg(mean="mean", std="std", n="count").reset_index()
-
-
-def table(summary: pd.DataFrame, models) -> pd.DataFrame:
-    """model x (IoU per class, mean IoU, KID, s/tile, UNet evals/tile) as 'mean ± std'."""
-    s = summary.copy()
-    s["col"] = np.where(s.metric == "iou", "IoU " + s.label, s.metric)
-    s["cell"] = [f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}" for m, sd, n in zip(s["mean"], s["std"].fillna(0), s["n"])]
-    t = s.pivot(index="model", columns="col", values="cell")
-    cols = [f"IoU {lab}" for lab in LABELS] + ["mean_iou", "pixel_agreement", "kid", "sec_per_tile", "nfe_per_tile"]
-    order = [m for m in list(models) + [CHANCE] if m in t.index]
-    return t.reindex(index=order, columns=[c for c in cols if c in t.columns])
+    return ldm_training.conditioning_report(P01, n, inputs=inputs, models=models)
 
 
 def sc_cost(P, progress: bool = True) -> pd.DataFrame:
@@ -347,16 +316,6 @@ def save(P, cmp: dict, cost: pd.DataFrame, extra: dict) -> dict:
                                                                   "notebook 01), two deepest levels, GAP; KID cubic kernel "
                                                                   "against real tiles through the first stage"})
     return {"dir": str(out)}
-
-
-def load_samples(folder: str | Path) -> dict:
-    """The Fig. 5 tiles saved by :func:`save` (for notebook 06)."""
-    p = Path(folder) / "comparison_samples.npz"
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no SC/DISC comparison; run notebooks/02_sc_disc.ipynb for this profile")
-    with np.load(p) as z:
-        models = [str(m) for m in z["models"]]
-        return {"masks": z["masks"], "real": z["real"], "samples": {m: z[f"tiles_{i}"] for i, m in enumerate(models)}}
 
 
 # ================================================================================ named steps

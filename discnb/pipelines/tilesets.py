@@ -67,11 +67,10 @@ from discnb import LABELS, plots
 from discnb.core import io, paths, shards
 from discnb.core.notebook import cli
 from discnb.core.train import pick_device
-from discnb.data import shapes
+from discnb.data import prepared, shapes
 from discnb.generative.generators import GeneratorContext, build_generator
 from discnb.generative.tileset_plan import (VERSION, Plan, ablation_grid, build_masks, library_info, make_plan,
                                             pair_table, sample_slide)
-from discnb.pipelines import prep, train_ldm
 
 NOTEBOOK = "03_tile_sets"
 STAGE = "tilesets"
@@ -330,11 +329,11 @@ def out_dir(P) -> Path:
 
 def load_inputs(P) -> dict:
     """Notebook 00's index, shape-map library (+ its fingerprint) and tile size."""
-    ddir = prep.data_dir(P)
+    ddir = prepared.data_dir(P)
     lib_path = ddir / "shape_maps.npz"
     lib = library_info(shapes.load_library(lib_path))
-    return {"index": prep.read_index(ddir), "lib": lib, "lib_fingerprint": io.fingerprint(lib_path),
-            "image_size": int(prep.prep_params(ddir)["image_size"]), "data_dir": str(ddir)}
+    return {"index": prepared.read_index(ddir), "lib": lib, "lib_fingerprint": io.fingerprint(lib_path),
+            "image_size": int(prepared.prep_params(ddir)["image_size"]), "data_dir": str(ddir)}
 
 
 def plan_from_params(P, inputs: dict) -> Plan:
@@ -352,7 +351,7 @@ def build(P, generator: str, plan: Plan, inputs: dict, progress: bool = True) ->
     procs = shards.processes(P.device == "cpu")  # before the model goes to a GPU: each process has its own
     device = str(pick_device(P.device))
     S = P.sampling
-    ctx = GeneratorContext(train_ldm.ldm_dir(P), inputs["image_size"], S["steps"], S["scheduler"], S["batch_size"], device,
+    ctx = GeneratorContext(paths.ldm_dir(P), inputs["image_size"], S["steps"], S["scheduler"], S["batch_size"], device,
                            P.mixed_precision == "bf16")
     gen, fp = build_generator(generator, ctx)
     fp = fp + ("/bf16" if ctx.bf16 and device == "cuda" else "")  # bf16 tiles differ from fp32 ones

@@ -26,16 +26,17 @@ import torch
 from discnb import plots
 from discnb.core import io, params, paths
 from discnb.core.notebook import cli
-from discnb.core.train import FitConfig, TensorData, fit, pick_device, process_state, read_metrics
-from discnb.data import shapes
-from discnb.data import sicap as data
+from discnb.core.train import TensorData, fit, pick_device, process_state, read_metrics
+from discnb.data import prepared, shapes
+from discnb.data.augment import dihedral
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints as ck
 from discnb.generative import ldm
+from discnb.generative.ldm_training import (conditioning_report, encode_split, fit_config, inputs_of, ldm_batch_loss,
+                                            ldm_signature, load_split, report_inputs)
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
-from discnb.pipelines import prep
 
 NOTEBOOK = "01_train_ldm"
 STAGE = "ldm"
@@ -43,49 +44,6 @@ STAGE = "ldm"
 
 def out_dir(P) -> Path:
     return paths.param_dir(P, "output_dir", STAGE)
-
-
-def ldm_dir(P) -> Path:
-    """Notebook 01's folder as a later notebook's ``ldm_dir`` parameter names it (the one place)."""
-    return paths.param_dir(P, "ldm_dir", STAGE)
-
-
-def judge_dir(ldir: str | Path) -> Path:
-    """Where notebook 01 stores the pattern judge: ``outputs/<profile>/judge`` beside ``ldm``."""
-    return Path(ldir).parent / "judge"
-
-
-def load_split(P, progress: bool = True) -> dict:
-    """Tiles and masks of the training and validation split, in memory at the model's size."""
-    ddir = prep.data_dir(P)
-    size = prep.prep_params(ddir)["image_size"]
-    index = prep.read_index(ddir)
-    if not (index.split == "train").any():
-        raise data.DataError(f"{ddir}/index.csv: the training split is empty (no official-train tiles)")
-    parts = data.fold_split(index, P.val_fold)
-    if len(parts["train"]) == 0:
-        raise data.DataError(f"{ddir}/index.csv: the training split (official train minus fold {P.val_fold}) is empty")
-    out = {"image_size": size}
-    for name in ("train", "val"):
-        imgs, masks = data.load_tiles(parts[name], size, progress=progress)
-        out[name] = {"imgs": imgs, "masks": masks,
-                     "slide": parts[name][["slide_primary_label", "slide_secondary_label"]].to_numpy(np.int64)}
-    return out
-
-
-def held_out(split: dict) -> dict:
-    """The validation part of :func:`load_split` (the training part when there is no validation fold)."""
-    return split["val"] if len(split["val"]["imgs"]) else split["train"]
-
-
-def fit_config(P, out: Path, section: dict, desc: str, signature: dict, progress: bool = True) -> FitConfig:
-    return FitConfig(out_dir=str(out), max_steps=section["steps"], global_batch=section["batch"],
-                     grad_accum=section.get("grad_accum", 1), lr=section["lr"], scale_lr=section.get("scale_lr", False),
-                     ema_decay=section.get("ema_decay", 0.0), mixed_precision=P.mixed_precision, cpu=P.device == "cpu",
-                     checkpoint_every=P.checkpoint_every, checkpoints_total_limit=P.checkpoints_total_limit,
-                     resume=P.resume or None, seed=P.seed, desc=desc, signature=signature, progress=progress,
-                     # SD's optimizer (notebook 01's ``sd``); sections without them keep FitConfig's
-                     **{k: section[k] for k in ("weight_decay", "max_grad_norm") if k in section})
 
 
 def first_stage(P, split: dict, progress: bool = True) -> tuple:
@@ -104,7 +62,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
         return ae.load_vq(out / "final"), json.loads(done.read_text())
     vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"])
     # uint8 in memory, floats per batch (issue 17: float32 tiles were ~10 GB per process at SICAPv2's size)
-    tr = TensorData({"x": ae.pixels(split["train"]["imgs"])}, augment=lambda b: ae.dihedral(b, ("x",)),
+    tr = TensorData({"x": ae.pixels(split["train"]["imgs"])}, augment=lambda b: dihedral(b, ("x",)),
                     transform=ae.pixels_to_model)
     va = TensorData({"x": ae.pixels(split["val"]["imgs"])}, transform=ae.pixels_to_model)
     cfg = fit_config(P, out, A, "autoencoder", sig, progress)
@@ -120,29 +78,6 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
         info["val_reconstruction"] = ae.reconstruction_metrics(vq, split["val"]["imgs"])
     io.write_json(done, info)
     return vq, info
-
-
-def encode_split(vq, split: dict, latent_scale: float | None = None) -> tuple[dict, float]:
-    """Pre-quantisation latents of train/val tiles, scaled to unit std when ``latent_scale`` is None."""
-    z = {k: ae.encode(vq, split[k]["imgs"]) for k in ("train", "val")}
-    if latent_scale is None:
-        latent_scale = float(1.0 / z["train"].std())
-    return {k: v * latent_scale for k, v in z.items()}, latent_scale
-
-
-def ldm_signature(P, image_size: int, condition: str | None = None) -> dict:
-    sig = {"kind": "ldm", "condition": condition or P.condition, "unet": dict(P.unet), "image_size": image_size,
-           "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
-    # only when on: SDs trained without classifier-free guidance or min-SNR keep their signature
-    return sig | {k: P.sd[k] for k in ("cond_drop", "snr_gamma") if P.sd[k]}
-
-
-def ldm_batch_loss(condition: str, alphas_cumprod: torch.Tensor):
-    """Eq. 1 on a batch of stored latents and masks (condition images are built on the fly)."""
-    def loss(model, batch, generator=None):
-        cond = ldm.make_condition(batch["mask"], condition, batch["slide"]).to(batch["z"].device)
-        return ldm.ldm_loss(model, {"z": batch["z"], "cond": cond}, alphas_cumprod, generator)
-    return loss
 
 
 def check_conditions(P) -> None:
@@ -162,7 +97,7 @@ def train_judge(P, progress: bool = True, D: dict | None = None, recipe_input: s
     J = dict(P.judge)
     seed = J.pop("seed")
     J["input"] = recipe_input or J["input"]
-    D = D if D is not None else prep.split_tiles(prep.data_dir(P), P.val_fold, ood_split="", progress=progress)
+    D = D if D is not None else prepared.split_tiles(prepared.data_dir(P), P.val_fold, ood_split="", progress=progress)
     return jg.train_judge(D, J, judge_folder(P, J["input"]), seed=seed,
                           first_stage=ck.first_stage_folder(P) if J["input"] == "first_stage" else None,
                           device=P.device, mixed_precision=P.mixed_precision, checkpoint_every=P.checkpoint_every,
@@ -175,7 +110,7 @@ def train_judges(P, progress: bool = True) -> dict:
     adherence judge every later notebook loads when ``judge.input`` is ``first_stage``, and the
     ceiling), and ``real``, trained on the untouched tiles (how much of what tells the grades apart
     the first stage keeps). Returns {input: Judge, "tiles": the held-out split they are scored on}."""
-    D = prep.split_tiles(prep.data_dir(P), P.val_fold, ood_split="", progress=progress)
+    D = prepared.split_tiles(prepared.data_dir(P), P.val_fold, ood_split="", progress=progress)
     judges = {i: train_judge(P, progress, D, i) for i in ("real", "first_stage")}
     on = "val" if len(D["val"]["imgs"]) else "test"
     return judges | {"tiles": D[on]}
@@ -197,7 +132,7 @@ def judge_report(P, judges: dict) -> dict:
         "scored_on": fs.info["scored_on"], "judge_steps": int(P.judge["train"]["steps"]),
         "first_stage": ck.first_stage_folder(P).name if P.autoencoder["path"] else "trained by notebook 01"}
     rep["ratio_real_on_recon_to_real_on_real"] = rep["real_on_recon"]["mean_iou"] / max(rep["real_on_real"]["mean_iou"], 1e-9)
-    io.write_json(judge_dir(out_dir(P)) / "judge_report.json", rep)
+    io.write_json(paths.judge_dir(out_dir(P)) / "judge_report.json", rep)
     io.write_json(paths.results_dir(P.profile) / "judge.json", rep)
     return rep
 
@@ -225,7 +160,7 @@ def judge_report_table(rep: dict) -> pd.DataFrame:
 def judge_folder(P, recipe_input: str) -> Path:
     """Where the judge of ``recipe_input`` is stored: ``judge/`` for ``judge.input`` (the one later
     notebooks load), ``judge-<input>/`` for the other one."""
-    d = judge_dir(out_dir(P))
+    d = paths.judge_dir(out_dir(P))
     return d if recipe_input == P.judge["input"] else d.with_name(f"judge-{recipe_input}")
 
 
@@ -249,7 +184,7 @@ def train_sd(P, split: dict, vq, ae_info: dict, progress: bool = True) -> dict:
 
     def tensors(k):
         return {"z": z[k], "mask": torch.from_numpy(split[k]["masks"]), "slide": torch.from_numpy(split[k]["slide"])}
-    tr = TensorData(tensors("train"), augment=lambda b: ae.dihedral(b, ("z", "mask")))
+    tr = TensorData(tensors("train"), augment=lambda b: dihedral(b, ("z", "mask")))
     va = TensorData(tensors("val"))
     sched = ldm.noise_scheduler()
     summary = fit(model, ldm_batch_loss(P.condition, sched.alphas_cumprod), tr,
@@ -272,25 +207,10 @@ def train_sd(P, split: dict, vq, ae_info: dict, progress: bool = True) -> dict:
     return result
 
 
-def report_inputs(P, which: str = "best") -> dict:
-    """What notebook 01's reports share, loaded once: the held-out tiles (``src``), SD and its first
-    stage (``model``, ``vq``; checkpoint ``which``). Pass it as ``inputs=`` to the report functions."""
-    model, vq = ck.load_trained(P, which)
-    return {"src": held_out(load_split(P, progress=False)), "model": model, "vq": vq, "which": which}
-
-
-def _inputs(P, inputs: dict | None, which: str) -> tuple:
-    if inputs is None:
-        inputs = report_inputs(P, which)
-    elif inputs["which"] != which:
-        raise ValueError(f"inputs hold the {inputs['which']!r} SD, not {which!r}")
-    return inputs["src"], inputs["model"], inputs["vq"]
-
-
 def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: str = "best",
                   inputs: dict | None = None) -> dict:
     """SD samples for ``n`` validation masks (two seeds each), timed: rows for a figure + numbers."""
-    src, model, vq = _inputs(P, inputs, which)
+    src, model, vq = inputs_of(P, inputs, which)
     order = shapes.most_labels_first(src["masks"], n, seed)
     gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=max(1, n),
                       device=pick_device(P.device), bf16=P.mixed_precision == "bf16")
@@ -311,18 +231,6 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
             "scheduler": scheduler, "device": str(gen.device)}
 
 
-def conditioning_report(P, n: int = 256, which: str = "best", inputs: dict | None = None,
-                        models: dict | None = None):
-    """:func:`discnb.generative.ldm.conditioning_gap` of SD (or of each of ``models``, name -> MaskLDM on SD's
-    latents, e.g. the fine-tuned ones) on the same up to ``n`` validation latents, encoded once:
-    does the noise prediction use the mask? (A relative gap near 0 means it ignores tau_theta.)"""
-    src, model, vq = _inputs(P, inputs, which)
-    z = ae.encode(vq, src["imgs"][:n]) * model.latent_scale
-    masks = torch.from_numpy(src["masks"][:n])
-    return pd.DataFrame([{"model": name, **r} for name, m in (models or {"SD": model}).items()
-                         for r in ldm.conditioning_gap(m, z, masks)])
-
-
 def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed: int = 0, which: str = "best",
                  inputs: dict | None = None) -> dict:
     """Do SD's samples land where real latents are? The std and the median per-tile max |z| of
@@ -330,7 +238,7 @@ def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed:
     latents. A model whose DDIM trajectories drift (the demo's eps-U-Net: ~4x the std) decodes to
     flat or saturated tiles whatever the mask; see docs/demo-results.md "Does SD follow the mask?". Sampled on
     ``P.device`` (the seeded noise is drawn on the CPU, so the latents do not depend on it)."""
-    src, model, vq = _inputs(P, inputs, which)
+    src, model, vq = inputs_of(P, inputs, which)
     n = min(n, len(src["masks"]))  # no more samples than held-out masks
     real = ae.encode(vq, src["imgs"][:max(n, 64)]) * model.latent_scale
     gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=n, device=pick_device(P.device),
@@ -407,7 +315,7 @@ def check(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame, dr: dict) 
     assert recon["psnr"] > 15, recon
     assert gap[["loss_true", "loss_shuffled", "loss_all_nc"]].notna().all().all() and (gap.loss_true > 0).all(), gap
     assert 0 < dr["std_ratio"] < float("inf"), dr
-    jr = json.loads((judge_dir(out_dir(P)) / "judge_report.json").read_text())
+    jr = json.loads((paths.judge_dir(out_dir(P)) / "judge_report.json").read_text())
     assert all(0 <= jr[k]["mean_iou"] <= 1 for k in ("real_on_real", "real_on_recon", "recon_on_recon", "chance")), jr
 
 

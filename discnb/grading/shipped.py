@@ -35,11 +35,11 @@ from discnb.core import params, paths
 from discnb.core.io import atomic_dir, fingerprint, write_json, write_text
 from discnb.core.notebook import git_commit, package_versions
 from discnb.generative import checkpoints, generators
+from discnb.generative import ldm_training
 from discnb.generative import pipeline as pl
-from discnb.data import demo
+from discnb.data import demo, prepared
 from discnb.grading import adherence
 from discnb.grading import judge as jg
-from discnb.pipelines import prep, train_ldm
 
 MODELS = ("SD", "SD-DISC", "SD-DISC-CoTrain")
 # exported too when notebook 01 trained them (notebooks 03 and 05 draw Fig. 7's tile sets with them)
@@ -167,8 +167,8 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
                                        "trained_commit": _trained_commit(ldm_dir),
                                        "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
                                        "files": _file_hashes(out / "judge")}
-    manifest["state"] = {"files": write_state(ldm_dir, out / "state"), "data": data_identity(prep.data_dir(P01)),
-                         "ldm_signature": train_ldm.ldm_signature(P01, size)}
+    manifest["state"] = {"files": write_state(ldm_dir, out / "state"), "data": data_identity(prepared.data_dir(P01)),
+                         "ldm_signature": ldm_training.ldm_signature(P01, size)}
     write_json(out / pl.MANIFEST_NAME, manifest)
     return manifest
 
@@ -215,7 +215,7 @@ def write_state(ldm_dir: Path, dest: Path) -> dict:
 def data_identity(data_dir: Path) -> dict:
     """What says two runs of notebook 00 made the same data: its parameters (paths aside), the demo
     generator's version and the class table of its ``stats.json``."""
-    P00 = {k: v for k, v in prep.prep_params(data_dir).items() if not str(k).endswith(("_dir", "_root"))}
+    P00 = {k: v for k, v in prepared.prep_params(data_dir).items() if not str(k).endswith(("_dir", "_root"))}
     stats = json.loads((Path(data_dir) / "stats.json").read_text()) if (Path(data_dir) / "stats.json").exists() else {}
     return {"params": P00, "demo_generator_version": demo.GENERATOR_VERSION,
             "class_table": stats.get("class_table"), "patches": stats.get("patches")}
@@ -242,12 +242,12 @@ def check_shipped(profile: str, weights: Path, P01_now, data: bool = True) -> di
     for rel, digest in state["files"].items():
         if pl.sha256(Path(weights) / "state" / rel) != digest:
             raise ValueError(f"{Path(weights) / 'state' / rel}: its sha256 does not match {f}; rebuild with {rebuild(profile)}")
-    now = data_identity(prep.data_dir(P01_now)) if data else {}
+    now = data_identity(prepared.data_dir(P01_now)) if data else {}
     diff = sorted(k for k in now if now[k] != state["data"].get(k))
     if diff:
         raise ValueError(f"{weights}: the shipped models were trained on other {profile} data than notebook 00 made "
                          f"now (differs: {diff}); train them again with {rebuild(profile)}, or restore the data settings")
-    sig = train_ldm.ldm_signature(P01_now, int(state["ldm_signature"]["image_size"]))
+    sig = ldm_training.ldm_signature(P01_now, int(state["ldm_signature"]["image_size"]))
     if json.loads(json.dumps(sig)) != state["ldm_signature"]:
         keys = sorted(k for k in set(sig) | set(state["ldm_signature"]) if sig.get(k) != state["ldm_signature"].get(k))
         raise ValueError(f"{weights}: the shipped models do not match the current notebook-01 parameters (differs: "
@@ -296,7 +296,7 @@ def restore(profile: str, weights: Path | None = None, P01_now=None, root: Path 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m discnb.pipelines.shipped",
+    ap = argparse.ArgumentParser(prog="python -m discnb.grading.shipped",
                                  description="restore the shipped models where notebooks 03-07 read them")
     ap.add_argument("action", choices=["restore", "check"])
     ap.add_argument("--profile", default="demo")
