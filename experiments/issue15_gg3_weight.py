@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from _demo01 import demo_params_01
-from discnb.core import paths
+from discnb.core import layout, paths
 from discnb.core.train import TensorData, fit
 from discnb.data import shapes
 from discnb.generative import autoencoder as ae
@@ -26,7 +26,6 @@ from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.pipelines import train_ldm
-from discnb.data import prepared
 from discnb.data.augment import dihedral
 from discnb.generative import ldm_training
 
@@ -101,7 +100,7 @@ for name, w3 in (("plain", 1.0), (f"gg3x{a.weight:g}", a.weight)):
             with torch.no_grad():
                 ls[mlab] = float(ldm.ldm_loss(sd, {"z": z0, "cond": cond}, AC, torch.Generator().manual_seed(0)))
         gap[f"{lab}_tiles_loss_GG3_mask"], gap[f"{lab}_tiles_loss_GG4_mask"] = ls["GG3"], ls["GG4"]
-    maps = np.stack([shapes.resize_mask(m, size) for m in shapes.load_library(prepared.data_dir(P) / "shape_maps.npz")["maps"]])
+    maps = np.stack([shapes.resize_mask(m, size) for m in shapes.load_library(layout.of(P).data / "shape_maps.npz")["maps"]])
     sets = adherence.mask_sets(maps, ho["masks"], a.n_multi, a.n_single, 4, 0, sd.unet.config.sample_size)
     gen = SDGenerator(sd, vq, steps=50, batch_size=64, guidance_scale=3.0)
     for mset in ("multi", "single"):

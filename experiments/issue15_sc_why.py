@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from _demo01 import demo_params_01
 from discnb import K, LABELS
-from discnb.core import paths
+from discnb.core import layout, paths
 from discnb.data import shapes
 from discnb.generative import ldm
 from discnb.generative.disc import SCGenerator
@@ -33,7 +33,6 @@ from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.grading.judge import judge_scores
 from discnb.pipelines import train_ldm
-from discnb.data import prepared
 from discnb.generative import ldm_training
 
 ap = argparse.ArgumentParser()
@@ -53,7 +52,7 @@ vq, _ = train_ldm.first_stage(P, split, progress=False)
 model = ldm.MaskLDM.from_pretrained(run / "ldm" / "sd" / "best")
 judge = jg.load_judge(paths.resolve(a.judge))
 size = split["image_size"]
-maps = np.stack([shapes.resize_mask(m, size) for m in shapes.load_library(prepared.data_dir(P) / "shape_maps.npz")["maps"]])
+maps = np.stack([shapes.resize_mask(m, size) for m in shapes.load_library(layout.of(P).data / "shape_maps.npz")["maps"]])
 masks = adherence.mask_sets(maps, ldm_training.held_out(split)["masks"], a.n, K, K, 0,
                             model.unet.config.sample_size)["multi"]
 # boundary band: pixels within `band` px of a pixel of another label

@@ -15,14 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 from _demo01 import demo_params_01
-from discnb.core import paths
+from discnb.core import layout, paths
 from discnb.data import shapes
 from discnb.generative import ldm
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.pipelines import train_ldm
-from discnb.data import prepared
 from discnb.generative import ldm_training
 
 ap = argparse.ArgumentParser()
@@ -49,7 +48,7 @@ train_s = time.time() - t0
 model = ldm.MaskLDM.from_pretrained(out / "ldm" / "sd" / "best")
 judge = jg.load_judge(a.judge)
 ceiling = judge.info["real"]["mean_iou"]
-maps = shapes.load_library(prepared.data_dir(P) / "shape_maps.npz")["maps"]
+maps = shapes.load_library(layout.of(P).data / "shape_maps.npz")["maps"]
 size = split["image_size"]
 maps = np.stack([shapes.resize_mask(m, size) for m in maps])
 sets = adherence.mask_sets(maps, ldm_training.held_out(split)["masks"], a.n_multi, a.n_other, a.n_other, 0,

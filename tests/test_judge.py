@@ -162,7 +162,7 @@ def test_judge_report_scores_two_judges_three_ways_and_chance(tmp_path, monkeypa
     and judge.json holds real_on_real, real_on_recon, recon_on_recon (the ceiling) and chance, each
     recomputable from the stored judges."""
     import yaml
-    from discnb.core import params, paths
+    from discnb.core import layout, params, paths
     from discnb.grading import adherence
     from discnb.pipelines import train_ldm
     from ldm_fixture import prepared
@@ -174,7 +174,7 @@ def test_judge_report_scores_two_judges_three_ways_and_chance(tmp_path, monkeypa
         "judge": {"seed": 0, "input": "first_stage", "model": MODEL, "train": TRAIN}})
     train_ldm.first_stage(P, ldm_training.load_split(P, progress=False), progress=False)
     judges = train_ldm.train_judges(P, progress=False)
-    assert train_ldm.judge_folder(P, "first_stage") == paths.judge_dir(train_ldm.out_dir(P))
+    assert train_ldm.judge_folder(P, "first_stage") == layout.of(P, train_ldm.NOTEBOOK).judge
     assert (train_ldm.judge_folder(P, "real") / "judge.json").exists()
     assert judges["real"].info["input"] == "real" and judges["first_stage"].info["input"] == "first_stage"
     rep = train_ldm.judge_report(P, judges)

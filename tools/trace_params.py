@@ -3,8 +3,9 @@ jumps from one file to another or back up a layer.
 
     python tools/trace_params.py [--work DIR]
 
-Runs notebooks 00, 01 and 02 at the smoke profile (their parameters cells' defaults) in a fresh
-``DISCNB_OUTPUTS`` / ``DISCNB_FIGURES`` folder, tracing ``train_ldm.run`` and ``sc_disc.compare``
+Runs notebooks 00, 01 and 02 at the smoke profile (their parameters cells' defaults, recorded where
+the command line records them: ``outputs/smoke/{ldm,disc}``) in a fresh ``DISCNB_OUTPUTS`` /
+``DISCNB_FIGURES`` folder, tracing ``train_ldm.run`` and ``sc_disc.compare``
 (notebook 02's other steps run untraced: ``compare`` needs their models). Every call of a discnb
 function that receives a validated params object (a ``discnb.core.params.Params``: the stage's ``P``
 or the notebook-01 parameters a later stage reloads) is one step of the path; the step's file is
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import discnb
     from discnb.core import params
-    from discnb.core.notebook import seed_everything
+    from discnb.core.notebook import record, seed_everything
     from discnb.pipelines import prep, sc_disc, train_ldm
 
     pkg = Path(discnb.__file__).resolve().parent
@@ -89,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     out = {}
     P01 = params.validate(train_ldm.NOTEBOOK, {})
     seed_everything(P01.seed)
+    record(work / "outputs" / "smoke" / "ldm", P01, train_ldm.NOTEBOOK)  # as the command line does
     t = ParamsPath(pkg, params.Params)
     t.traced(train_ldm.run, P01, progress=False)
     out["train_ldm.run"] = t.summary()
     P02 = params.validate(sc_disc.NOTEBOOK, {})
     seed_everything(P02.seed)
+    record(work / "outputs" / "smoke" / "disc", P02, sc_disc.NOTEBOOK)
     data = sc_disc.make_disc_data(P02, progress=False)
     sc_disc.finetune_all(P02, data, progress=False)
     t = ParamsPath(pkg, params.Params)

@@ -41,22 +41,6 @@ def output_dir(profile: str, *parts: str, create: bool = True) -> Path:
     return d
 
 
-def param_dir(P, key: str, stage: str) -> Path:
-    """The folder a notebook parameter names (``P[key]``, resolved), or ``outputs/<profile>/<stage>``
-    when it is empty: how every notebook finds its inputs and outputs."""
-    return resolve(P[key]) if P[key] else output_dir(P["profile"], stage, create=False)
-
-
-def ldm_dir(P) -> Path:
-    """Notebook 01's folder as a later notebook's ``ldm_dir`` parameter names it (the one place)."""
-    return param_dir(P, "ldm_dir", "ldm")
-
-
-def judge_dir(ldir: str | Path) -> Path:
-    """Where notebook 01 stores the pattern judge: ``outputs/<profile>/judge`` beside ``ldm``."""
-    return Path(ldir).parent / "judge"
-
-
 def results_dir(profile: str, create: bool = True) -> Path:
     """Where a profile's small result tables go (the ones a README cites, e.g. ``judge.json``).
 

@@ -1,5 +1,5 @@
-"""What notebook 00 wrote (paper Sec. 2.2), read back by every later stage: its folder, its resolved
-parameters (``image_size`` is every model's tile size), the tile index, the out-of-distribution index,
+"""What notebook 00 wrote (paper Sec. 2.2), read back by every later stage from its folder
+(:attr:`discnb.core.layout.Layout.data`): its resolved parameters (``image_size`` is every model's tile size), the tile index, the out-of-distribution index,
 and the tiles split by cross-validation fold in memory."""
 
 from __future__ import annotations
@@ -12,16 +12,7 @@ import pandas as pd
 import yaml
 
 from discnb import K, LABELS
-from discnb.core import paths
 from discnb.data import sicap as data
-
-STAGE = "data"
-
-
-def data_dir(P) -> Path:
-    """Notebook 00's folder as a later notebook's ``data_dir`` parameter names it (the one place)."""
-    return paths.param_dir(P, "data_dir", STAGE)
-
 
 def prep_params(ddir: Path) -> dict:
     """Notebook 00's resolved parameters (its ``image_size`` is every model's tile size)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from discnb.core import layout
 from discnb.core.io import fingerprint
 from discnb.generative import checkpoints
 from discnb.generative.ldm import MaskLDM
@@ -100,11 +101,6 @@ def _sd_tile_slide_generator(ctx: GeneratorContext) -> tuple:
 FINETUNED = {"SD-DISC": "sd-disc", "SD-DISC-CoTrain": "sd-disc-cotrain"}
 
 
-def disc_dir(ldm_dir: Path) -> Path:
-    """Where notebook 02 writes: ``outputs/<profile>/disc`` beside ``ldm``."""
-    return Path(ldm_dir).parent / "disc"
-
-
 @register_generator("SD-SC")
 def _sc_generator(ctx: GeneratorContext) -> tuple:
     sd, key = build_generator("SD", ctx)
@@ -114,7 +110,7 @@ def _sc_generator(ctx: GeneratorContext) -> tuple:
 def _finetuned(name: str):
     def builder(ctx: GeneratorContext) -> tuple:
         sd, key = build_generator("SD", ctx)
-        folder = disc_dir(ctx.ldm_dir) / FINETUNED[name] / "best"
+        folder = layout.disc_beside(ctx.ldm_dir) / FINETUNED[name] / "best"
         if not (folder / "ldm.json").exists():
             raise FileNotFoundError(f"{folder}: no {name} model; run notebooks/02_sc_disc.ipynb for this profile first")
         model = MaskLDM.from_pretrained(folder)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from discnb.core import layout
 from discnb.core.train import FitConfig
 from discnb.data import prepared
 from discnb.data import sicap as data
@@ -20,7 +21,7 @@ from discnb.generative import ldm
 
 def load_split(P, progress: bool = True) -> dict:
     """Tiles and masks of the training and validation split, in memory at the model's size."""
-    ddir = prepared.data_dir(P)
+    ddir = layout.of(P).data
     size = prepared.prep_params(ddir)["image_size"]
     index = prepared.read_index(ddir)
     if not (index.split == "train").any():

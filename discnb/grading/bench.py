@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from discnb import K
-from discnb.core import io, params, paths
+from discnb.core import io, layout, params, paths
 from discnb.core.train import pick_device
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints as ck
@@ -113,10 +113,6 @@ def peak_memory(device: torch.device) -> dict:
 
 
 # ======================================================================================= models
-def ldm_dir_of(profile: str, ldm_dir: str | Path | None = None) -> Path:
-    return paths.resolve(ldm_dir) if ldm_dir else paths.output_dir(profile, "ldm", create=False)
-
-
 def load_sd(ldir: Path, S: Settings, device: torch.device):
     """Notebook 01's trained SD through the registry: (generator, notebook-01 params, image size)."""
     P01 = ck.ldm_params(ldir)
@@ -295,13 +291,13 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
     t_start = time.perf_counter()
     out: dict = {"device": device_info(device), "settings": asdict(S) | {"sc_labels": list(S.sc_labels)},
                  "profile": profile, "notes": []}
+    L = layout.of({"profile": profile, "ldm_dir": str(ldm_dir or "")})
     if untrained:
         sd, P01, size = untrained_sd(untrained, image_size, S, device)
         out["model"] = {"source": f"untrained, sizes of {untrained}", "trained": False}
     else:
-        ldir = ldm_dir_of(profile, ldm_dir)
-        sd, P01, size = load_sd(ldir, S, device)
-        out["model"] = {"source": str(ldir), "trained": True}
+        sd, P01, size = load_sd(L.ldm, S, device)
+        out["model"] = {"source": str(L.ldm), "trained": True}
     latent = sd.latent_shape
     out["model"] |= {"image_size": size, "latent_shape": list(latent), "condition": sd.model.condition,
                      "unet_parameters": sum(p.numel() for p in sd.model.unet.parameters()),
@@ -316,7 +312,7 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
             raise ValueError(f"only {len(masks)} validation masks; lower --n-tiles")
         if S.n_adherence:
             try:
-                judge = jg.load_judge(paths.resolve(judge_dir) if judge_dir else paths.judge_dir(ldir),
+                judge = jg.load_judge(paths.resolve(judge_dir) if judge_dir else L.judge,
                                       device=str(device))
             except FileNotFoundError as e:
                 out["notes"].append(f"adherence skipped: {e}")
@@ -353,8 +349,8 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
     else:
         out["notes"].append(f"SD-SC skipped: SD is {sd.model.condition}-conditioned (SC needs pixel)")
     bar.update()
-    if not untrained and (generators.disc_dir(ldm_dir_of(profile, ldm_dir)) / generators.FINETUNED["SD-DISC"] / "best" / "ldm.json").exists():
-        ctx = generators.GeneratorContext(ldm_dir_of(profile, ldm_dir), size, S.steps, "ddim", S.batch_size,
+    if not untrained and (L.disc / generators.FINETUNED["SD-DISC"] / "best" / "ldm.json").exists():
+        ctx = generators.GeneratorContext(L.ldm, size, S.steps, "ddim", S.batch_size,
                                           str(device), S.bf16)
         dg, _ = generators.build_generator("SD-DISC", ctx)
         _, r = time_generate(dg, tmask, tseeds, device)

@@ -31,7 +31,7 @@ import yaml
 from diffusers.utils import logging as dlogging
 from safetensors.torch import load_file, save_file
 
-from discnb.core import params, paths
+from discnb.core import layout, params, paths
 from discnb.core.io import atomic_dir, fingerprint, write_json, write_text
 from discnb.core.notebook import git_commit, package_versions
 from discnb.generative import checkpoints, generators
@@ -115,7 +115,7 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
     ctx = generators.GeneratorContext(ldm_dir=ldm_dir, image_size=size)
     commit = git_commit()
     command = command or f"./run_all.sh --profile {profile}"
-    p02 = generators.disc_dir(ldm_dir) / "params.resolved.yaml"
+    p02 = layout.disc_beside(ldm_dir) / "params.resolved.yaml"
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"profile": profile, "command": command, "commit": commit, "versions": package_versions(),
                 "dtype": dtype, "models": {}}
@@ -147,7 +147,7 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
                                     "trained_commit": _trained_commit(p02.parent if tuned else ldm_dir),
                                     "generator_fingerprint": key, "params_hash": params_hash,
                                     "files": _file_hashes(out / name), "adherence": adh}
-    jdir = ldm_dir.parent / "judge" if (ldm_dir.parent / "judge" / "judge.json").exists() else None
+    jdir = layout.judge_beside(ldm_dir) if (layout.judge_beside(ldm_dir) / "judge.json").exists() else None
     if jdir is not None:
         def save_judge(tmp):
             shutil.copytree(jdir / "model", tmp / "model")
@@ -167,7 +167,7 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
                                        "trained_commit": _trained_commit(ldm_dir),
                                        "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
                                        "files": _file_hashes(out / "judge")}
-    manifest["state"] = {"files": write_state(ldm_dir, out / "state"), "data": data_identity(prepared.data_dir(P01)),
+    manifest["state"] = {"files": write_state(ldm_dir, out / "state"), "data": data_identity(layout.of(P01).data),
                          "ldm_signature": ldm_training.ldm_signature(P01, size)}
     write_json(out / pl.MANIFEST_NAME, manifest)
     return manifest
@@ -242,7 +242,7 @@ def check_shipped(profile: str, weights: Path, P01_now, data: bool = True) -> di
     for rel, digest in state["files"].items():
         if pl.sha256(Path(weights) / "state" / rel) != digest:
             raise ValueError(f"{Path(weights) / 'state' / rel}: its sha256 does not match {f}; rebuild with {rebuild(profile)}")
-    now = data_identity(prepared.data_dir(P01_now)) if data else {}
+    now = data_identity(layout.of(P01_now).data) if data else {}
     diff = sorted(k for k in now if now[k] != state["data"].get(k))
     if diff:
         raise ValueError(f"{weights}: the shipped models were trained on other {profile} data than notebook 00 made "
@@ -267,30 +267,30 @@ def restore(profile: str, weights: Path | None = None, P01_now=None, root: Path 
             if profile != "smoke" else params.validate("01_train_ldm", {})
     man = check_shipped(profile, weights, P01_now, data=data)
     root = Path(root) if root else paths.output_dir(profile)
+    L = layout.Layout(profile, root)
     for folder in STATE_FOLDERS:
         if (weights / "state" / folder).exists():
             shutil.copytree(weights / "state" / folder, root / folder, dirs_exist_ok=True)
     for name in STATE_FILES:
         if (weights / "state" / name).exists():
             shutil.copy2(weights / "state" / name, root / name)
-    where = {"SD": root / "ldm" / "sd", "SD-DISC": root / "disc" / "sd-disc",
-             "SD-DISC-CoTrain": root / "disc" / "sd-disc-cotrain"} | \
-        {a: root / "ldm" / checkpoints.ablation_folder(c) for a, c in ABLATIONS.items()}
+    where = {"SD": L.ldm / "sd"} | {name: L.disc / folder for name, folder in generators.FINETUNED.items()} | \
+        {a: L.ldm / checkpoints.ablation_folder(c) for a, c in ABLATIONS.items()}
     for name, entry in man["models"].items():
         if name == "judge":
-            atomic_dir(lambda tmp: shutil.copytree(weights / "judge" / "model", tmp), root / "judge" / "model")
+            atomic_dir(lambda tmp: shutil.copytree(weights / "judge" / "model", tmp), L.judge / "model")
             continue
         pipe = pl.load_pipeline(weights / name)
         atomic_dir(lambda tmp, pipe=pipe: pipe.ldm.save_pretrained(tmp), where[name] / "best")
         if name == "SD":
-            atomic_dir(lambda tmp, pipe=pipe: pipe.vqvae.save_pretrained(tmp), root / "ldm" / "autoencoder" / "best")
+            atomic_dir(lambda tmp, pipe=pipe: pipe.vqvae.save_pretrained(tmp), L.ldm / "autoencoder" / "best")
     # notebook 01's parameters as it ran for them, at this machine's paths
-    p01 = root / "ldm" / "params.resolved.yaml"
+    p01 = L.ldm / "params.resolved.yaml"
     P = params.load_yaml(p01)
     P.update({"output_dir": "", "data_dir": ""})
     write_text(p01, "# resolved parameters of notebook 01_train_ldm (restored from shipped models)\n" +
                yaml.safe_dump(P, sort_keys=False))
-    write_json(root / "ldm" / "restored.json", {"from": str(weights), "commit": man["commit"],
+    write_json(L.ldm / "restored.json", {"from": str(weights), "commit": man["commit"],
                                                 "command": man["command"]})
     return man
 

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from discnb.core import paths
+from discnb.core import layout, paths
 from discnb.core.io import fingerprint, write_json
 from discnb.core.notebook import cli
 from discnb.data.sicap import GRADE_TO_LABEL
 from discnb.data.shapes import most_labels_first
-from discnb.generative import checkpoints, generators, ldm_training
+from discnb.generative import checkpoints, ldm_training
 from discnb.generative import masks_to_tiles
 from discnb.generative import pipeline as pl
 from discnb.grading import adherence
@@ -38,29 +38,17 @@ NOTEBOOK = "07_generate_from_masks"
 LABEL_TO_GRADE = np.array([g for g, _ in sorted(GRADE_TO_LABEL.items(), key=lambda kv: kv[1])], np.uint8)
 
 
-def out_dir(P) -> Path:
-    return paths.resolve(P.output_dir) if P.output_dir else paths.output_dir(P.profile, "generate", create=False)
-
-
-def ldm_dir(P) -> Path:
-    return paths.param_dir(P, "ldm_dir", "ldm")
-
-
-def weights(P) -> Path:
-    """The shipped models' folder: ``weights_dir``, or :func:`discnb.core.paths.weights_dir`."""
-    return paths.resolve(P.weights_dir) if P.weights_dir else paths.weights_dir(P.profile, create=False)
-
-
 def export(P) -> dict:
     """Step 1: write the shipped models from this profile's notebook 01 and 02 outputs."""
-    ldir = ldm_dir(P)
-    return shipped.export(P.profile, ldir, weights(P), P.models, P.dtype,
-                          adherence_csv=generators.disc_dir(ldir) / "adherence.csv")
+    L = layout.of(P, NOTEBOOK)
+    ldir = L.ldm
+    return shipped.export(P.profile, ldir, L.weights, P.models, P.dtype,
+                          adherence_csv=L.disc / "adherence.csv")
 
 
 def held_out_masks(P) -> np.ndarray:
     """``n_masks`` masks of notebook 01's held-out tiles, most labels first (labels 0..3)."""
-    split = ldm_training.load_split(checkpoints.ldm_params(ldm_dir(P)), progress=False)
+    split = ldm_training.load_split(checkpoints.ldm_params(layout.of(P, NOTEBOOK).ldm), progress=False)
     masks = ldm_training.held_out(split)["masks"]
     return masks[np.sort(most_labels_first(masks, min(P.n_masks, len(masks)), P.seed))]
 
@@ -130,9 +118,10 @@ def figure(masks: np.ndarray, tiles: np.ndarray, model: str, path: Path, n: int 
 
 def run(P, progress: bool = True, checks: bool = True) -> dict:
     """Notebook 07, steps 1-5; writes ``report.json`` (and the figure) and returns the report."""
-    out = out_dir(P)
+    L = layout.of(P, NOTEBOOK)
+    out = L.out
     out.mkdir(parents=True, exist_ok=True)
-    W = weights(P)
+    W = L.weights
     rep = {"weights_dir": str(W), "model": P.model}
     if P.export:
         man = export(P)
@@ -148,7 +137,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
     j = judged(model_dir, W / "judge", out / "masks", out / "tiles", P.seed)
     rep["judged"] = {k: j[k] for k in ("n_tiles", "mean_iou", "iou", "chance_mean_iou")}
     if P.export and P.fp16_masks and P.dtype == "fp16":
-        rep["fp16"] = shipped.fp16_effect(ldm_dir(P), W / "SD", W / "judge", masks[:P.fp16_masks], P.steps,
+        rep["fp16"] = shipped.fp16_effect(L.ldm, W / "SD", W / "judge", masks[:P.fp16_masks], P.steps,
                                           P.batch_size)
     rep["tamper"] = tamper_check(model_dir, out / "tamper")
     rep["figure"] = str(figure(j["masks"], j["tiles"], P.model, paths.figures_dir(P.profile) / "07_tiles_from_masks.png"))
@@ -168,7 +157,7 @@ def check(P, rep: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    P, a = cli(NOTEBOOK, "pipelines.from_masks", __doc__.split("\n\n")[0], out_dir, argv)
+    P, a = cli(NOTEBOOK, "pipelines.from_masks", __doc__.split("\n\n")[0], argv)
     rep = run(P, progress=not a.no_progress, checks=not a.no_checks)
     print(json.dumps({k: rep[k] for k in ("tiles", "judged")}, indent=1, default=float))
     return 0

@@ -51,7 +51,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from discnb import LABELS, plots
-from discnb.core import paths, shards
+from discnb.core import layout, paths, shards
 from discnb.core.io import atomic_file, fingerprint, write_json
 from discnb.core.notebook import cli
 from discnb.core.train import pick_device
@@ -65,7 +65,6 @@ from discnb.grading.mil import (Bag, best_lambda_table, build_model, grid_coords
 from discnb.grading.transmil import slide_targets
 
 NOTEBOOK = "05_transmil_sweep"
-STAGE = "mil"
 GENERATORS = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain", "SD-tile", "SD-tile+slide")  # the last two: Fig. 7
 TEST_SETS = ("val", "test", "ood")
 ARCH_VERSION = 1  # bump when training/model code changes: cached runs of another version are not reused
@@ -79,15 +78,6 @@ PAPER = pd.DataFrame([
     ("TransMIL", "SD-DISC-CoTrain", 97.04, 0.1, None, None),
     ("TransMIL", "SD-DISC", None, None, 86.25, 0.3),
 ], columns=["model", "generator", "SICAPv2 test", "λ (test)", "PANDA", "λ (PANDA)"])
-
-
-# ===================================================================================== paths
-def out_dir(P) -> Path:
-    return paths.param_dir(P, "output_dir", STAGE)
-
-
-def tilesets_dir(P) -> Path:
-    return paths.param_dir(P, "tilesets_dir", "tilesets")
 
 
 # ================================================================================= processes
@@ -151,7 +141,7 @@ def tileset_chunks(manifest: pd.DataFrame) -> list:
 
 def find_tilesets(P, generators) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """The generators whose tile set exists, and a note for each that does not."""
-    root = tilesets_dir(P)
+    root = layout.of(P, NOTEBOOK).tilesets
     found, notes = {}, []
     for g in generators:
         if g not in GENERATORS:
@@ -178,14 +168,15 @@ def describe_sources(S: dict) -> str:
 
 def load_sources(P, progress: bool = True) -> dict:
     """Real index (train + test), the OOD index (or None) and the synthetic tile sets present."""
-    ddir = prepared.data_dir(P)
+    L = layout.of(P, NOTEBOOK)
+    ddir = L.data
     index = prepared.read_index(ddir)
     out: dict = {"index": index, "data_dir": ddir, "notes": []}
     if P.panda.get("root"):
         pz = P.panda
         procs = procs_of(P)  # several processes: the main one prepares the tiles, the others wait
-        folder = out_dir(P) / "panda"
-        shards.on_main(procs, out_dir(P), "panda", lambda: panda.prepare_panda(
+        folder = L.out / "panda"
+        shards.on_main(procs, L.out, "panda", lambda: panda.prepare_panda(
             paths.resolve(pz["root"]), folder, n_per_label=pz["n_per_label"], max_tiles=pz["max_tiles"],
             tile_px=pz["tile_px"], target_mpp=pz["target_mpp"], base_mpp=pz["base_mpp"], min_tissue=pz["min_tissue"],
             providers=tuple(pz.get("providers", [])), seed=P.seed, progress=progress))
@@ -214,6 +205,7 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
     Under ``accelerate launch`` a ``tilecnn`` extractor is loaded, never trained: a ``ValueError``
     asks for the one-process ``--stage extractor`` first (DDP would train another model than one
     process, and the processes would all write its folder)."""
+    L = layout.of(P, NOTEBOOK)
     E = P.extractor
     dev = str(pick_device(P.device))
     if E["name"] in features.PRETRAINED:
@@ -229,21 +221,21 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
 
     def tiles():  # called only when no finished extractor of this signature is there
         if procs.world > 1:
-            raise ValueError(f"the tilecnn extractor is not trained yet ({out_dir(P) / 'extractors'}); under accelerate "
+            raise ValueError(f"the tilecnn extractor is not trained yet ({L.out / 'extractors'}); under accelerate "
                              f"launch it is not trained ({procs.world} processes would train another model than one and "
                              "all write its folder): train it first with one process, python -m discnb.pipelines.mil "
                              "--params FILE --stage extractor, then launch again")
         imgs, _ = data.load_tiles(train, size, progress=progress)
         return imgs, train[list(data.FRACTION_COLUMNS)].to_numpy(np.float32)
     key = fingerprint(S["real_fp"], "train-split")
-    return features.tilecnn_extractor(E, out_dir(P), tiles, key, size, progress, dev)
+    return features.tilecnn_extractor(E, L.out, tiles, key, size, progress, dev)
 
 
 def extract_all(P, ext: features.Extractor, S: dict, progress: bool = True) -> dict:
     """Features of every source (cached): real, ood, synth-<generator>. Under ``accelerate launch``
     each source's tile chunks are split over the processes (:func:`discnb.grading.features.cached_features`)
     and every process returns all features."""
-    out = out_dir(P)
+    out = layout.of(P, NOTEBOOK).out
     procs = shards.processes(P.device == "cpu")
     F_ = {"real": features.cached_features(ext, out, "real", S["real_fp"], features.index_chunks(S["index"], ext.input_size),
                                            progress, len(S["index"]), procs)}
@@ -251,7 +243,7 @@ def extract_all(P, ext: features.Extractor, S: dict, progress: bool = True) -> d
         F_["ood"] = features.cached_features(ext, out, "ood", S["ood_fp"], features.index_chunks(S["ood"], ext.input_size),
                                              progress, len(S["ood"]), procs)
     for g, m in S["tilesets"].items():
-        fp = tileset_fingerprint(tilesets_dir(P) / g, m)
+        fp = tileset_fingerprint(layout.of(P, NOTEBOOK).tilesets / g, m)
         F_[f"synth-{g}"] = features.cached_features(ext, out, f"synth-{g}", fp, tileset_chunks(m), progress,
                                                     int(m.n_tiles.sum()) if "n_tiles" in m else None, procs)
     return F_
@@ -360,7 +352,7 @@ def run_record(P, spec: RunSpec, keys: dict) -> tuple[dict, Path]:
            "synth": keys.get(f"synth-{spec.generator}") if spec.generator else None,
            "generator": spec.generator, "lam": spec.lam, "fold": spec.fold, "seed": spec.seed}
     h = fingerprint(sig, n=10)
-    return sig, out_dir(P) / "runs" / f"{spec.tag}-fold{spec.fold}-seed{spec.seed}-{h}.json"
+    return sig, layout.of(P, NOTEBOOK).out / "runs" / f"{spec.tag}-fold{spec.fold}-seed{spec.seed}-{h}.json"
 
 
 def stored_run(P, spec: RunSpec, keys: dict) -> dict | None:
@@ -408,7 +400,7 @@ def run_keys(P, S: dict, ext: features.Extractor) -> dict:
     """What the inputs of every run are (extractor, real, OOD and synthetic sources): part of each
     run's signature, so a run is redone when any of them changes."""
     keys = {"extractor": ext.key, "real": S["real_fp"], "ood": S["ood_fp"]}
-    return keys | {f"synth-{g}": tileset_fingerprint(tilesets_dir(P) / g, m) for g, m in S["tilesets"].items()}
+    return keys | {f"synth-{g}": tileset_fingerprint(layout.of(P, NOTEBOOK).tilesets / g, m) for g, m in S["tilesets"].items()}
 
 
 def run_sweep(P, B: dict, keys: dict, progress: bool = True) -> list[dict]:
@@ -425,7 +417,7 @@ def run_sweep(P, B: dict, keys: dict, progress: bool = True) -> list[dict]:
         raise ValueError("folds and seeds must each name at least one")
     specs = run_specs(P, list(B["synth"]))
     procs = procs_of(P)
-    folder = out_dir(P) / "runs"
+    folder = layout.of(P, NOTEBOOK).out / "runs"
     trained: dict[int, dict] = {}
     state: dict = {}
 
@@ -506,7 +498,7 @@ def results_extra(S: dict, ext: features.Extractor, B: dict, runs: list[dict]) -
 
 def save_results(P, df: pd.DataFrame, summary: pd.DataFrame, extra: dict) -> tuple[Path, Path]:
     """``results.csv`` (tidy) and ``results.json`` (summary + :func:`results_extra`), atomically."""
-    out = out_dir(P)
+    out = layout.of(P, NOTEBOOK).out
     out.mkdir(parents=True, exist_ok=True)
     csv = atomic_file(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
     return csv, write_json(out / "results.json", {"summary": summary.to_dict("records"), **extra})
@@ -533,13 +525,14 @@ def sweep_figure(P, summary: pd.DataFrame, S: dict):
 
 def check(P, S: dict, ext: features.Extractor, B: dict, runs: list[dict], results: pd.DataFrame) -> None:
     """The notebook's sanity checks: every run trained, metrics in [0, 1], one extractor, files written."""
+    L = layout.of(P, NOTEBOOK)
     n_gen = len(B["synth"])
     assert len(runs) == len(P.folds) * len(P.seeds) * (1 + int(P.mixed_supervision) + n_gen * sum(lam > 0 for lam in P.lams))
     assert set(results.test_set) >= {"val", "test"} and (S["ood"] is None or "ood" in set(results.test_set))
     assert results.value.dropna().between(0, 1).all() and results.value.notna().any()
     assert set(results.extractor) == {ext.key}
     assert all(1 <= r["fit"]["best_epoch"] <= r["fit"]["epochs"] <= P.train["max_epochs"] for r in runs)
-    assert (out_dir(P) / "results.csv").exists() and (out_dir(P) / "results.json").exists()
+    assert (L.out / "results.csv").exists() and (L.out / "results.json").exists()
 
 
 # ======================================================================================= CLI
@@ -567,13 +560,14 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
     B = build_bags(P, S, F_)
     runs = run_sweep(P, B, run_keys(P, S, ext), progress)
     out = {"sources": S, "extractor": ext, "features": F_, "bags": B, "runs": runs}
-    return out | (shards.on_main(procs, out_dir(P), "results", lambda: save_all(P, S, ext, B, runs, checks)) or {})
+    return out | (shards.on_main(procs, layout.of(P, NOTEBOOK).out, "results",
+                                 lambda: save_all(P, S, ext, B, runs, checks)) or {})
 
 
 def main(argv: list[str] | None = None) -> int:
     def is_main(P):
         return procs_of(P).is_main
-    P, a = cli(NOTEBOOK, "pipelines.mil", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main,
+    P, a = cli(NOTEBOOK, "pipelines.mil", __doc__.split("\n\n")[0], argv, main_process=is_main,
                configure=lambda ap: ap.add_argument(
                    "--stage", choices=("all", "extractor"), default="all",
                    help="all = the notebook's steps (under accelerate launch: features and runs split over the "

@@ -19,17 +19,12 @@ import numpy as np
 import pandas as pd
 
 from discnb import plots
-from discnb.core import io, paths
+from discnb.core import io, layout, paths
 from discnb.core.notebook import cli
 from discnb.data import demo, demo_check, shapes
 from discnb.data import sicap as data
 
 NOTEBOOK = "00_data_prep"
-STAGE = "data"
-
-
-def out_dir(P) -> Path:
-    return paths.output_dir(P.profile, STAGE, create=False)
 
 
 def dataset_root(spec: str, out: Path, *, name: str, domain: str, seed: int, patients: int,
@@ -45,7 +40,7 @@ def dataset_root(spec: str, out: Path, *, name: str, domain: str, seed: int, pat
 # ================================================================================ named steps
 def dataset(P, progress: bool = True) -> Path:
     """The in-distribution dataset folder (``dataset``: "demo" or a SICAPv2-layout path)."""
-    return dataset_root(P.dataset, out_dir(P), name="demo_sicapv2", domain="in", seed=P.seed,
+    return dataset_root(P.dataset, layout.of(P, NOTEBOOK).out, name="demo_sicapv2", domain="in", seed=P.seed,
                         patients=P.demo_patients, tiles_per_slide=P.demo_tiles_per_slide,
                         tile_size=P.demo_tile_size, progress=progress)
 
@@ -53,27 +48,28 @@ def dataset(P, progress: bool = True) -> Path:
 def index(P, root: Path) -> tuple[pd.DataFrame, data.Skipped]:
     """The tile index of ``root``, written to ``index.csv`` (+ ``index.skipped.csv``)."""
     idx, skipped = data.build_index(root, on_bad_file=P.on_bad_file, masks=P.masks)
-    write_index(idx, skipped, out_dir(P))
+    write_index(idx, skipped, layout.of(P, NOTEBOOK).out)
     return idx, skipped
 
 
 def ood_index(P, progress: bool = True) -> pd.DataFrame | None:
     """The out-of-distribution set's index (``ood_index.csv``), or None when ``ood_dataset`` is "".
     The demo OOD set is another "hospital" (stain and scale), seeded ``seed + 1``."""
+    L = layout.of(P, NOTEBOOK)
     if not P.ood_dataset:
         return None
-    root = dataset_root(P.ood_dataset, out_dir(P), name="demo_ood", domain="ood", seed=P.seed + 1,
+    root = dataset_root(P.ood_dataset, L.out, name="demo_ood", domain="ood", seed=P.seed + 1,
                         patients=P.ood_patients, tiles_per_slide=P.demo_tiles_per_slide,
                         tile_size=P.demo_tile_size, progress=progress)
     idx, skipped = data.build_index(root, on_bad_file=P.on_bad_file, masks=P.masks)
-    write_index(idx, skipped, out_dir(P), stem="ood_index")
+    write_index(idx, skipped, L.out, stem="ood_index")
     return idx
 
 
 def shape_maps(P, idx: pd.DataFrame) -> dict:
     """The shape-map library m_freq (Sec. 2.2) of the official training masks, at the models' size."""
     lib = shapes.build_library(idx[idx.split == "train"], P.image_size)
-    shapes.save_library(out_dir(P) / "shape_maps.npz", lib)
+    shapes.save_library(layout.of(P, NOTEBOOK).out / "shape_maps.npz", lib)
     return lib
 
 
@@ -96,7 +92,7 @@ def stats(P, root: Path, idx: pd.DataFrame, skipped: data.Skipped, lib: dict, oo
            "slides": int(idx.slide_id.nunique()), "patients": int(idx.patient_id.nunique()),
            "shape_maps": int(len(lib["maps"])), "ood_patches": 0 if ood is None else len(ood),
            "class_table": data.class_table(idx).reset_index().to_dict("records"), "validity": valid}
-    io.write_json(out_dir(P) / "stats.json", out)
+    io.write_json(layout.of(P, NOTEBOOK).out / "stats.json", out)
     return out
 
 
@@ -109,11 +105,12 @@ def overview_figure(P, idx: pd.DataFrame, lib: dict):
 
 def check(P, idx: pd.DataFrame, lib: dict, valid: dict | None) -> None:
     """The notebook's sanity checks: splits, labels, no patient in both splits, library shape."""
+    L = layout.of(P, NOTEBOOK)
     assert len(idx) > 0 and set(idx.split) <= {"train", "test"}
     assert set(idx.tile_label) <= {0, 1, 2, 3}
     assert not set(idx.patient_id[idx.split == "train"]) & set(idx.patient_id[idx.split == "test"])
     assert lib["maps"].shape[1:] == (P.image_size, P.image_size) and lib["maps"].max() < 4
-    assert (out_dir(P) / "index.csv").exists() and (out_dir(P) / "shape_maps.npz").exists()
+    assert (L.out / "index.csv").exists() and (L.out / "shape_maps.npz").exists()
     if valid is not None:
         assert valid["cnn_acc"] > valid["colour_acc"], valid
 
@@ -179,7 +176,7 @@ def overview_rows(index: pd.DataFrame, lib: dict, n: int, size: int, seed: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    P, a = cli(NOTEBOOK, "pipelines.prep", __doc__.split("\n\n")[0], out_dir, argv)
+    P, a = cli(NOTEBOOK, "pipelines.prep", __doc__.split("\n\n")[0], argv)
     res = run(P, progress=not a.no_progress, checks=not a.no_checks)
     print(json.dumps({k: v for k, v in res["stats"].items() if k != "class_table"}, default=float))
     return 0

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from discnb import plots
-from discnb.core import io, params, paths
+from discnb.core import io, layout, params, paths
 from discnb.core.notebook import cli
 from discnb.core.train import TensorData, fit, pick_device, process_state, read_metrics
 from discnb.data import prepared, shapes
@@ -39,11 +39,6 @@ from discnb.grading import adherence
 from discnb.grading import judge as jg
 
 NOTEBOOK = "01_train_ldm"
-STAGE = "ldm"
-
-
-def out_dir(P) -> Path:
-    return paths.param_dir(P, "output_dir", STAGE)
 
 
 def first_stage(P, split: dict, progress: bool = True) -> tuple:
@@ -51,7 +46,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
     A = P.autoencoder
     if A["path"]:
         return ae.load_vq(paths.resolve(A["path"])), {"source": A["path"]}
-    out = out_dir(P) / "autoencoder"
+    out = layout.of(P, NOTEBOOK).out / "autoencoder"
     sig = {"kind": "vq", "channels": A["channels"], "layers_per_block": A["layers_per_block"],
            "n_embed": A["n_embed"], "image_size": split["image_size"]}
     gan = A["disc_weight"] > 0
@@ -97,7 +92,8 @@ def train_judge(P, progress: bool = True, D: dict | None = None, recipe_input: s
     J = dict(P.judge)
     seed = J.pop("seed")
     J["input"] = recipe_input or J["input"]
-    D = D if D is not None else prepared.split_tiles(prepared.data_dir(P), P.val_fold, ood_split="", progress=progress)
+    if D is None:
+        D = prepared.split_tiles(layout.of(P, NOTEBOOK).data, P.val_fold, ood_split="", progress=progress)
     return jg.train_judge(D, J, judge_folder(P, J["input"]), seed=seed,
                           first_stage=ck.first_stage_folder(P) if J["input"] == "first_stage" else None,
                           device=P.device, mixed_precision=P.mixed_precision, checkpoint_every=P.checkpoint_every,
@@ -110,7 +106,7 @@ def train_judges(P, progress: bool = True) -> dict:
     adherence judge every later notebook loads when ``judge.input`` is ``first_stage``, and the
     ceiling), and ``real``, trained on the untouched tiles (how much of what tells the grades apart
     the first stage keeps). Returns {input: Judge, "tiles": the held-out split they are scored on}."""
-    D = prepared.split_tiles(prepared.data_dir(P), P.val_fold, ood_split="", progress=progress)
+    D = prepared.split_tiles(layout.of(P, NOTEBOOK).data, P.val_fold, ood_split="", progress=progress)
     judges = {i: train_judge(P, progress, D, i) for i in ("real", "first_stage")}
     on = "val" if len(D["val"]["imgs"]) else "test"
     return judges | {"tiles": D[on]}
@@ -132,7 +128,7 @@ def judge_report(P, judges: dict) -> dict:
         "scored_on": fs.info["scored_on"], "judge_steps": int(P.judge["train"]["steps"]),
         "first_stage": ck.first_stage_folder(P).name if P.autoencoder["path"] else "trained by notebook 01"}
     rep["ratio_real_on_recon_to_real_on_real"] = rep["real_on_recon"]["mean_iou"] / max(rep["real_on_real"]["mean_iou"], 1e-9)
-    io.write_json(paths.judge_dir(out_dir(P)) / "judge_report.json", rep)
+    io.write_json(layout.of(P, NOTEBOOK).judge / "judge_report.json", rep)
     io.write_json(paths.results_dir(P.profile) / "judge.json", rep)
     return rep
 
@@ -160,7 +156,7 @@ def judge_report_table(rep: dict) -> pd.DataFrame:
 def judge_folder(P, recipe_input: str) -> Path:
     """Where the judge of ``recipe_input`` is stored: ``judge/`` for ``judge.input`` (the one later
     notebooks load), ``judge-<input>/`` for the other one."""
-    d = paths.judge_dir(out_dir(P))
+    d = layout.of(P, NOTEBOOK).judge
     return d if recipe_input == P.judge["input"] else d.with_name(f"judge-{recipe_input}")
 
 
@@ -177,7 +173,7 @@ def train_sd(P, split: dict, vq, ae_info: dict, progress: bool = True) -> dict:
     """Latents of the first stage -> SD (Eq. 1) -> the Fig. 7 ablation SDs of ``ablation_conditions``
     (same settings, same first stage, other condition). Returns a summary (also ``summary.json``)."""
     check_conditions(P)
-    out = out_dir(P)
+    out = layout.of(P, NOTEBOOK).out
     z, latent_scale = encode_split(vq, split, None if P.latent_scale_by_std else 1.0)
     size = split["image_size"]
     model = ck.build_model(P, size, z["train"].shape[-1], latent_scale)
@@ -264,7 +260,8 @@ def reconstructions(P, inputs: dict) -> tuple[dict, object]:
 
 def loss_figure(P):
     """Figure ``01_loss_curves``: the first stage's and SD's training and validation loss."""
-    fig = plots.loss_curves({"first stage": out_dir(P) / "autoencoder", "SD, Eq. 1": out_dir(P) / "sd"})
+    L = layout.of(P, NOTEBOOK)
+    fig = plots.loss_curves({"first stage": L.out / "autoencoder", "SD, Eq. 1": L.out / "sd"})
     plots.save(fig, paths.figures_dir(P.profile) / "01_loss_curves")
     return fig
 
@@ -301,21 +298,22 @@ def write_throughput(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame,
          "first_stage_psnr": recon["psnr"], "first_stage_ssim": recon["ssim"],
          "best_val_loss": result["sd"]["best_val_loss"], "unet_parameters": result["unet_parameters"],
          "conditioning_gap_all_t": float(gap.gap_shuffled.iloc[0]), "sampled_latent_std_ratio": dr["std_ratio"]}
-    io.write_json(out_dir(P) / "throughput.json", t)
+    io.write_json(layout.of(P, NOTEBOOK).out / "throughput.json", t)
     return t
 
 
 def check(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame, dr: dict) -> None:
     """The notebook's sanity checks: SD trained to the end and its loss went down; samples, first
     stage, conditioning gap and drift are sane."""
-    m = read_metrics(out_dir(P) / "sd")
+    L = layout.of(P, NOTEBOOK)
+    m = read_metrics(L.out / "sd")
     assert result["sd"]["steps"] == P.sd["steps"]
     assert m.loss.iloc[-5:].mean() < m.loss.iloc[:5].mean(), "SD's loss did not go down"
     assert rep["samples"].shape == (len(rep["masks"]), result["image_size"], result["image_size"], 3)
     assert recon["psnr"] > 15, recon
     assert gap[["loss_true", "loss_shuffled", "loss_all_nc"]].notna().all().all() and (gap.loss_true > 0).all(), gap
     assert 0 < dr["std_ratio"] < float("inf"), dr
-    jr = json.loads((paths.judge_dir(out_dir(P)) / "judge_report.json").read_text())
+    jr = json.loads((L.judge / "judge_report.json").read_text())
     assert all(0 <= jr[k]["mean_iou"] <= 1 for k in ("real_on_real", "real_on_recon", "recon_on_recon", "chance")), jr
 
 
@@ -323,7 +321,7 @@ def train(P, progress: bool = True) -> dict:
     """Notebook 01's training steps, in its order: first stage, judges, SD (+ ablation SDs). Returns
     :func:`train_sd`'s summary and the judges (``judges``, as :func:`train_judges` returns them)."""
     check_conditions(P)
-    out_dir(P).mkdir(parents=True, exist_ok=True)
+    layout.of(P, NOTEBOOK).out.mkdir(parents=True, exist_ok=True)
     split = load_split(P, progress)
     vq, ae_info = first_stage(P, split, progress)
     judges = train_judges(P, progress)
@@ -354,7 +352,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     def is_main(P):
         return process_state(P.device == "cpu").is_main_process
-    P, a = cli(NOTEBOOK, "pipelines.train_ldm", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main)
+    P, a = cli(NOTEBOOK, "pipelines.train_ldm", __doc__.split("\n\n")[0], argv, main_process=is_main)
     res = run(P, progress=not a.no_progress, checks=not a.no_checks)
     if is_main(P):
         print(json.dumps({"steps": res["sd"]["steps"], "best_val_loss": res["sd"]["best_val_loss"],
