@@ -15,7 +15,10 @@ where that function is defined. Reported per traced call:
 - ``moves``: consecutive steps in different files;
 - ``up``: moves whose file sits in a higher layer than the one before
   (core < data < generative < grading < pipelines; ``discnb/plots.py`` and ``discnb/generate.py``,
-  outside the layers, count as moves but neither up nor down).
+  outside the layers, count as moves but neither up nor down);
+- ``distinct``: the same, counting each (from file, to file) pair once.
+
+A method of the params object itself (``P.x`` goes through ``Params.__getattr__``) is not a step.
 
 Uses only ``run`` / ``compare`` and the modules' ``main``, so the same script measures any commit
 (``PYTHONPATH`` picks the tree). It writes nothing outside ``--work``.
@@ -50,8 +53,8 @@ class ParamsPath:
         code = frame.f_code
         if not code.co_filename.startswith(self.pkg):
             return
-        names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
-        if any(isinstance(frame.f_locals.get(n), self.params_type) for n in names):
+        names = [n for n in code.co_varnames[:code.co_argcount + code.co_kwonlyargcount] if n != "self"]
+        if any(isinstance(frame.f_locals.get(n), self.params_type) for n in names):  # P.x lookups are not steps
             rel = os.path.relpath(code.co_filename, os.path.dirname(self.pkg))
             self.steps.append((rel, code.co_name))
 
@@ -63,11 +66,16 @@ class ParamsPath:
             sys.setprofile(None)
 
     def summary(self) -> dict:
-        files = [f for f, _ in self.steps]
-        moves = [(a, b) for a, b in zip(files, files[1:]) if a != b]
-        up = [(a, b) for a, b in moves if layer(a) is not None and layer(b) is not None and layer(b) > layer(a)]
-        return {"calls": len(files), "files": len(set(files)), "moves": len(moves), "up": len(up),
-                "file_list": sorted(set(files)), "path": [f"{f}:{fn}" for f, fn in self.steps]}
+        return summarize([f"{f}:{fn}" for f, fn in self.steps])
+
+
+def summarize(path: list[str]) -> dict:
+    """Counts of a recorded path of ``file:function`` steps (also for a stored ``--json``)."""
+    files = [p.split(":")[0] for p in path]
+    moves = [(a, b) for a, b in zip(files, files[1:]) if a != b]
+    up = [(a, b) for a, b in moves if layer(a) is not None and layer(b) is not None and layer(b) > layer(a)]
+    return {"calls": len(files), "files": len(set(files)), "moves": len(moves), "up": len(up),
+            "distinct_moves": len(set(moves)), "distinct_up": len(set(up)), "file_list": sorted(set(files)), "path": path}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     out["sc_disc.compare"] = t.summary()
     for name, s in out.items():
         print(f"{name}: {s['calls']} calls with a params object, {s['files']} files, {s['moves']} moves between "
-              f"files, {s['up']} of them up a layer")
+              f"files ({s['distinct_moves']} distinct), {s['up']} of them up a layer ({s['distinct_up']} distinct)")
         print("  files: " + ", ".join(s["file_list"]))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
