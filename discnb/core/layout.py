@@ -7,7 +7,7 @@ parameter names another: a later notebook's ``data_dir``, ``ldm_dir``, ``tileset
 The pattern judge and notebook 02's ``disc/`` live beside notebook 01's ``ldm/`` (the SD-DISC
 generators find them from SD's folder alone).
 
-    L = layout.of(P, "02_sc_disc")     # built once per run from the validated parameters
+    L = layout.of(P, "02_sc_disc")     # a pure function of the validated parameters (setup() returns it)
     L.ldm, L.judge, L.disc, L.out      # notebook 01's folder, the judge, notebook 02's, this run's
 """
 
