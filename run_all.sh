@@ -88,7 +88,7 @@ mkdir -p "$EXEC"
 if [ "$SHIPPED" = 1 ]; then
     # before notebook 00's minutes: are the shipped models there, intact and of this code? (the data is checked
     # again at restore, once notebook 00 has made it)
-    "$PY" -m discnb.pipelines.shipped check --profile "$PROFILE" --no-data || exit 1
+    "$PY" -m discnb.grading.shipped check --profile "$PROFILE" --no-data || exit 1
 fi
 
 ran=0 restored=0
@@ -107,8 +107,8 @@ for nb in notebooks/[0-9][0-9]_*.ipynb; do
     if [ "$SHIPPED" = 1 ]; then
         case "$num" in 01|02) echo "[run_all] $name: skipped (--shipped: its models come from weights/$PROFILE)"; continue ;; esac
         if [ "$num" != 00 ] && [ "$restored" = 0 ]; then
-            echo "[run_all] $(date +%H:%M:%S) restoring the shipped models (python -m discnb.pipelines.shipped restore)"
-            "$PY" -m discnb.pipelines.shipped restore --profile "$PROFILE" || exit 1
+            echo "[run_all] $(date +%H:%M:%S) restoring the shipped models (python -m discnb.grading.shipped restore)"
+            "$PY" -m discnb.grading.shipped restore --profile "$PROFILE" || exit 1
             restored=1
         fi
         [ "$num" = 07 ] && args+=(-p export False)

@@ -1,4 +1,4 @@
-"""``python -m discnb.generate``: tiles for a folder of masks you bring (see :mod:`discnb.pipelines.masks_to_tiles`).
+"""``python -m discnb.generate``: tiles for a folder of masks you bring (see :mod:`discnb.generative.masks_to_tiles`).
 
     python -m discnb.generate --model weights/demo/SD-DISC --masks DIR --out DIR [--steps 200]
         [--sampler ddim|dpm++] [--separated] [--seed 0] [--batch-size 16] [--skip-bad]
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from discnb.pipelines import masks_to_tiles
+from discnb.generative import masks_to_tiles
 
 
 def main(argv=None) -> int:

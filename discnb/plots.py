@@ -240,3 +240,14 @@ def plot_sweep(summary: pd.DataFrame, ood_name: str = "OOD", labels=("macro", "G
             lam_axes(ax, s_all.lam, "in-distribution test" if ts == "test" else ood_name, lab)
     shared_legend(fig, axes)
     return fig
+
+
+def fig8_rows(fig8: dict, test_set: str = "test") -> tuple[dict, list[str]]:
+    """Fig. 8 layout: tile | ground truth | baseline | + each generator, as image-grid rows, and
+    the tiles' names as column titles."""
+    if test_set not in set(fig8["test_sets"].tolist()):
+        raise KeyError(f"no {test_set!r} tiles in the Fig. 8 arrays (test sets: {fig8['test_sets'].tolist()})")
+    rows = {"tile": list(fig8[f"{test_set}_tiles"]), "ground truth": [colorize(m) for m in fig8[f"{test_set}_truth"]]}
+    for name, pred in zip(fig8["runs"].tolist(), fig8[f"{test_set}_pred"]):
+        rows[name] = [colorize(m) for m in pred]
+    return rows, [str(n)[:18] for n in fig8[f"{test_set}_names"]]

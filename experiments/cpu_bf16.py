@@ -23,7 +23,7 @@ import torch
 
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints
-from discnb.pipelines import train_ldm
+from discnb.generative import ldm_training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     sd.train()
     z = torch.randn(n, 3, s // 4, s // 4, generator=g)
     mask = torch.randint(0, 4, (n, s, s), generator=g).to(torch.uint8)
-    sd_loss = train_ldm.ldm_batch_loss(P01.condition, sd.alphas_cumprod)
+    sd_loss = ldm_training.ldm_batch_loss(P01.condition, sd.alphas_cumprod)
     jobs = {"first stage": (vq, lambda: ae.vq_loss(vq, {"x": x})),
             "SD": (sd, lambda: sd_loss(sd, {"z": z, "mask": mask, "slide": None}))}
     opts = {k: torch.optim.AdamW(m.parameters(), 1e-4) for k, (m, _) in jobs.items()}

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from discnb.core.train import FitConfig, TensorData, fit
 from discnb.generative import autoencoder as ae
 from discnb.grading import judge as jg
-from discnb.pipelines import prep
+from discnb.data import prepared
+from discnb.data.augment import dihedral
 
 REPO = Path(__file__).resolve().parents[1]
 LEVERS = ["plain", "gan", "msssim", "perceptual", "codebook", "split"]
@@ -149,7 +150,7 @@ def train_cellnet(D, out, res, steps=2000, seed=1):
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-4)
     for i in range(steps):
         idx = torch.randint(0, len(x), (32,))
-        b = ae.dihedral({"x": x[idx], "y": y[idx][:, None].float()}, ("x", "y"))
+        b = dihedral({"x": x[idx], "y": y[idx][:, None].float()}, ("x", "y"))
         loss = F.cross_entropy(net(b["x"]), b["y"][:, 0].long())
         opt.zero_grad()
         loss.backward()
@@ -199,8 +200,8 @@ def main(argv=None) -> dict:
     name = f"{a.lever}-{a.n_embed if scratch else a.weight}" + (f"-{a.n_embed}" if a.lever == "split" else "") + \
         ("-decoder" if a.decoder_only else "")
     out = repo_path(a.out or f"outputs/experiments/first_stage/{name}")
-    D = prep.split_tiles(repo_path(a.data), a.val_fold, progress=False)
-    tr = TensorData({"x": ae.pixels(D["train"]["imgs"])}, augment=lambda b: ae.dihedral(b, ("x",)),
+    D = prepared.split_tiles(repo_path(a.data), a.val_fold, progress=False)
+    tr = TensorData({"x": ae.pixels(D["train"]["imgs"])}, augment=lambda b: dihedral(b, ("x",)),
                     transform=ae.pixels_to_model)
     va = TensorData({"x": ae.pixels(D["val"]["imgs"])}, transform=ae.pixels_to_model)
     judge = jg.load_judge(repo_path(a.judge_real))

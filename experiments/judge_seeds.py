@@ -23,7 +23,8 @@ import yaml
 
 from discnb.generative import autoencoder as ae
 from discnb.grading import judge as jg
-from discnb.pipelines import prep, train_ldm
+from discnb.data import prepared
+from discnb.pipelines import train_ldm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def main(argv=None) -> list[dict]:
     recipe["train"] = {**recipe["train"], **over}
     out = repo_path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    D = prep.split_tiles(repo_path(a.data), int(base["val_fold"]), progress=False)
+    D = prepared.split_tiles(repo_path(a.data), int(base["val_fold"]), progress=False)
     V = D["val"]
     recons = {f: ae.reconstruct(ae.load_vq(repo_path(f)), V["imgs"]) for f in a.first_stage}
     rows = []

@@ -23,7 +23,7 @@ from discnb.core.io import write_json
 from discnb.generative.pipeline import DISCPipeline, prepare_masks
 from discnb.grading import adherence
 from discnb.grading import judge as jg
-from discnb.pipelines import prep
+from discnb.data import prepared
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = {"SD": "SD", "SD-SC": "SD", "SD-DISC": "SD-DISC", "SD-DISC-CoTrain": "SD-DISC-CoTrain"}
@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown models {sorted(unknown)}; known: {list(FOLDER)}")
     pipes = {n: DISCPipeline.from_pretrained(repo_path(a.weights) / FOLDER[n]) for n in names}
     size = next(iter(pipes.values())).image_size
-    held_out = prep.split_tiles(repo_path(a.data), a.val_fold, progress=False)["val"]["masks"]
+    held_out = prepared.split_tiles(repo_path(a.data), a.val_fold, progress=False)["val"]["masks"]
     masks = prepare_masks(held_out[adherence.complex_choice(held_out, a.n, 0)], size, "labels")
     judge = jg.load_judge(repo_path(a.judge))
     rep = {"n_masks": len(masks), "masks": "held-out annotation masks with the most labels (multi-label only)",

@@ -1,4 +1,4 @@
-"""discnb.pipelines.bench on a tiny trained LDM (seconds): every key is there and every number is positive."""
+"""discnb.grading.bench on a tiny trained LDM (seconds): every key is there and every number is positive."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from discnb.pipelines import bench, sc_disc
+from discnb.grading import bench
+from discnb.pipelines import sc_disc
 from discnb.core import params
 from discnb.pipelines import train_ldm
 from discnb.core.notebook import record

@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from discnb import LABELS, K
+from discnb import LABELS, K, plots
 from discnb.core import params, paths
 from discnb.generative import generators
 from discnb.generative.checkpoints import check_ldm, ldm_params
@@ -246,9 +246,9 @@ def test_summary_mean_and_std_over_seeds():
     for seed, v in ((0, 0.4), (1, 0.6)):
         rows.append({"model": "CarcinoNet", "generator": "none", "lam": 0.0, "seed": seed, "test_set": "test",
                      "metric": "iou", "label": "mean", "value": v})
-    s = cn.summarize(pd.DataFrame(rows))
+    s = gc.summarize(pd.DataFrame(rows))
     assert s["mean"].item() == pytest.approx(0.5) and s["std"].item() == pytest.approx(0.1) and s["n_seeds"].item() == 2
-    assert cn.metric_table(s).loc[("test", "none", 0.0), "iou mean"] == "0.500 ± 0.100"
+    assert gc.metric_table(s).loc[("test", "none", 0.0), "iou mean"] == "0.500 ± 0.100"
 
 
 # ------------------------------------------------------------------------- synthetic plumbing
@@ -390,9 +390,9 @@ def test_fig8_file_holds_what_the_figure_shows(tmp_path):
     assert np.array_equal(f8["test_pred"][0], gc.predict(model, f8["test_tiles"]))
     i = [list(D["test"]["names"]).index(n) for n in f8["test_names"]]
     assert np.array_equal(f8["test_truth"], D["test"]["masks"][i])
-    back = cn.load_fig8(cn.save_fig8(P, f8))
+    back = gc.load_fig8(cn.save_fig8(P, f8))
     assert set(back) == set(f8) and all(np.array_equal(back[k], f8[k]) for k in f8)
-    rows, titles = cn.fig8_rows(back, "test")
+    rows, titles = plots.fig8_rows(back, "test")
     assert list(rows) == ["tile", "ground truth", "baseline"] and len(titles) == 2
     with pytest.raises(KeyError, match="ood"):
-        cn.fig8_rows(back, "ood")
+        plots.fig8_rows(back, "ood")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from discnb.data import prepared
 from discnb.data import sicap as data
 from sicap_fixture import SLIDES, TILES_PER_SLIDE, write_sicap
 
@@ -151,7 +152,7 @@ def test_index_records_the_mask_pixels_changed(tmp_path, sicap):
     mask.with_suffix(".jpg").unlink()
     exact, skipped = data.build_index(sicap, masks="optional", progress=False)
     prep.write_index(exact, skipped, tmp_path)
-    back = prep.read_index(tmp_path)
+    back = prepared.read_index(tmp_path)
     assert back.mask_changed.dtype == float and back.mask_changed.isna().sum() == 1
 
 

@@ -12,6 +12,7 @@ import torch
 from discnb import K, LABELS
 from discnb.core import params
 from discnb.generative import autoencoder as ae
+from discnb.generative import ldm_training
 from discnb.grading import carcinonet as gc
 from discnb.grading import judge as jg
 from discnb.grading import metrics
@@ -161,7 +162,7 @@ def test_judge_report_scores_two_judges_three_ways_and_chance(tmp_path, monkeypa
     and judge.json holds real_on_real, real_on_recon, recon_on_recon (the ceiling) and chance, each
     recomputable from the stored judges."""
     import yaml
-    from discnb.core import params, paths
+    from discnb.core import layout, params, paths
     from discnb.grading import adherence
     from discnb.pipelines import train_ldm
     from ldm_fixture import prepared
@@ -171,9 +172,9 @@ def test_judge_report_scores_two_judges_three_ways_and_chance(tmp_path, monkeypa
     monkeypatch.setattr(paths, "FIGURES", tmp_path / "figures")
     P = params.validate("01_train_ldm", yaml.safe_load(prepared(tmp_path).read_text()) | {
         "judge": {"seed": 0, "input": "first_stage", "model": MODEL, "train": TRAIN}})
-    train_ldm.first_stage(P, train_ldm.load_split(P, progress=False), progress=False)
+    train_ldm.first_stage(P, ldm_training.load_split(P, progress=False), progress=False)
     judges = train_ldm.train_judges(P, progress=False)
-    assert train_ldm.judge_folder(P, "first_stage") == train_ldm.judge_dir(train_ldm.out_dir(P))
+    assert train_ldm.judge_folder(P, "first_stage") == layout.of(P, train_ldm.NOTEBOOK).judge
     assert (train_ldm.judge_folder(P, "real") / "judge.json").exists()
     assert judges["real"].info["input"] == "real" and judges["first_stage"].info["input"] == "first_stage"
     rep = train_ldm.judge_report(P, judges)

@@ -13,9 +13,11 @@ import pytest
 import torch
 import yaml
 
+from discnb.data.augment import dihedral
+from discnb.data.image_metrics import psnr, ssim
 from discnb.generative import autoencoder as ae
 from discnb.data import sicap as data
-from discnb.generative import ldm
+from discnb.generative import ldm, ldm_training
 from discnb.core import params
 from discnb.generative import sampling
 from discnb.generative.pipeline import DISCPipeline, load_pipeline
@@ -159,7 +161,7 @@ def test_dihedral_moves_latents_and_masks_together():
     z = torch.arange(16.0).view(1, 1, 4, 4).repeat(8, 1, 1, 1)
     m = torch.arange(16).view(1, 4, 4).repeat(8, 1, 1)
     torch.manual_seed(1)
-    out = ae.dihedral({"z": z, "mask": m}, ("z", "mask"))
+    out = dihedral({"z": z, "mask": m}, ("z", "mask"))
     assert torch.equal(out["z"][:, 0].long(), out["mask"])
 
 
@@ -178,8 +180,8 @@ def test_first_stage_checks_and_metrics(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         ae.load_vq(tmp_path / "nothing")
     imgs = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
-    assert ae.psnr(imgs, imgs)[0] > 90 and ae.ssim(imgs, imgs)[0] == pytest.approx(1.0)
-    assert ae.psnr(imgs, 255 - imgs)[0] < 10
+    assert psnr(imgs, imgs)[0] > 90 and ssim(imgs, imgs)[0] == pytest.approx(1.0)
+    assert psnr(imgs, 255 - imgs)[0] < 10
 
 
 # --------------------------------------------------------------------------- the loop
@@ -236,7 +238,7 @@ def test_adaptive_weight_is_tamings_gradient_ratio():
 def test_first_stage_with_the_patch_gan_trains_and_saves_a_vqmodel(tmp_path):
     f = prepared(tmp_path, autoencoder={**TINY["autoencoder"], "disc_weight": 0.75, "disc_channels": 8, "disc_layers": 2})
     P = params.check_file("01_train_ldm", f)
-    split = train_ldm.load_split(P, progress=False)
+    split = ldm_training.load_split(P, progress=False)
     vq, info = train_ldm.first_stage(P, split, progress=False)
     assert info["signature"]["disc_weight"] == 0.75 and "patch-GAN" in info["source"]
     assert isinstance(ae.load_vq(tmp_path / "ldm" / "autoencoder" / "best"), type(vq))
@@ -295,7 +297,7 @@ def test_empty_training_split(tmp_path):
     df = pd.read_csv(idx)
     df[df.split == "test"].to_csv(idx, index=False)
     with pytest.raises(data.DataError, match="the training split is empty"):
-        train_ldm.load_split(P, progress=False)
+        ldm_training.load_split(P, progress=False)
 
 
 def test_sd_optimizer_follows_ldm_in_the_paper_profile():
@@ -304,7 +306,7 @@ def test_sd_optimizer_follows_ldm_in_the_paper_profile():
     cfg = {}
     for profile in ("paper", "demo"):
         P = params.check_file("01_train_ldm", REPO / "params" / profile / "01_train_ldm.yaml")
-        cfg[profile] = train_ldm.fit_config(P, Path("x"), P.sd, "SD", {})
+        cfg[profile] = ldm_training.fit_config(P, Path("x"), P.sd, "SD", {})
     assert (cfg["paper"].weight_decay, cfg["paper"].max_grad_norm) == (0.01, None)
     assert (cfg["demo"].weight_decay, cfg["demo"].max_grad_norm) == (0.0, 1.0)
     smoke = params.validate("01_train_ldm", {})

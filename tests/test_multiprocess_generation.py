@@ -33,6 +33,7 @@ from discnb.core import params, paths, shards
 from discnb.core.paths import REPO
 from discnb.data import shapes
 from discnb.generative import generators
+from discnb.grading import carcinonet as gc
 from discnb.pipelines import carcinonet as cn
 from discnb.pipelines import mil
 from test_tilesets import BatchSensitiveGen, make_library
@@ -452,7 +453,7 @@ def test_carcinonet_two_processes_main_writes_the_shared_files(tmp_path):
     assert [(x["tag"], x["fit"]["processes"], x["fit"]["steps"]) for x in jb["runs"]] == [("real", 2, 3), ("SD-lam0.5", 2, 3)]
     for run in jb["runs"]:  # what every process returned: the main process's summary, in done.json
         assert json.loads((Path(run["dir"]) / "done.json").read_text())["fit"] == run["fit"]
-    f8a, f8b = cn.load_fig8(one / "fig8.npz"), cn.load_fig8(two / "fig8.npz")
+    f8a, f8b = gc.load_fig8(one / "fig8.npz"), gc.load_fig8(two / "fig8.npz")
     assert f8a.keys() == f8b.keys() and all(f8a[k].shape == f8b[k].shape for k in f8a)
     assert np.array_equal(f8a["test_tiles"], f8b["test_tiles"])
     w = _written(log)

@@ -80,7 +80,7 @@ def saved(fig, tmp_path, name):
 # ------------------------------------------------------------------------------------ missing
 @pytest.mark.parametrize("name, notebook", [("fig5", "02_sc_disc"), ("adherence", "02_sc_disc"), ("cost", "02_sc_disc"),
                                             ("fig6", "05_transmil_sweep"), ("fig8", "04_carcinonet"),
-                                            ("fig7", "01_train_ldm"), ("bench", "discnb.pipelines.bench")])
+                                            ("fig7", "01_train_ldm"), ("bench", "discnb.grading.bench")])
 def test_missing_inputs_name_what_to_run(outputs, name, notebook):
     assert not pf.inputs_present(name, "smoke")
     loaders = {"fig5": pf.load_fig5, "adherence": pf.load_comparison, "cost": lambda p: pf.require("cost", p),

@@ -181,7 +181,8 @@ def test_parameters_cells_are_commented_literals():
 def test_setup_records_params_and_provenance(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "OUTPUTS", tmp_path)
     g = dict(params.defaults("00_data_prep"))
-    P, out = notebook.setup("00_data_prep", g)
+    P, L = notebook.setup("00_data_prep", g)
+    out = L.out
     assert out == tmp_path / "smoke" / "data"
     assert yaml.safe_load((out / "params.resolved.yaml").read_text()) == dict(P)
     prov = json.loads((out / "provenance.json").read_text())

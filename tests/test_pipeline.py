@@ -21,7 +21,9 @@ from discnb.generative.autoencoder import build_vq
 from discnb.generative.disc import SCGenerator
 from discnb.generative.pipeline import DISCPipeline, check_pipeline_folder, load_pipeline, prepare_masks, to_labels
 from discnb.generative.sampling import SDGenerator
-from discnb.pipelines import masks_to_tiles, shipped, train_ldm
+from discnb.generative import masks_to_tiles
+from discnb.grading import shipped
+from discnb.pipelines import train_ldm
 from discnb.core.notebook import record
 from ldm_fixture import prepared, tiny_model
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from discnb.core import paths
 from discnb.core.params import ParamError, Params, check_file
+from discnb.data import prepared
 from discnb.data import sicap as data
 from discnb.grading import adherence
 from discnb.pipelines import prep
@@ -181,7 +182,7 @@ def test_the_index_says_which_masks_were_lossy_and_which_labels_snapping_changed
     assert "and 1 tile label(s)" in prep.mask_summary(index)
     # the columns survive index.csv
     prep.write_index(index, data.Skipped(), tmp_path)
-    back = prep.read_index(tmp_path)
+    back = prepared.read_index(tmp_path)
     assert back.mask_lossy.dtype == bool and back.mask_lossy.sum() == 2
     assert (back.mask_label_raw == index.mask_label_raw.to_numpy()).all()
 

@@ -13,7 +13,7 @@ import pytest
 from discnb.core import params, paths
 from discnb.generative import generators
 from discnb.generative.pipeline import DISCPipeline, check_pipeline_folder, load_pipeline
-from discnb.pipelines import shipped
+from discnb.grading import shipped
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WEIGHTS = paths.REPO / "weights" / "demo"

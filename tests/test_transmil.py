@@ -341,26 +341,26 @@ def sweep_summary(val_auroc: dict, test_auroc: dict, val_bce: dict | None = None
                      ("TransMIL", "SD", lam, "test", "auroc", lab, test_auroc[lam])]
         rows.append(("TransMIL", "SD", lam, "val", "bce", "all", (val_bce or {}).get(lam, 0.5)))
     df = pd.DataFrame(rows, columns=["model", "generator", "lam", "test_set", "metric", "label", "value"])
-    return mil.summarize(df.assign(fold=1, seed=0))
+    return gm.summarize(df.assign(fold=1, seed=0))
 
 
 def test_lambda_star_is_chosen_on_validation_and_test_numbers_do_not_leak():
     """Best λ on validation (0.3) is not the best on test (0.5): λ* must be 0.3, and the test AUROC
     reported at λ* is the one of λ = 0.3; the optimistic column names the test's own best."""
     s = sweep_summary({0.1: 0.80, 0.3: 0.90, 0.5: 0.85}, {0.1: 0.60, 0.3: 0.75, 0.5: 0.95})
-    assert mil.select_lambda(s, "SD") == (0.3, "val AUROC")
-    best = mil.best_lambda_table(s)
+    assert gm.select_lambda(s, "SD") == (0.3, "val AUROC")
+    best = gm.best_lambda_table(s)
     assert best.loc["SD", "λ* (val)"] == 0.3 and best.loc["SD", "selected on"] == "val AUROC"
     assert best.loc["SD", "test macro @λ*"] == "75.00" and best.loc["SD", "test macro Δ"] == "+5.00"
     assert best.loc["SD", "best λ on test (optimistic)"] == "0.5: 95.00"
     # ties on validation go to the smaller λ, whatever the test set says
     tie = sweep_summary({0.1: 0.8, 0.3: 0.9, 0.5: 0.9}, {0.1: 0.6, 0.3: 0.6, 0.5: 0.99})
-    assert mil.select_lambda(tie, "SD")[0] == 0.3
+    assert gm.select_lambda(tie, "SD")[0] == 0.3
     # validation AUROC undefined everywhere (single-class folds): the lowest validation BCE
     nan = sweep_summary(dict.fromkeys((0.1, 0.3, 0.5), float("nan")), {0.1: 0.9, 0.3: 0.6, 0.5: 0.7},
                         val_bce={0.1: 0.6, 0.3: 0.4, 0.5: 0.5})
-    assert mil.select_lambda(nan, "SD") == (0.3, "val BCE")
-    assert mil.select_lambda(s[s.test_set != "val"], "SD")[1] == "no validation"
+    assert gm.select_lambda(nan, "SD") == (0.3, "val BCE")
+    assert gm.select_lambda(s[s.test_set != "val"], "SD")[1] == "no validation"
 
 
 # ---------------------------------------------------------------------------- the sweep pipeline
@@ -422,9 +422,9 @@ def test_sweep_end_to_end_skips_missing_generators_and_reuses_runs(tmp_path, cap
     assert set(df.test_set) == {"val", "test"} and set(df.generator) == {"none", "SD"}
     assert set(df.model) == {"TransMIL", "MixedSupervision"} and df.value.dropna().between(0, 1).all()
     assert (tmp_path / "mil" / "results.csv").exists()
-    best = mil.best_lambda_table(res["summary"])
+    best = gm.best_lambda_table(res["summary"])
     assert list(best.index) == ["SD"] and best.loc["SD", "λ* (val)"] in (0.25, 0.5)
-    assert best.loc["SD", "λ* (val)"] == mil.select_lambda(res["summary"], "SD")[0]
+    assert best.loc["SD", "λ* (val)"] == gm.select_lambda(res["summary"], "SD")[0]
     js = json.loads((tmp_path / "mil" / "results.json").read_text())  # what the notebook writes too
     assert set(js) == {"summary", "extractor", "ood", "notes", "generators", "runs"} and len(js["runs"]) == len(runs)
     assert fig6.exists()

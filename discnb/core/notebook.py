@@ -1,6 +1,6 @@
-"""The setup cell of every notebook: validated params, seed, output folder, provenance.
+"""The setup cell of every notebook: validated params, seed, the stage folders, provenance.
 
-    P, OUT = setup("00_data_prep", globals())
+    P, L = setup("00_data_prep", globals())   # L: discnb.core.layout.Layout; L.out is this notebook's folder
 
 Every output folder gets ``params.resolved.yaml`` and ``provenance.json`` (git commit, package
 versions, machine), so any artifact can be traced to the code and settings that made it.
@@ -22,21 +22,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from discnb.core import layout
 from discnb.core import params as _params
 from discnb.core import paths
-
-# Notebook -> its folder under outputs/<profile>/; each later notebook reads the folders of the ones before it
-# (the data flow of the paper's Fig. 2: data -> LDM -> DISC -> tile sets -> CarcinoNet -> TransMIL -> figures).
-STAGES = {
-    "00_data_prep": "data",
-    "01_train_ldm": "ldm",
-    "02_sc_disc": "disc",
-    "03_tile_sets": "tilesets",
-    "04_carcinonet": "carcinonet",
-    "05_transmil_sweep": "mil",
-    "06_figures": "figures",
-    "07_generate_from_masks": "generate",
-}
 
 PACKAGES = ("torch", "torchvision", "diffusers", "accelerate", "timm", "numpy", "scipy", "pandas",
             "scikit-learn", "pillow", "papermill", "nbval", "seaborn", "matplotlib", "safetensors")
@@ -93,20 +81,19 @@ def record(out_dir: Path, P: dict, name: str) -> None:
     (out_dir / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
 
 
-def setup(name: str, g: dict) -> tuple[_params.Params, Path]:
-    """Validate the notebook's parameters, seed everything, create and stamp its output folder.
+def setup(name: str, g: dict) -> tuple[_params.Params, layout.Layout]:
+    """Validate the notebook's parameters, seed everything, and stamp its output folder (created).
+    Returns the parameters and the stage folders they describe (:mod:`discnb.core.layout`).
 
-    ``P.profile`` picks the output folder (``outputs/<profile>/<stage>/``), so a smoke run never
+    ``P.profile`` picks the output folders (``outputs/<profile>/<stage>/``), so a smoke run never
     overwrites demo or paper results.
     """
     P = _params.from_globals(name, g)
-    if "profile" in P:
-        paths.check_profile(P.profile)
-    seed_everything(P.get("seed", 0))
-    out = (paths.resolve(P.output_dir) if P.get("output_dir") else
-           paths.output_dir(P.get("profile", "smoke"), STAGES[name]))
-    record(out, P, name)
-    return P, out
+    paths.check_profile(P.profile)
+    seed_everything(P.seed)
+    L = layout.of(P, name)
+    record(L.out, P, name)
+    return P, L
 
 
 def failed_cell(nb_path: str | Path) -> str:
@@ -122,12 +109,12 @@ def failed_cell(nb_path: str | Path) -> str:
     return "no cell with an error output (the kernel may have died: out of memory?)"
 
 
-def cli(notebook: str, module: str, description: str, out_dir, argv=None, configure=None, main_process=None):
+def cli(notebook: str, module: str, description: str, argv=None, configure=None, main_process=None):
     """The command line of a notebook's module (``python -m discnb.<module> --params FILE``):
     ``--params`` (default: the notebook's parameters cell), ``--no-progress`` and ``--no-checks``, plus whatever
     ``configure(parser)`` adds. Validates the parameters, seeds, and records params + provenance
-    in ``out_dir(P)`` (under several processes only where ``main_process(P)`` is true).
-    Returns (P, args)."""
+    in the notebook's folder (:attr:`discnb.core.layout.Layout.out`; under several processes only where
+    ``main_process(P)`` is true). Returns (P, args)."""
     ap = argparse.ArgumentParser(prog=f"python -m discnb.{module}", description=description)
     ap.add_argument("--params", help=f"YAML file of notebook {notebook}'s parameters (defaults: its parameters cell)")
     ap.add_argument("--no-progress", action="store_true")
@@ -140,7 +127,7 @@ def cli(notebook: str, module: str, description: str, out_dir, argv=None, config
     paths.check_profile(P.profile)
     seed_everything(P.seed)
     if main_process is None or main_process(P):
-        record(out_dir(P), P, notebook)
+        record(layout.of(P, notebook).out, P, notebook)
     return P, a
 
 

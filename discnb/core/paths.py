@@ -41,12 +41,6 @@ def output_dir(profile: str, *parts: str, create: bool = True) -> Path:
     return d
 
 
-def param_dir(P, key: str, stage: str) -> Path:
-    """The folder a notebook parameter names (``P[key]``, resolved), or ``outputs/<profile>/<stage>``
-    when it is empty: how every notebook finds its inputs and outputs."""
-    return resolve(P[key]) if P[key] else output_dir(P["profile"], stage, create=False)
-
-
 def results_dir(profile: str, create: bool = True) -> Path:
     """Where a profile's small result tables go (the ones a README cites, e.g. ``judge.json``).
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from diffusers import VQModel
 
 from discnb.generative.ldm import _groups
-from discnb.grading.metrics import psnr, ssim
+from discnb.data.image_metrics import psnr, ssim
 
 def build_vq(channels: list[int], layers_per_block: int, n_embed: int, latent_channels: int = 3) -> VQModel:
     """A VQModel whose downsampling factor is 2^(levels-1) (3 levels: f = 4)."""
@@ -164,22 +164,6 @@ def vqgan_loss(disc_weight: float):
         w = adaptive_weight(rec_loss, g_loss, last, disc_weight)
         return rec_loss + out["commit"] + w * g_loss + hinge_d_loss(out["real"], out["fake"])
     return loss
-
-
-def dihedral(batch: dict, keys=("x",)) -> dict:
-    """A random flip/90-degree rotation per sample (tissue has no orientation), applied alike to
-    every tensor in ``keys`` (images (B,C,H,W), latents, masks (B,H,W))."""
-    out = dict(batch)
-    first = out[keys[0]]
-    which = torch.randint(0, 8, (len(first),))
-    for key in keys:
-        v = out[key].clone()
-        for t in which.unique().tolist():
-            sel = which == t
-            x = torch.rot90(out[key][sel], t % 4, dims=(-2, -1))
-            v[sel] = x.flip(-1) if t >= 4 else x
-        out[key] = v
-    return out
 
 
 @torch.no_grad()

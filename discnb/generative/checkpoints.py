@@ -23,16 +23,12 @@ from pathlib import Path
 
 import yaml
 
-from discnb.core import params, paths
+from discnb.core import layout, params, paths
 from discnb.generative import ldm
 from discnb.generative import pipeline as pl
 
-RUN01 = "notebooks/01_train_ldm.ipynb"
-
-
-def ldm_dir(P01) -> Path:
-    """Notebook 01's output folder for its parameters ``P01``."""
-    return paths.param_dir(P01, "output_dir", "ldm")
+NOTEBOOK01 = "01_train_ldm"
+RUN01 = f"notebooks/{NOTEBOOK01}.ipynb"
 
 
 def ldm_params(ldir: Path) -> params.Params:
@@ -41,7 +37,7 @@ def ldm_params(ldir: Path) -> params.Params:
     if not p.exists():
         raise FileNotFoundError(f"{p}: no trained LDM for this profile; run {RUN01} first")
     try:
-        P01 = params.validate("01_train_ldm", yaml.safe_load(p.read_text()) or {})
+        P01 = params.validate(NOTEBOOK01, yaml.safe_load(p.read_text()) or {})
     except params.ParamError as e:
         raise params.ParamError(f"{p} no longer fits notebook 01's parameters ({e}); re-run {RUN01} for this "
                                 "profile") from None
@@ -84,13 +80,13 @@ def ablation_folder(condition: str) -> str:
 def sd_folder(P01, condition: str | None = None, which: str = "best") -> Path:
     """SD's folder (checkpoint ``which``: best or final), or that of the ablation SD of ``condition``."""
     sub = "sd" if condition in (None, P01.condition) else ablation_folder(condition)
-    return ldm_dir(P01) / sub / which
+    return layout.of(P01, NOTEBOOK01).ldm / sub / which
 
 
 def first_stage_folder(P01) -> Path:
     """The first stage SD was trained on: ``autoencoder.path``, or the one notebook 01 trained."""
     A = P01.autoencoder
-    return paths.resolve(A["path"]) if A["path"] else ldm_dir(P01) / "autoencoder" / "best"
+    return paths.resolve(A["path"]) if A["path"] else layout.of(P01, NOTEBOOK01).ldm / "autoencoder" / "best"
 
 
 def build_model(P01, image_size: int, latent_size: int, latent_scale: float, condition: str | None = None) -> ldm.MaskLDM:

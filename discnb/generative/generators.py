@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from discnb.core import layout
 from discnb.core.io import fingerprint
 from discnb.generative import checkpoints
 from discnb.generative.pipeline import DISCPipeline, load_pipeline
@@ -97,11 +98,6 @@ def _sd_tile_slide_generator(ctx: GeneratorContext) -> tuple:
 FINETUNED = {"SD-DISC": "sd-disc", "SD-DISC-CoTrain": "sd-disc-cotrain"}
 
 
-def disc_dir(ldm_dir: Path) -> Path:
-    """Where notebook 02 writes: ``outputs/<profile>/disc`` beside ``ldm``."""
-    return Path(ldm_dir).parent / "disc"
-
-
 @register_generator("SD-SC")
 def _sc_generator(ctx: GeneratorContext) -> tuple:
     sd, key = build_generator("SD", ctx)
@@ -110,7 +106,7 @@ def _sc_generator(ctx: GeneratorContext) -> tuple:
 
 def finetuned_folder(ldm_dir: Path, name: str, which: str = "best") -> Path:
     """Notebook 02's DISCPipeline folder of fine-tuned model ``name`` (checkpoint ``which``: best or final)."""
-    return disc_dir(ldm_dir) / FINETUNED[name] / which
+    return layout.disc_beside(ldm_dir) / FINETUNED[name] / which
 
 
 def _finetuned(name: str):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import timm
 import torch
 import torch.nn as nn
@@ -30,7 +31,7 @@ from discnb import K
 from discnb.core import paths
 from discnb.core.io import load_state_dict
 from discnb.core.train import FitConfig, TensorData, fit
-from discnb.generative.autoencoder import dihedral
+from discnb.data.augment import dihedral
 from discnb.grading.eq4 import check_lam, eq4
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -310,3 +311,30 @@ def train_carcinonet(out: str | Path, recipe: dict, real: tuple[np.ndarray, np.n
                     checkpoints_total_limit=checkpoints_total_limit, validate_every=T["validate_every"],
                     resume=resume or None, seed=seed, desc=desc, signature=signature or {}, progress=progress)
     return fit(model, make_loss(lam, T["focal_gamma"], T["dice_weight"]), tr, cfg, val=va, save_fn=save_model)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and number of seeds per (model, generator, lam, test_set, metric, label)."""
+    keys = ["model", "generator", "lam", "test_set", "metric", "label"]
+    g = df.groupby(keys, sort=False).value
+    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n_seeds": g.count()}).reset_index()
+
+
+TABLE_COLUMNS = [("pixel_accuracy", "all"), ("iou", "mean"), ("dice", "mean"), ("precision", "GG3"),
+                 ("precision", "GG4"), ("precision", "GG5"), ("iou", "GG3"), ("iou", "GG4"), ("iou", "GG5")]
+
+
+def metric_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Rows (test set, generator, lambda), columns the headline metrics, cells 'mean ± std' over
+    seeds (just the value with one seed)."""
+    s = summary.assign(cell=["n/a" if not np.isfinite(m) else f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"
+                             for m, sd, n in zip(summary["mean"], summary["std"], summary["n_seeds"])],
+                       col=summary.metric + " " + summary.label)
+    t = s.pivot_table(index=["test_set", "generator", "lam"], columns="col", values="cell", aggfunc="first", sort=False)
+    cols = [f"{m} {lab}" for m, lab in TABLE_COLUMNS if f"{m} {lab}" in t.columns]
+    return t[cols]
+
+
+def load_fig8(path: str | Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

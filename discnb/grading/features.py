@@ -51,7 +51,7 @@ from discnb.core import paths, shards
 from discnb.core.io import atomic_file, fingerprint, load_state_dict, write_json
 from discnb.core.train import FitConfig, TensorData, fit
 from discnb.data import sicap as data
-from discnb.generative.autoencoder import dihedral
+from discnb.data.augment import dihedral
 
 LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
 LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
@@ -323,7 +323,7 @@ def cached_features(ext: Extractor, out: Path, source: str, fingerprint: str,
 
 
 def index_chunks(index, size: int, chunk: int = 256) -> list[Loader]:
-    """Loaders of chunks of (image names, tiles) of a tile index (prep.read_index / the generic tile
+    """Loaders of chunks of (image names, tiles) of a tile index (prepared.read_index / the generic tile
     folder), each loading its tiles at ``size`` px when called, so that all of them are never in
     memory at once (and a process of ``accelerate launch`` loads only its own)."""
 

@@ -4,8 +4,9 @@
   per-class precision, recall, IoU and Dice, pixel accuracy and the precision of positive Gleason
   predictions;
 - slide level (TransMIL, Fig. 6): AUROC per label and their macro mean;
-- realism of generated tiles (beyond the paper): KID on given features;
-- reconstruction of the first stage (Sec. 2.1): PSNR and SSIM.
+- realism of generated tiles (beyond the paper): KID on given features.
+
+The first stage's reconstruction metrics (PSNR, SSIM) are in :mod:`discnb.data.image_metrics`.
 
 The pixel metrics are our own few lines on purpose: one ``bincount`` gives the confusion matrix
 and every metric follows from it, which is tested against scikit-learn (tests/test_metrics.py)
@@ -18,8 +19,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from discnb import K, LABELS
@@ -98,22 +97,3 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int 
         off = ~np.eye(m, dtype=bool)
         vals.append(kxx[off].mean() + kyy[off].mean() - 2 * kxy.mean())
     return float(np.mean(vals)), float(np.std(vals))
-
-
-# ============================================================================ reconstruction
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image PSNR (dB) of uint8 images."""
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
-    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image SSIM (Wang et al. 2004) of (N,H,W,3) uint8 images: ``pytorch_msssim.ssim``, the
-    standard setting (11-px Gaussian window, sigma 1.5, K = (0.01, 0.03), data range 255), mean
-    over the RGB channels. (Until issue 15 a home-made grey-level variant with a 7-px uniform
-    window; its numbers are not comparable with this one.)"""
-    from pytorch_msssim import ssim as _ssim
-
-    def chw(x):
-        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
-    return _ssim(chw(a), chw(b), data_range=255, size_average=False).numpy()

@@ -41,33 +41,28 @@ import seaborn as sns
 from tqdm.auto import tqdm
 
 from discnb import K, LABELS, plots
-from discnb.core import paths, shards
+from discnb.core import layout, paths, shards
 from discnb.core.io import atomic_file, fingerprint, write_json
 from discnb.core.notebook import cli
 from discnb.core.train import pick_device
-from discnb.data import shapes
+from discnb.data import prepared, shapes
 from discnb.generative.generators import GeneratorContext, build_generator
 from discnb.grading import judge as jg
-from discnb.grading.carcinonet import load_model, predict, train_carcinonet
+from discnb.grading.carcinonet import load_model, metric_table, predict, summarize, train_carcinonet
 from discnb.grading.eq4 import check_lam
 from discnb.grading.metrics import confusion, metrics_from_confusion
-from discnb.pipelines import prep, train_ldm
 
 NOTEBOOK = "04_carcinonet"
-STAGE = "carcinonet"
 ARCH_VERSION = 2  # bump when the code of the architecture changes: finished runs of another version are not reused
 
 
 # ===================================================================================== paths
-def out_dir(P) -> Path:
-    return paths.param_dir(P, "output_dir", STAGE)
-
 
 # ====================================================================================== data
 def load_data(P, progress: bool = True) -> dict:
     """Real tiles of train / val (fold ``val_fold``) / test / ood (rows ``ood_split``) in memory
-    (:func:`discnb.pipelines.prep.split_tiles`)."""
-    return prep.split_tiles(prep.data_dir(P), P.val_fold, P.ood_split, progress)
+    (:func:`discnb.data.prepared.split_tiles`)."""
+    return prepared.split_tiles(layout.of(P, NOTEBOOK).data, P.val_fold, P.ood_split, progress)
 
 
 def data_fingerprint(D: dict) -> str:
@@ -122,17 +117,18 @@ def synthetic_tiles(P, name: str, image_size: int, progress: bool = True) -> dic
     the chunks into ``<name>-<key>.chunk<B>-<i>.npz``, and the main process merges them into the
     one cache file and deletes them; a killed run keeps its finished chunks. Every process returns
     the whole set."""
+    L = layout.of(P, NOTEBOOK)
     S = P.synth
-    lib_path = prep.data_dir(P) / "shape_maps.npz"
+    lib_path = L.data / "shape_maps.npz"
     lib = shapes.load_library(lib_path)
     plan_key = fingerprint([S["n_tiles"], S["seed"], image_size], lib_path)
     procs = shards.processes(P.device == "cpu")  # before the model goes to a GPU: each process has its own
     device = str(pick_device(P.device))
-    ctx = GeneratorContext(train_ldm.ldm_dir(P), image_size, S["steps"], S["scheduler"], S["batch_size"], device,
+    ctx = GeneratorContext(L.ldm, image_size, S["steps"], S["scheduler"], S["batch_size"], device,
                            P.mixed_precision == "bf16")
     gen, gen_key = build_generator(name, ctx)
     key = fingerprint(f"{gen_key}/{plan_key}", n=12)
-    folder = out_dir(P) / "synthetic"
+    folder = L.out / "synthetic"
     cache = folder / f"{name}-{key}.npz"
     if cache.exists() and (got := _read_tile_cache(cache, S["n_tiles"], image_size)) is not None:
         return got
@@ -227,7 +223,7 @@ def run_signature(P, D: dict, s: RunSpec, synth_key: str | None) -> dict:
 
 def run_dir(P, sig: dict, s: RunSpec) -> Path:
     h = fingerprint(sig, n=8)
-    return out_dir(P) / "runs" / f"{s.tag}-seed{s.seed}-{h}"
+    return layout.of(P, NOTEBOOK).out / "runs" / f"{s.tag}-seed{s.seed}-{h}"
 
 
 def train_run(P, D: dict, s: RunSpec, synth: dict | None = None, progress: bool = True) -> dict:
@@ -308,28 +304,6 @@ def evaluate(P, runs: list[dict], D: dict) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(rows), cms
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and number of seeds per (model, generator, lam, test_set, metric, label)."""
-    keys = ["model", "generator", "lam", "test_set", "metric", "label"]
-    g = df.groupby(keys, sort=False).value
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n_seeds": g.count()}).reset_index()
-
-
-TABLE_COLUMNS = [("pixel_accuracy", "all"), ("iou", "mean"), ("dice", "mean"), ("precision", "GG3"),
-                 ("precision", "GG4"), ("precision", "GG5"), ("iou", "GG3"), ("iou", "GG4"), ("iou", "GG5")]
-
-
-def metric_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Rows (test set, generator, lambda), columns the headline metrics, cells 'mean ± std' over
-    seeds (just the value with one seed)."""
-    s = summary.assign(cell=["n/a" if not np.isfinite(m) else f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"
-                             for m, sd, n in zip(summary["mean"], summary["std"], summary["n_seeds"])],
-                       col=summary.metric + " " + summary.label)
-    t = s.pivot_table(index=["test_set", "generator", "lam"], columns="col", values="cell", aggfunc="first", sort=False)
-    cols = [f"{m} {lab}" for m, lab in TABLE_COLUMNS if f"{m} {lab}" in t.columns]
-    return t[cols]
-
-
 def results_extra(confusions: dict, judged: dict, runs: list[dict], synth: dict[str, dict]) -> dict:
     """What ``results.json`` holds beside the summary: confusion matrices, the judge's scores, the
     runs and each generator's tile-cache meta."""
@@ -338,7 +312,7 @@ def results_extra(confusions: dict, judged: dict, runs: list[dict], synth: dict[
 
 def save_results(P, df: pd.DataFrame, summary: pd.DataFrame, extra: dict) -> tuple[Path, Path]:
     """``results.csv`` (tidy, one row per run/test set/metric/label) and ``results.json``, atomically."""
-    out = out_dir(P)
+    out = layout.of(P, NOTEBOOK).out
     out.mkdir(parents=True, exist_ok=True)
     csv = atomic_file(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
     return csv, write_json(out / "results.json", {"summary": summary.to_dict("records"), **extra})
@@ -347,7 +321,7 @@ def save_results(P, df: pd.DataFrame, summary: pd.DataFrame, extra: dict) -> tup
 # ===================================================================================== judge
 def load_judge(P) -> jg.Judge:
     """The pattern judge notebook 01 trained with the LDM of ``ldm_dir`` (``outputs/<profile>/judge``)."""
-    return jg.load_judge(train_ldm.judge_dir(train_ldm.ldm_dir(P)), device=P.device, batch_size=P.eval_batch)
+    return jg.load_judge(layout.of(P, NOTEBOOK).judge, device=P.device, batch_size=P.eval_batch)
 
 
 def judge_synthetic(judge: jg.Judge, synth: dict[str, dict]) -> dict:
@@ -384,28 +358,12 @@ def fig8_arrays(P, runs: list[dict], D: dict) -> dict:
 
 def save_fig8(P, fig8: dict) -> Path:
     """``fig8.npz`` (atomic): the arrays of :func:`fig8_arrays`, for notebook 06."""
-    return atomic_file(out_dir(P) / "fig8.npz", lambda tmp: np.savez_compressed(tmp, **fig8))
-
-
-def load_fig8(path: str | Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def fig8_rows(fig8: dict, test_set: str = "test") -> tuple[dict, list[str]]:
-    """Fig. 8 layout: tile | ground truth | baseline | + each generator, as image-grid rows, and
-    the tiles' names as column titles."""
-    if test_set not in set(fig8["test_sets"].tolist()):
-        raise KeyError(f"no {test_set!r} tiles in the Fig. 8 arrays (test sets: {fig8['test_sets'].tolist()})")
-    rows = {"tile": list(fig8[f"{test_set}_tiles"]), "ground truth": [plots.colorize(m) for m in fig8[f"{test_set}_truth"]]}
-    for name, pred in zip(fig8["runs"].tolist(), fig8[f"{test_set}_pred"]):
-        rows[name] = [plots.colorize(m) for m in pred]
-    return rows, [str(n)[:18] for n in fig8[f"{test_set}_names"]]
+    return atomic_file(layout.of(P, NOTEBOOK).out / "fig8.npz", lambda tmp: np.savez_compressed(tmp, **fig8))
 
 
 def predictions_figure(P, fig8: dict, test_set: str = "test"):
     """Figure ``04_carcinonet_predictions`` (Fig. 8 layout)."""
-    fig = plots.image_grid(*fig8_rows(fig8, test_set))
+    fig = plots.image_grid(*plots.fig8_rows(fig8, test_set))
     plots.save(fig, figures_dir(P) / "04_carcinonet_predictions")
     return fig
 
@@ -470,7 +428,7 @@ def check(P, D: dict, synth: dict, runs: list[dict], results: pd.DataFrame, judg
     assert results.value.dropna().between(0, 1).all()
     assert all(s["images"].shape == (P.synth["n_tiles"], D["image_size"], D["image_size"], 3) for s in synth.values())
     assert judge.info["real"]["pixel_agreement"] > 0.25, judge.info["real"]
-    assert all((out_dir(P) / f).exists() for f in ("results.csv", "results.json", "fig8.npz"))
+    assert all((layout.of(P, NOTEBOOK).out / f).exists() for f in ("results.csv", "results.json", "fig8.npz"))
 
 
 # ======================================================================================= CLI
@@ -502,14 +460,15 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
     synth = all_synthetic_tiles(P, D, progress)
     runs = train_all(P, D, synth, progress)
     out = {"data": D, "synthetic": synth, "runs": runs}
-    rest = shards.on_main(procs, out_dir(P), "evaluation", lambda: evaluate_and_save(P, D, synth, runs, checks))
+    rest = shards.on_main(procs, layout.of(P, NOTEBOOK).out, "evaluation",
+                          lambda: evaluate_and_save(P, D, synth, runs, checks))
     return out | (rest or {})
 
 
 def main(argv: list[str] | None = None) -> int:
     def is_main(P):
         return shards.processes(P.device == "cpu").is_main
-    P, a = cli(NOTEBOOK, "pipelines.carcinonet", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main)
+    P, a = cli(NOTEBOOK, "pipelines.carcinonet", __doc__.split("\n\n")[0], argv, main_process=is_main)
     res = run(P, progress=not a.no_progress, checks=not a.no_checks)
     if is_main(P):
         print(metric_table(res["summary"]).to_string())

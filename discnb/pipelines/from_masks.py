@@ -2,10 +2,10 @@
 
 1. **Export** (``export: true``): notebook 01's SD and first stage, notebook 02's SD-DISC and SD-DISC-CoTrain and
    the pattern judge as :class:`discnb.generative.pipeline.DISCPipeline` folders with a ``MANIFEST.json``
-   (:mod:`discnb.pipelines.shipped`), into ``weights/<profile>/`` (smoke: ``outputs/smoke/weights/``).
+   (:mod:`discnb.grading.shipped`), into ``weights/<profile>/`` (smoke: ``outputs/smoke/weights/``).
 2. **Masks you bring**: ``n_masks`` held-out annotation masks (most labels first) written as SICAPv2 PNGs
    (grades 0/3/4/5) at twice the model's tile size, then drawn by the shipped ``model`` through
-   ``python -m discnb.generate``'s code (:func:`discnb.pipelines.masks_to_tiles.run`): tiles, manifest, resume.
+   ``python -m discnb.generate``'s code (:func:`discnb.generative.masks_to_tiles.run`): tiles, manifest, resume.
 3. **Judged**: the shipped judge's IoU of those tiles with their masks, and chance (the masks permuted).
 4. **fp16**: SD from notebook 01's float32 weights vs the shipped (fp16-stored) SD, same masks and seeds.
 5. **Manifest check**: a copy of the shipped model with one byte changed must fail to load, naming the file.
@@ -21,46 +21,35 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from discnb.core import paths
+from discnb.core import layout, paths
 from discnb.core.io import fingerprint, write_json
 from discnb.core.notebook import cli
 from discnb.data.sicap import GRADE_TO_LABEL
 from discnb.data.shapes import most_labels_first
-from discnb.generative import checkpoints, generators
+from discnb.generative import checkpoints, ldm_training
+from discnb.generative import masks_to_tiles
 from discnb.generative import pipeline as pl
 from discnb.grading import adherence
 from discnb.grading import judge as jg
+from discnb.grading import shipped
 from discnb import plots
-from discnb.pipelines import masks_to_tiles, shipped, train_ldm
 
 NOTEBOOK = "07_generate_from_masks"
 LABEL_TO_GRADE = np.array([g for g, _ in sorted(GRADE_TO_LABEL.items(), key=lambda kv: kv[1])], np.uint8)
 
 
-def out_dir(P) -> Path:
-    return paths.resolve(P.output_dir) if P.output_dir else paths.output_dir(P.profile, "generate", create=False)
-
-
-def ldm_dir(P) -> Path:
-    return paths.param_dir(P, "ldm_dir", "ldm")
-
-
-def weights(P) -> Path:
-    """The shipped models' folder: ``weights_dir``, or :func:`discnb.core.paths.weights_dir`."""
-    return paths.resolve(P.weights_dir) if P.weights_dir else paths.weights_dir(P.profile, create=False)
-
-
 def export(P) -> dict:
     """Step 1: write the shipped models from this profile's notebook 01 and 02 outputs."""
-    ldir = ldm_dir(P)
-    return shipped.export(P.profile, ldir, weights(P), P.models, P.dtype,
-                          adherence_csv=generators.disc_dir(ldir) / "adherence.csv")
+    L = layout.of(P, NOTEBOOK)
+    ldir = L.ldm
+    return shipped.export(P.profile, ldir, L.weights, P.models, P.dtype,
+                          adherence_csv=L.disc / "adherence.csv")
 
 
 def held_out_masks(P) -> np.ndarray:
     """``n_masks`` masks of notebook 01's held-out tiles, most labels first (labels 0..3)."""
-    split = train_ldm.load_split(checkpoints.ldm_params(ldm_dir(P)), progress=False)
-    masks = train_ldm.held_out(split)["masks"]
+    split = ldm_training.load_split(checkpoints.ldm_params(layout.of(P, NOTEBOOK).ldm), progress=False)
+    masks = ldm_training.held_out(split)["masks"]
     return masks[np.sort(most_labels_first(masks, min(P.n_masks, len(masks)), P.seed))]
 
 
@@ -129,9 +118,10 @@ def figure(masks: np.ndarray, tiles: np.ndarray, model: str, path: Path, n: int 
 
 def run(P, progress: bool = True, checks: bool = True) -> dict:
     """Notebook 07, steps 1-5; writes ``report.json`` (and the figure) and returns the report."""
-    out = out_dir(P)
+    L = layout.of(P, NOTEBOOK)
+    out = L.out
     out.mkdir(parents=True, exist_ok=True)
-    W = weights(P)
+    W = L.weights
     rep = {"weights_dir": str(W), "model": P.model}
     if P.export:
         man = export(P)
@@ -147,7 +137,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
     j = judged(model_dir, W / "judge", out / "masks", out / "tiles", P.seed)
     rep["judged"] = {k: j[k] for k in ("n_tiles", "mean_iou", "iou", "chance_mean_iou")}
     if P.export and P.fp16_masks and P.dtype == "fp16":
-        rep["fp16"] = shipped.fp16_effect(ldm_dir(P), W / "SD", W / "judge", masks[:P.fp16_masks], P.steps,
+        rep["fp16"] = shipped.fp16_effect(L.ldm, W / "SD", W / "judge", masks[:P.fp16_masks], P.steps,
                                           P.batch_size)
     rep["tamper"] = tamper_check(model_dir, out / "tamper")
     rep["figure"] = str(figure(j["masks"], j["tiles"], P.model, paths.figures_dir(P.profile) / "07_tiles_from_masks.png"))
@@ -167,7 +157,7 @@ def check(P, rep: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    P, a = cli(NOTEBOOK, "pipelines.from_masks", __doc__.split("\n\n")[0], out_dir, argv)
+    P, a = cli(NOTEBOOK, "pipelines.from_masks", __doc__.split("\n\n")[0], argv)
     rep = run(P, progress=not a.no_progress, checks=not a.no_checks)
     print(json.dumps({k: rep[k] for k in ("tiles", "judged")}, indent=1, default=float))
     return 0

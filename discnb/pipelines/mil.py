@@ -51,21 +51,20 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from discnb import LABELS, plots
-from discnb.core import paths, shards
+from discnb.core import layout, paths, shards
 from discnb.core.io import atomic_file, fingerprint, write_json
 from discnb.core.notebook import cli
 from discnb.core.train import pick_device
-from discnb.data import panda
+from discnb.data import panda, prepared
 from discnb.data import sicap as data
 from discnb.grading import features
 from discnb.grading.eq4 import check_lam
 from discnb.grading.metrics import auroc_scores
-from discnb.grading.mil import Bag, build_model, grid_coords, mean_bce, predict, train_model
+from discnb.grading.mil import (Bag, best_lambda_table, build_model, grid_coords, mean_bce, percent_cell, predict, summarize,
+                                train_model)
 from discnb.grading.transmil import slide_targets
-from discnb.pipelines import prep
 
 NOTEBOOK = "05_transmil_sweep"
-STAGE = "mil"
 GENERATORS = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain", "SD-tile", "SD-tile+slide")  # the last two: Fig. 7
 TEST_SETS = ("val", "test", "ood")
 ARCH_VERSION = 1  # bump when training/model code changes: cached runs of another version are not reused
@@ -79,15 +78,6 @@ PAPER = pd.DataFrame([
     ("TransMIL", "SD-DISC-CoTrain", 97.04, 0.1, None, None),
     ("TransMIL", "SD-DISC", None, None, 86.25, 0.3),
 ], columns=["model", "generator", "SICAPv2 test", "λ (test)", "PANDA", "λ (PANDA)"])
-
-
-# ===================================================================================== paths
-def out_dir(P) -> Path:
-    return paths.param_dir(P, "output_dir", STAGE)
-
-
-def tilesets_dir(P) -> Path:
-    return paths.param_dir(P, "tilesets_dir", "tilesets")
 
 
 # ================================================================================= processes
@@ -151,7 +141,7 @@ def tileset_chunks(manifest: pd.DataFrame) -> list:
 
 def find_tilesets(P, generators) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """The generators whose tile set exists, and a note for each that does not."""
-    root = tilesets_dir(P)
+    root = layout.of(P, NOTEBOOK).tilesets
     found, notes = {}, []
     for g in generators:
         if g not in GENERATORS:
@@ -178,14 +168,15 @@ def describe_sources(S: dict) -> str:
 
 def load_sources(P, progress: bool = True) -> dict:
     """Real index (train + test), the OOD index (or None) and the synthetic tile sets present."""
-    ddir = prep.data_dir(P)
-    index = prep.read_index(ddir)
+    L = layout.of(P, NOTEBOOK)
+    ddir = L.data
+    index = prepared.read_index(ddir)
     out: dict = {"index": index, "data_dir": ddir, "notes": []}
     if P.panda.get("root"):
         pz = P.panda
         procs = procs_of(P)  # several processes: the main one prepares the tiles, the others wait
-        folder = out_dir(P) / "panda"
-        shards.on_main(procs, out_dir(P), "panda", lambda: panda.prepare_panda(
+        folder = L.out / "panda"
+        shards.on_main(procs, L.out, "panda", lambda: panda.prepare_panda(
             paths.resolve(pz["root"]), folder, n_per_label=pz["n_per_label"], max_tiles=pz["max_tiles"],
             tile_px=pz["tile_px"], target_mpp=pz["target_mpp"], base_mpp=pz["base_mpp"], min_tissue=pz["min_tissue"],
             providers=tuple(pz.get("providers", [])), seed=P.seed, progress=progress))
@@ -194,7 +185,7 @@ def load_sources(P, progress: bool = True) -> dict:
         folder = paths.resolve(P.ood_dir)
         out["ood"], out["ood_name"], out["ood_fp"] = panda.read_tile_folder(folder), str(P.ood_dir), _folder_fp(folder)
     elif P.ood_split:
-        out["ood"], out["ood_name"] = prep.read_ood_index(ddir, P.ood_split), "demo OOD (notebook 00)"
+        out["ood"], out["ood_name"] = prepared.read_ood_index(ddir, P.ood_split), "demo OOD (notebook 00)"
         out["ood_fp"] = fingerprint(ddir / "ood_index.csv", P.ood_split)
     else:
         out["ood"], out["ood_name"], out["ood_fp"] = None, "", ""
@@ -214,13 +205,14 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
     Under ``accelerate launch`` a ``tilecnn`` extractor is loaded, never trained: a ``ValueError``
     asks for the one-process ``--stage extractor`` first (DDP would train another model than one
     process, and the processes would all write its folder)."""
+    L = layout.of(P, NOTEBOOK)
     E = P.extractor
     dev = str(pick_device(P.device))
     if E["name"] in features.PRETRAINED:
         return features.pretrained_extractor(E["name"], E["path"], E.get("eval_batch", 64), dev)
     if E["name"] != "tilecnn":
         raise ValueError(f"extractor.name {E['name']!r} is not one of {list(features.EXTRACTORS)}")
-    size = int(E.get("input_size") or prep.prep_params(S["data_dir"])["image_size"])
+    size = int(E.get("input_size") or prepared.prep_params(S["data_dir"])["image_size"])
     train = S["index"][(S["index"].split == "train") & S["index"].mask_path.astype(bool)]
     if train.empty:
         raise data.DataError(f"{S['data_dir']}/index.csv: no training tile with a mask to train the tilecnn extractor")
@@ -229,21 +221,21 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
 
     def tiles():  # called only when no finished extractor of this signature is there
         if procs.world > 1:
-            raise ValueError(f"the tilecnn extractor is not trained yet ({out_dir(P) / 'extractors'}); under accelerate "
+            raise ValueError(f"the tilecnn extractor is not trained yet ({L.out / 'extractors'}); under accelerate "
                              f"launch it is not trained ({procs.world} processes would train another model than one and "
                              "all write its folder): train it first with one process, python -m discnb.pipelines.mil "
                              "--params FILE --stage extractor, then launch again")
         imgs, _ = data.load_tiles(train, size, progress=progress)
         return imgs, train[list(data.FRACTION_COLUMNS)].to_numpy(np.float32)
     key = fingerprint(S["real_fp"], "train-split")
-    return features.tilecnn_extractor(E, out_dir(P), tiles, key, size, progress, dev)
+    return features.tilecnn_extractor(E, L.out, tiles, key, size, progress, dev)
 
 
 def extract_all(P, ext: features.Extractor, S: dict, progress: bool = True) -> dict:
     """Features of every source (cached): real, ood, synth-<generator>. Under ``accelerate launch``
     each source's tile chunks are split over the processes (:func:`discnb.grading.features.cached_features`)
     and every process returns all features."""
-    out = out_dir(P)
+    out = layout.of(P, NOTEBOOK).out
     procs = shards.processes(P.device == "cpu")
     F_ = {"real": features.cached_features(ext, out, "real", S["real_fp"], features.index_chunks(S["index"], ext.input_size),
                                            progress, len(S["index"]), procs)}
@@ -251,7 +243,7 @@ def extract_all(P, ext: features.Extractor, S: dict, progress: bool = True) -> d
         F_["ood"] = features.cached_features(ext, out, "ood", S["ood_fp"], features.index_chunks(S["ood"], ext.input_size),
                                              progress, len(S["ood"]), procs)
     for g, m in S["tilesets"].items():
-        fp = tileset_fingerprint(tilesets_dir(P) / g, m)
+        fp = tileset_fingerprint(layout.of(P, NOTEBOOK).tilesets / g, m)
         F_[f"synth-{g}"] = features.cached_features(ext, out, f"synth-{g}", fp, tileset_chunks(m), progress,
                                                     int(m.n_tiles.sum()) if "n_tiles" in m else None, procs)
     return F_
@@ -360,7 +352,7 @@ def run_record(P, spec: RunSpec, keys: dict) -> tuple[dict, Path]:
            "synth": keys.get(f"synth-{spec.generator}") if spec.generator else None,
            "generator": spec.generator, "lam": spec.lam, "fold": spec.fold, "seed": spec.seed}
     h = fingerprint(sig, n=10)
-    return sig, out_dir(P) / "runs" / f"{spec.tag}-fold{spec.fold}-seed{spec.seed}-{h}.json"
+    return sig, layout.of(P, NOTEBOOK).out / "runs" / f"{spec.tag}-fold{spec.fold}-seed{spec.seed}-{h}.json"
 
 
 def stored_run(P, spec: RunSpec, keys: dict) -> dict | None:
@@ -408,7 +400,7 @@ def run_keys(P, S: dict, ext: features.Extractor) -> dict:
     """What the inputs of every run are (extractor, real, OOD and synthetic sources): part of each
     run's signature, so a run is redone when any of them changes."""
     keys = {"extractor": ext.key, "real": S["real_fp"], "ood": S["ood_fp"]}
-    return keys | {f"synth-{g}": tileset_fingerprint(tilesets_dir(P) / g, m) for g, m in S["tilesets"].items()}
+    return keys | {f"synth-{g}": tileset_fingerprint(layout.of(P, NOTEBOOK).tilesets / g, m) for g, m in S["tilesets"].items()}
 
 
 def run_sweep(P, B: dict, keys: dict, progress: bool = True) -> list[dict]:
@@ -425,7 +417,7 @@ def run_sweep(P, B: dict, keys: dict, progress: bool = True) -> list[dict]:
         raise ValueError("folds and seeds must each name at least one")
     specs = run_specs(P, list(B["synth"]))
     procs = procs_of(P)
-    folder = out_dir(P) / "runs"
+    folder = layout.of(P, NOTEBOOK).out / "runs"
     trained: dict[int, dict] = {}
     state: dict = {}
 
@@ -487,75 +479,14 @@ def results_frame(runs: list[dict], extractor: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof 0) and count over folds and seeds, per model/generator/lam/test set/label."""
-    keys = ["model", "generator", "lam", "test_set", "metric", "label"]
-    g = df.groupby(keys, sort=False).value
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n": g.count()}).reset_index()
-
-
-def _cell(m, s, n) -> str:
-    if not np.isfinite(m):
-        return "n/a"
-    return f"{100 * m:.2f} ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}"
-
-
 def baseline_table(summary: pd.DataFrame) -> pd.DataFrame:
     """AUROC (%) mean ± std of the baselines (and every λ) per test set, macro and GG5."""
     s = summary[(summary.metric == "auroc") & summary.label.isin(["macro", "GG5"])].copy()
-    s["cell"] = [_cell(m, sd, n) for m, sd, n in zip(s["mean"], s["std"], s["n"])]
+    s["cell"] = [percent_cell(m, sd, n) for m, sd, n in zip(s["mean"], s["std"], s["n"])]
     s["col"] = s.test_set + " " + s.label
     t = s.pivot_table(index=["model", "generator", "lam"], columns="col", values="cell", aggfunc="first", sort=False)
     cols = [f"{ts} {lab}" for ts in TEST_SETS for lab in ("macro", "GG5") if f"{ts} {lab}" in t.columns]
     return t[cols]
-
-
-def select_lambda(summary: pd.DataFrame, generator: str) -> tuple[float, str]:
-    """λ* of ``generator``, chosen on validation only (the test split and the OOD set never enter):
-    the λ > 0 of the highest mean validation macro AUROC (ties to the smaller λ); where validation
-    AUROC is undefined (e.g. single-class validation folds), the lowest validation BCE. Returns
-    (λ*, what it was selected on); (NaN, "no validation") without validation rows."""
-    s = summary[(summary.model == "TransMIL") & (summary.generator == generator) & (summary.test_set == "val")]
-    va = s[(s.metric == "auroc") & (s.label == "macro")].dropna(subset=["mean"])
-    vb = s[s.metric == "bce"].dropna(subset=["mean"])
-    if len(va):
-        return float(va.sort_values(["mean", "lam"], ascending=[False, True]).lam.iloc[0]), "val AUROC"
-    if len(vb):
-        return float(vb.sort_values(["mean", "lam"]).lam.iloc[0]), "val BCE"
-    return float("nan"), "no validation"
-
-
-def best_lambda_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per generator: λ* chosen on validation (highest mean macro AUROC over λ > 0; where validation
-    AUROC is undefined, e.g. single-class validation folds, the lowest validation BCE), the
-    test/OOD macro and GG5 AUROC at λ* and their change over the TransMIL baseline; and, flagged as
-    chosen on the test set itself (the paper's reading of Fig. 6), the λ that is best on test and
-    on OOD."""
-    s = summary[summary.model == "TransMIL"]
-    a = s[s.metric == "auroc"]
-    base = a[a.generator == "none"].set_index(["test_set", "label"])["mean"]
-
-    def at(gen, lam, ts, lab):
-        r = a[(a.generator == gen) & (a.lam == lam) & (a.test_set == ts) & (a.label == lab)]
-        return (float(r["mean"].iloc[0]), float(r["std"].iloc[0]), int(r["n"].iloc[0])) if len(r) else (np.nan, np.nan, 0)
-
-    rows = []
-    for gen in [g for g in s.generator.unique() if g != "none"]:
-        row = {"generator": gen}
-        lam_star, row["selected on"] = select_lambda(s, gen)
-        row["λ* (val)"] = lam_star
-        for ts in ("test", "ood"):
-            for lab in ("macro", "GG5"):
-                m, sd, n = at(gen, lam_star, ts, lab)
-                row[f"{ts} {lab} @λ*"] = _cell(m, sd, n)
-                b = base.get((ts, lab), np.nan)
-                row[f"{ts} {lab} Δ"] = f"{100 * (m - b):+.2f}" if np.isfinite(m) and np.isfinite(b) else "n/a"
-            st = a[(a.generator == gen) & (a.test_set == ts) & (a.label == "macro")].dropna(subset=["mean"])
-            if len(st):
-                top = st.sort_values(["mean", "lam"], ascending=[False, True]).iloc[0]
-                row[f"best λ on {ts} (optimistic)"] = f"{top.lam:g}: {100 * top['mean']:.2f}"
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("generator") if rows else pd.DataFrame()
 
 
 def results_extra(S: dict, ext: features.Extractor, B: dict, runs: list[dict]) -> dict:
@@ -567,7 +498,7 @@ def results_extra(S: dict, ext: features.Extractor, B: dict, runs: list[dict]) -
 
 def save_results(P, df: pd.DataFrame, summary: pd.DataFrame, extra: dict) -> tuple[Path, Path]:
     """``results.csv`` (tidy) and ``results.json`` (summary + :func:`results_extra`), atomically."""
-    out = out_dir(P)
+    out = layout.of(P, NOTEBOOK).out
     out.mkdir(parents=True, exist_ok=True)
     csv = atomic_file(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
     return csv, write_json(out / "results.json", {"summary": summary.to_dict("records"), **extra})
@@ -594,13 +525,14 @@ def sweep_figure(P, summary: pd.DataFrame, S: dict):
 
 def check(P, S: dict, ext: features.Extractor, B: dict, runs: list[dict], results: pd.DataFrame) -> None:
     """The notebook's sanity checks: every run trained, metrics in [0, 1], one extractor, files written."""
+    L = layout.of(P, NOTEBOOK)
     n_gen = len(B["synth"])
     assert len(runs) == len(P.folds) * len(P.seeds) * (1 + int(P.mixed_supervision) + n_gen * sum(lam > 0 for lam in P.lams))
     assert set(results.test_set) >= {"val", "test"} and (S["ood"] is None or "ood" in set(results.test_set))
     assert results.value.dropna().between(0, 1).all() and results.value.notna().any()
     assert set(results.extractor) == {ext.key}
     assert all(1 <= r["fit"]["best_epoch"] <= r["fit"]["epochs"] <= P.train["max_epochs"] for r in runs)
-    assert (out_dir(P) / "results.csv").exists() and (out_dir(P) / "results.json").exists()
+    assert (L.out / "results.csv").exists() and (L.out / "results.json").exists()
 
 
 # ======================================================================================= CLI
@@ -628,13 +560,14 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
     B = build_bags(P, S, F_)
     runs = run_sweep(P, B, run_keys(P, S, ext), progress)
     out = {"sources": S, "extractor": ext, "features": F_, "bags": B, "runs": runs}
-    return out | (shards.on_main(procs, out_dir(P), "results", lambda: save_all(P, S, ext, B, runs, checks)) or {})
+    return out | (shards.on_main(procs, layout.of(P, NOTEBOOK).out, "results",
+                                 lambda: save_all(P, S, ext, B, runs, checks)) or {})
 
 
 def main(argv: list[str] | None = None) -> int:
     def is_main(P):
         return procs_of(P).is_main
-    P, a = cli(NOTEBOOK, "pipelines.mil", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main,
+    P, a = cli(NOTEBOOK, "pipelines.mil", __doc__.split("\n\n")[0], argv, main_process=is_main,
                configure=lambda ap: ap.add_argument(
                    "--stage", choices=("all", "extractor"), default="all",
                    help="all = the notebook's steps (under accelerate launch: features and runs split over the "

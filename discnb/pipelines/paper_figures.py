@@ -11,7 +11,7 @@ figure         reads                                       written by
 ``fig6``       ``mil/results.csv``, ``results.json``        notebook 05 (λ sweep, Fig. 6)
 ``fig7``       ``ablation/...`` (see :func:`load_ablation`)  notebooks 01, 03, 05 per condition
 ``fig8``       ``carcinonet/results.json`` + runs/best      notebook 04 (Fig. 8 layout)
-``bench``      ``bench.json``                              ``python -m discnb.pipelines.bench``
+``bench``      ``bench.json``                              ``python -m discnb.grading.bench``
 =============  ==========================================  ====================================
 
 A missing input raises :class:`MissingInput`, whose message names what to run; notebook 06
@@ -32,11 +32,12 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from discnb import plots
-from discnb.core import io, paths
+from discnb.core import io, layout, paths
 from discnb.core.notebook import cli
-from discnb.pipelines import bench as B
-from discnb.pipelines import carcinonet as cn
-from discnb.pipelines import mil, sc_disc
+from discnb.grading import bench as B
+from discnb.grading import carcinonet as gc
+from discnb.grading import comparison
+from discnb.grading import mil
 from discnb.plots import colour, order
 
 NOTEBOOK = "06_figures"
@@ -45,14 +46,15 @@ FIGURES = ("fig5", "adherence", "cost", "fig6", "fig7", "fig8", "bench")
 ABLATION_GENERATORS = {"SD": "pixel", "SD-tile": "tile", "SD-tile+slide": "tile+slide"}
 CONDITIONS = ("pixel", "tile", "tile+slide")
 
-# What each figure reads (relative to outputs/<profile>/) and which notebook writes it.
+# What each figure reads ((stage folder of discnb.core.layout.Layout, file); "root": outputs/<profile>) and
+# which notebook writes it.
 REQUIRES = {
-    "fig5": (["disc/comparison_samples.npz"], "notebooks/02_sc_disc.ipynb"),
-    "adherence": (["disc/comparison.csv"], "notebooks/02_sc_disc.ipynb"),
-    "cost": (["disc/comparison.csv", "disc/sc_cost.csv"], "notebooks/02_sc_disc.ipynb"),
-    "fig6": (["mil/results.csv"], "notebooks/05_transmil_sweep.ipynb"),
-    "fig8": (["carcinonet/fig8.npz", "carcinonet/results.csv"], "notebooks/04_carcinonet.ipynb"),
-    "bench": (["bench.json"], "python -m discnb.pipelines.bench --profile {profile}"),
+    "fig5": ([("disc", "comparison_samples.npz")], "notebooks/02_sc_disc.ipynb"),
+    "adherence": ([("disc", "comparison.csv")], "notebooks/02_sc_disc.ipynb"),
+    "cost": ([("disc", "comparison.csv"), ("disc", "sc_cost.csv")], "notebooks/02_sc_disc.ipynb"),
+    "fig6": ([("mil", "results.csv")], "notebooks/05_transmil_sweep.ipynb"),
+    "fig8": ([("carcinonet", "fig8.npz"), ("carcinonet", "results.csv")], "notebooks/04_carcinonet.ipynb"),
+    "bench": ([("root", "bench.json")], "python -m discnb.grading.bench --profile {profile}"),
 }
 
 
@@ -69,36 +71,40 @@ def run_hint(name: str, profile: str) -> str:
 def inputs_present(name: str, profile: str) -> bool:
     """Whether figure ``name`` has every stored input it reads."""
     if name == "fig7":
-        main = paths.output_dir(profile, "mil", create=False) / "results.csv"
+        main = stored(profile).mil / "results.csv"
         in_main = main.exists() and bool(set(pd.read_csv(main, usecols=["generator"]).generator)
                                          & (set(ABLATION_GENERATORS) - {"SD"}))
         return in_main or bool(ablation_sources(profile))
-    files, _ = REQUIRES[name]
-    root = paths.output_dir(profile, create=False)
-    return all((root / f).exists() for f in files)
+    L = stored(profile)
+    return all((getattr(L, stage) / f).exists() for stage, f in REQUIRES[name][0])
 
 
-def require(name: str, profile: str) -> Path:
-    """``outputs/<profile>`` if figure ``name``'s inputs are there, else :class:`MissingInput`."""
-    root = paths.output_dir(profile, create=False)
-    missing = [str(root / f) for f in REQUIRES[name][0] if not (root / f).exists()]
+def stored(profile: str) -> layout.Layout:
+    """The stage folders of ``profile`` that notebook 06 reads."""
+    return layout.of({"profile": profile})
+
+
+def require(name: str, profile: str) -> layout.Layout:
+    """The stage folders of ``profile`` if figure ``name``'s inputs are there, else :class:`MissingInput`."""
+    L = stored(profile)
+    missing = [str(getattr(L, stage) / f) for stage, f in REQUIRES[name][0] if not (getattr(L, stage) / f).exists()]
     if missing:
         raise MissingInput(f"{name}: {', '.join(missing)} not found; {run_hint(name, profile)} first")
-    return root
+    return L
 
 
 def load_comparison(profile: str) -> pd.DataFrame:
     """Notebook 02's tidy comparison (model, seed, metric, label, value)."""
-    return pd.read_csv(require("adherence", profile) / "disc" / "comparison.csv")
+    return pd.read_csv(require("adherence", profile).disc / "comparison.csv")
 
 
 def load_fig5(profile: str) -> dict:
-    return sc_disc.load_samples(require("fig5", profile) / "disc")
+    return comparison.load_samples(require("fig5", profile).disc)
 
 
 def load_mil(profile: str) -> tuple[pd.DataFrame, str]:
     """Notebook 05's summary (mean ± std over folds and seeds) and the OOD set's name."""
-    root = require("fig6", profile) / "mil"
+    root = require("fig6", profile).mil
     js = root / "results.json"
     ood = json.loads(js.read_text()).get("ood", "OOD") if js.exists() else "OOD"
     return mil.summarize(pd.read_csv(root / "results.csv")), ood or "OOD"
@@ -113,7 +119,7 @@ def fig5(cmp: dict, n: int = 4):
 # ============================================================================= mask adherence
 def adherence_table(df: pd.DataFrame) -> pd.DataFrame:
     """Notebook 02's table (IoU per class, mean IoU, KID, s/tile, UNet evals/tile as 'mean ± std')."""
-    return sc_disc.table(sc_disc.summarize(df), order(df.model[df.model != plots.CHANCE]))
+    return comparison.table(comparison.summarize(df), order(df.model[df.model != plots.CHANCE]))
 
 
 # ============================================================================= cost vs adherence
@@ -177,7 +183,7 @@ def best_lambda_table(summary: pd.DataFrame) -> pd.DataFrame:
 # ===================================================================================== Fig. 7
 def ablation_sources(profile: str) -> dict[str, Path]:
     """Where the conditioning ablation's results are (see :func:`load_ablation`)."""
-    root = paths.output_dir(profile, "ablation", create=False)
+    root = stored(profile).ablation
     if (root / "results.csv").exists():
         return {"all": root / "results.csv"}
     return {c: root / c / "mil" / "results.csv" for c in CONDITIONS if (root / c / "mil" / "results.csv").exists()}
@@ -209,7 +215,7 @@ def load_ablation(profile: str, generator: str = "SD") -> pd.DataFrame:
     Only TransMIL rows of ``generator`` (λ > 0) and the real-only baseline (λ = 0) are kept. A
     figure needs at least one non-pixel condition; otherwise :class:`MissingInput`.
     """
-    main = paths.output_dir(profile, "mil", create=False) / "results.csv"
+    main = stored(profile).mil / "results.csv"
     src = ablation_sources(profile)
     mdf = pd.read_csv(main) if main.exists() else None
     if mdf is not None and set(mdf.generator) & (set(ABLATION_GENERATORS) - {"SD"}):
@@ -267,7 +273,7 @@ def fig7(df: pd.DataFrame, labels=("macro", "GG5"), sets=("test", "ood"), ood_na
 def load_fig8(profile: str) -> dict:
     """What notebook 04 stored for Fig. 8 (``carcinonet/fig8.npz``: tiles, truth and each run's
     predicted label maps per test set); nothing is predicted here."""
-    return cn.load_fig8(require("fig8", profile) / "carcinonet" / "fig8.npz")
+    return gc.load_fig8(require("fig8", profile).carcinonet / "fig8.npz")
 
 
 def fig8(stored: dict, n_tiles: int = 4, test_sets=("test",)) -> dict:
@@ -280,7 +286,7 @@ def fig8(stored: dict, n_tiles: int = 4, test_sets=("test",)) -> dict:
         if ts not in have:
             print(f"[fig8] left out: notebook 04 stored no {ts!r} tiles (it has {have})")
             continue
-        rows, titles = cn.fig8_rows(stored, ts)
+        rows, titles = plots.fig8_rows(stored, ts)
         out[ts] = plots.image_grid({k: v[:n_tiles] for k, v in rows.items()}, titles[:n_tiles])
     if not out:
         raise MissingInput(f"fig8: notebook 04 stored none of the test sets {list(test_sets)} (it has {have})")
@@ -289,8 +295,8 @@ def fig8(stored: dict, n_tiles: int = 4, test_sets=("test",)) -> dict:
 
 def carcinonet_table(profile: str) -> pd.DataFrame:
     """Notebook 04's metric table (mean ± std over seeds) from its ``results.csv``."""
-    root = require("fig8", profile) / "carcinonet"
-    return cn.metric_table(cn.summarize(pd.read_csv(root / "results.csv")))
+    root = require("fig8", profile).carcinonet
+    return gc.metric_table(gc.summarize(pd.read_csv(root / "results.csv")))
 
 
 # ================================================================================== benchmark
@@ -301,11 +307,11 @@ def should_run_bench(mode: str, profile: str) -> bool:
     """Notebook 06's ``run_bench``: never, when ``outputs/<profile>/bench.json`` is missing, or always."""
     if mode not in BENCH_MODES:
         raise ValueError(f"run_bench must be one of {BENCH_MODES}, got {mode!r}")
-    return mode == "always" or (mode == "missing" and not (paths.output_dir(profile, create=False) / "bench.json").exists())
+    return mode == "always" or (mode == "missing" and not (stored(profile).root / "bench.json").exists())
 
 
 def load_bench(profile: str) -> dict:
-    return json.loads((require("bench", profile) / "bench.json").read_text())
+    return json.loads((require("bench", profile).root / "bench.json").read_text())
 
 
 def bench_table(b: dict) -> pd.DataFrame:
@@ -363,7 +369,7 @@ def step_adherence(P):
 
 
 def step_cost(P):
-    root = require("cost", P.profile) / "disc"
+    root = require("cost", P.profile).disc
     return {"06_cost_vs_adherence": fig_cost(pd.read_csv(root / "comparison.csv"), pd.read_csv(root / "sc_cost.csv"))}, None
 
 
@@ -397,7 +403,7 @@ def bench_if_asked(P) -> Path | None:
     if not should_run_bench(P.run_bench, P.profile):
         return None
     b = B.run(P.profile, B.Settings(**P.bench), progress=False)
-    return B.save(b, paths.output_dir(P.profile) / "bench.json")
+    return B.save(b, stored(P.profile).root / "bench.json")
 
 
 # ================================================================================== bookkeeping
@@ -408,7 +414,7 @@ class Report:
         unknown = sorted(set(P.figures_wanted) - set(FIGURES))
         if unknown:
             raise ValueError(f"unknown figure(s) {unknown}; known: {list(FIGURES)}")
-        self.P, self.out = P, Path(out) if out is not None else out_dir(P)
+        self.P, self.out = P, Path(out) if out is not None else layout.of(P, NOTEBOOK).out
         self.wanted = list(P.figures_wanted)
         self.made: dict[str, list[str]] = {}
         self.missing: dict[str, str] = {}
@@ -459,13 +465,9 @@ class Report:
                     f"{name}: no figure and no message naming what to run"
 
 
-def out_dir(P) -> Path:
-    return paths.resolve(P.output_dir) if P.output_dir else paths.output_dir(P.profile, "figures", create=False)
-
-
 def run(P, progress: bool = True, checks: bool = True) -> Report:
     """Notebook 06: the benchmark if asked, every wanted figure from stored results, ``report.json``."""
-    out_dir(P).mkdir(parents=True, exist_ok=True)
+    layout.of(P, NOTEBOOK).out.mkdir(parents=True, exist_ok=True)
     bench_if_asked(P)
     R = Report(P)
     for name in FIGURES:
@@ -478,7 +480,7 @@ def run(P, progress: bool = True, checks: bool = True) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    P, a = cli(NOTEBOOK, "pipelines.paper_figures", __doc__.split("\n\n")[0].split(";")[0], out_dir, argv)
+    P, a = cli(NOTEBOOK, "pipelines.paper_figures", __doc__.split("\n\n")[0].split(";")[0], argv)
     print(run(P, checks=not a.no_checks).frame().to_string())
     return 0
 

@@ -20,7 +20,6 @@ import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -29,32 +28,23 @@ import torch
 from tqdm.auto import tqdm
 
 from discnb import LABELS, plots
-from discnb.core import io, paths, shards
+from discnb.core import io, layout, paths, shards
 from discnb.core.notebook import cli
 from discnb.core.train import TensorData, fit, pick_device, process_state
 from discnb.data import shapes
-from discnb.generative import autoencoder as ae
+from discnb.data.augment import dihedral
 from discnb.generative import checkpoints as ck
-from discnb.generative import disc, generators, ldm
+from discnb.generative import disc, generators, ldm, ldm_training
 from discnb.generative import pipeline as pl
 from discnb.generative.sampling import evals_per_step
 from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.grading import metrics
-from discnb.pipelines import prep, train_ldm
+from discnb.grading.comparison import CHANCE, summarize, table
 
 NOTEBOOK = "02_sc_disc"
 MODELS = ("SD", "SD-SC", "SD-DISC", "SD-DISC-CoTrain")
-CHANCE = plots.CHANCE  # the row of SD's tiles scored against other tiles' masks
 VARIANTS = generators.FINETUNED  # fine-tuned model -> its folder under disc/
-
-
-def ldm_dir(P) -> Path:
-    return train_ldm.ldm_dir(P)
-
-
-def out_dir(P) -> Path:
-    return paths.resolve(P.output_dir) if P.output_dir else generators.disc_dir(ldm_dir(P))
 
 
 def device_of(P) -> str:
@@ -62,16 +52,18 @@ def device_of(P) -> str:
 
 
 def context(P, section: dict) -> generators.GeneratorContext:
-    summary = json.loads((ldm_dir(P) / "summary.json").read_text()) if (ldm_dir(P) / "summary.json").exists() else {}
-    return generators.GeneratorContext(ldm_dir(P), int(summary.get("image_size", 0)), section["steps"],
+    L = layout.of(P, NOTEBOOK)
+    summary = json.loads((L.ldm / "summary.json").read_text()) if (L.ldm / "summary.json").exists() else {}
+    return generators.GeneratorContext(L.ldm, int(summary.get("image_size", 0)), section["steps"],
                                        section["scheduler"], section["batch_size"], device_of(P),
                                        P.mixed_precision == "bf16")
 
 
 def check_out_dir(P) -> None:
     """Notebook 02 writes beside notebook 01's LDM (``disc/``); the SD-DISC generators read there."""
-    if P.output_dir and paths.resolve(P.output_dir) != generators.disc_dir(ldm_dir(P)):
-        warnings.warn(f"output_dir {P.output_dir} is not {generators.disc_dir(ldm_dir(P))}: the SD-DISC generators of "
+    L = layout.of(P, NOTEBOOK)
+    if P.output_dir and paths.resolve(P.output_dir) != layout.disc_beside(L.ldm):
+        warnings.warn(f"output_dir {P.output_dir} is not {layout.disc_beside(L.ldm)}: the SD-DISC generators of "
                       "notebooks 03/04 will not find these models")
 
 
@@ -80,13 +72,14 @@ def make_disc_data(P, progress: bool = True) -> dict:
     """Generate (or finish) the DISC data: ``disc_data.n`` sets of separated z_0^k, in shards.
     Under ``accelerate launch`` the unfinished shards are split over the processes (the same bytes
     as one process: :func:`discnb.generative.disc.generate_disc_data`); every process returns the data."""
+    L = layout.of(P, NOTEBOOK)
     D = P.disc_data
     procs = shards.processes(P.device == "cpu")  # before SD goes to a GPU: each process has its own
     sd, key = generators.build_generator("SD", context(P, D))
     t0 = time.perf_counter()
-    manifest = disc.generate_disc_data(sd, out_dir(P) / "disc_data", D["n"], D["seed"], D["shard_size"], key, progress,
+    manifest = disc.generate_disc_data(sd, L.out / "disc_data", D["n"], D["seed"], D["shard_size"], key, progress,
                                        procs=procs)
-    data = disc.load_disc_data(out_dir(P) / "disc_data")
+    data = disc.load_disc_data(L.out / "disc_data")
     secs = sum(s["seconds"] for s in manifest["shards"].values())
     return data | {"seconds_total": secs, "sec_per_set": secs / max(1, D["n"]), "this_call_s": time.perf_counter() - t0}
 
@@ -95,26 +88,27 @@ def make_disc_data(P, progress: bool = True) -> dict:
 def finetune(P, variant: str, data: dict, progress: bool = True) -> dict:
     """SD-DISC (Eq. 3 only) or SD-DISC-CoTrain (mean of L_LDM on real tiles and L_DISC), both
     starting from SD's best weights, through the project's one training loop."""
+    L = layout.of(P, NOTEBOOK)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-    P01 = ck.ldm_params(ldm_dir(P))
-    summary01 = ck.check_ldm(ldm_dir(P), P01, json.loads((ldm_dir(P) / "summary.json").read_text())["image_size"])
+    P01 = ck.ldm_params(L.ldm)
+    summary01 = ck.check_ldm(L.ldm, P01, json.loads((L.ldm / "summary.json").read_text())["image_size"])
     size = summary01["image_size"]
     model, vq = ck.load_trained(P01)
-    split = train_ldm.load_split(P01, progress=False)
-    z, _ = train_ldm.encode_split(vq, split, model.latent_scale)
-    lib = shapes.load_library(prep.data_dir(P01) / "shape_maps.npz")
+    split = ldm_training.load_split(P01, progress=False)
+    z, _ = ldm_training.encode_split(vq, split, model.latent_scale)
+    lib = shapes.load_library(layout.of(P01).data / "shape_maps.npz")
     maps = torch.from_numpy(np.stack([shapes.resize_mask(m, size) for m in lib["maps"]]))
 
     def tensors(k):
         return {"z": z[k], "mask": torch.from_numpy(split[k]["masks"]), "slide": torch.from_numpy(split[k]["slide"])}
-    aug = lambda b: ae.dihedral(b, ("z", "mask"))  # noqa: E731
+    aug = lambda b: dihedral(b, ("z", "mask"))  # noqa: E731
     cot = variant == "SD-DISC-CoTrain"
     train = disc.DISCData(data["z0"], maps, size, real=tensors("train") if cot else None, augment=aug)
     val = TensorData(tensors("val")) if len(split["val"]["imgs"]) else None  # L_LDM on real validation tiles
     F = P.finetune
     sig = {"kind": variant, "disc_data": data["manifest"]["plan"], "finetune": F}  # the plan names SD's fingerprint
-    cfg = train_ldm.fit_config(P, out_dir(P) / VARIANTS[variant], F, variant, sig, progress)
+    cfg = ldm_training.fit_config(P, L.out / VARIANTS[variant], F, variant, sig, progress)
     sched = ldm.noise_scheduler()
     res = fit(model, disc.disc_loss(sched.alphas_cumprod, cot), train, cfg, val=val,
               save_fn=pl.DISCPipeline.saver(vq))
@@ -122,20 +116,6 @@ def finetune(P, variant: str, data: dict, progress: bool = True) -> dict:
 
 
 # ================================================================================ comparison
-def comparison_masks(masks: np.ndarray, n: int, seed: int, latent: int) -> np.ndarray:
-    """Indices of ``n`` held-out masks: three quarters multi-label (on the latent grid, where SC
-    fuses), the rest any; fixed by ``seed``."""
-    rng = np.random.default_rng(seed)
-    lat = disc.downsample_mask(torch.from_numpy(masks), latent).numpy()
-    n_labels = np.array([len(np.unique(m)) for m in lat])
-    multi, rest = np.flatnonzero(n_labels > 1), np.flatnonzero(n_labels <= 1)
-    k = min(len(multi), int(np.ceil(0.75 * n)))
-    pick = list(rng.choice(multi, k, replace=False)) if k else []
-    pick += list(rng.choice(rest if len(rest) else multi, min(n - k, len(rest) if len(rest) else len(multi) - k),
-                            replace=False))
-    return np.array(sorted(pick), dtype=np.int64)
-
-
 def build(P, name: str, section: dict):
     """A generator by name; ``SD-SC-step`` is SD-SC fusing at every step (the project page's drawing)."""
     if name == "SD-SC-step":
@@ -150,13 +130,13 @@ def build(P, name: str, section: dict):
 
 def load_judge(P) -> jg.Judge:
     """The pattern judge notebook 01 trained (``outputs/<profile>/judge``); the error says to run it."""
-    return jg.load_judge(train_ldm.judge_dir(ldm_dir(P)), device=device_of(P))
+    return jg.load_judge(layout.of(P, NOTEBOOK).judge, device=device_of(P))
 
 
 def ceiling(P, judge: jg.Judge) -> float:
     """The adherence ceiling: notebook 01's ``recon_on_recon`` (the judge on first-stage
     reconstructions of held-out real tiles), from its ``judge_report.json``."""
-    f = train_ldm.judge_dir(ldm_dir(P)) / "judge_report.json"
+    f = layout.of(P, NOTEBOOK).judge / "judge_report.json"
     if not f.exists():
         raise FileNotFoundError(f"{f}: no judge report; run notebooks/01_train_ldm.ipynb for this profile to the end")
     return float(json.loads(f.read_text())["recon_on_recon"]["mean_iou"])
@@ -165,9 +145,9 @@ def ceiling(P, judge: jg.Judge) -> float:
 def adherence_sets(P, src: dict, latent_side: int) -> dict:
     """:func:`discnb.grading.adherence.mask_sets` for this notebook: ``adherence``'s sizes, notebook
     00's shape-map library at SD's tile size, the held-out masks ``src``; plus ``real_index``."""
-    P01 = ck.ldm_params(ldm_dir(P))
+    P01 = ck.ldm_params(layout.of(P, NOTEBOOK).ldm)
     size = src["masks"].shape[-1]
-    lib = shapes.load_library(prep.data_dir(P01) / "shape_maps.npz")
+    lib = shapes.load_library(layout.of(P01).data / "shape_maps.npz")
     maps = np.stack([shapes.resize_mask(m, size) for m in lib["maps"]])
     A = P.adherence
     sets = adherence.mask_sets(maps, src["masks"], A["n_multi"], A["n_single"], A["n_real"], P.seed, latent_side,
@@ -187,9 +167,9 @@ def compare(P, progress: bool = True) -> dict:
     distance and every model would score alike. ``ranking``: the same on the first
     ``adherence.ranking_masks`` multi-label masks at ``adherence.ranking_steps`` DDIM steps (the
     paper's 200), one seed, to show that the table's fewer steps keep the models' order."""
-    P01 = ck.ldm_params(ldm_dir(P))
-    split = train_ldm.load_split(P01, progress=False)
-    src = train_ldm.held_out(split)
+    P01 = ck.ldm_params(layout.of(P, NOTEBOOK).ldm)
+    split = ldm_training.load_split(P01, progress=False)
+    src = ldm_training.held_out(split)
     C, A = P.compare, P.adherence
     judge = load_judge(P)
     top = ceiling(P, judge)
@@ -277,30 +257,15 @@ def ranking_table(adh: pd.DataFrame, ranking: pd.DataFrame) -> pd.DataFrame:
 
 
 def conditioning(P, n: int = 256) -> pd.DataFrame:
-    """:func:`discnb.pipelines.train_ldm.conditioning_report` of SD and of each fine-tuned model on the same
+    """:func:`discnb.generative.ldm_training.conditioning_report` of SD and of each fine-tuned model on the same
     real validation latents: how much each model's noise prediction depends on the mask at all."""
-    P01 = ck.ldm_params(ldm_dir(P))
-    inputs = train_ldm.report_inputs(P01)
-    folders = {v: out_dir(P) / VARIANTS[v] / "best" for v in VARIANTS if v in P.models}
+    L = layout.of(P, NOTEBOOK)
+    P01 = ck.ldm_params(L.ldm)
+    inputs = ldm_training.report_inputs(P01)
+    folders = {v: L.out / VARIANTS[v] / "best" for v in VARIANTS if v in P.models}
     models = {"SD": inputs["model"]} | {v: pl.load_pipeline(f).ldm for v, f in folders.items()
                                         if (f / "model_index.json").exists()}
-    return train_ldm.conditioning_report(P01, n, inputs=inputs, models=models)
-
-
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    g = df.groupby(["model", "metric", "label"], sort=False)["value"]
-    return g.agg(mean="mean", std="std", n="count").reset_index()
-
-
-def table(summary: pd.DataFrame, models) -> pd.DataFrame:
-    """model x (IoU per class, mean IoU, KID, s/tile, UNet evals/tile) as 'mean ± std'."""
-    s = summary.copy()
-    s["col"] = np.where(s.metric == "iou", "IoU " + s.label, s.metric)
-    s["cell"] = [f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}" for m, sd, n in zip(s["mean"], s["std"].fillna(0), s["n"])]
-    t = s.pivot(index="model", columns="col", values="cell")
-    cols = [f"IoU {lab}" for lab in LABELS] + ["mean_iou", "pixel_agreement", "kid", "sec_per_tile", "nfe_per_tile"]
-    order = [m for m in list(models) + [CHANCE] if m in t.index]
-    return t.reindex(index=order, columns=[c for c in cols if c in t.columns])
+    return ldm_training.conditioning_report(P01, n, inputs=inputs, models=models)
 
 
 def sc_cost(P, progress: bool = True) -> pd.DataFrame:
@@ -330,7 +295,7 @@ def sc_cost(P, progress: bool = True) -> pd.DataFrame:
 
 
 def save(P, cmp: dict, cost: pd.DataFrame, extra: dict) -> dict:
-    out = out_dir(P)
+    out = layout.of(P, NOTEBOOK).out
     out.mkdir(parents=True, exist_ok=True)
     cmp["results"].to_csv(out / "comparison.csv", index=False)
     cmp["adherence"].to_csv(out / "adherence.csv", index=False)
@@ -350,16 +315,6 @@ def save(P, cmp: dict, cost: pd.DataFrame, extra: dict) -> dict:
     return {"dir": str(out)}
 
 
-def load_samples(folder: str | Path) -> dict:
-    """The Fig. 5 tiles saved by :func:`save` (for notebook 06)."""
-    p = Path(folder) / "comparison_samples.npz"
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no SC/DISC comparison; run notebooks/02_sc_disc.ipynb for this profile")
-    with np.load(p) as z:
-        models = [str(m) for m in z["models"]]
-        return {"masks": z["masks"], "real": z["real"], "samples": {m: z[f"tiles_{i}"] for i, m in enumerate(models)}}
-
-
 # ================================================================================ named steps
 def fit_table(fits: dict) -> pd.DataFrame:
     """One row per fine-tuned model: steps, best step and validation loss, time, resume point."""
@@ -376,7 +331,7 @@ def finetune_figure(P, fits: dict):
     """Figure ``02_disc_finetune_loss`` (None when no DISC variant is listed)."""
     if not fits:
         return None
-    fig = plots.loss_curves({v: out_dir(P) / VARIANTS[v] for v in fits}, smooth=10, log=False,
+    fig = plots.loss_curves({v: layout.of(P, NOTEBOOK).out / VARIANTS[v] for v in fits}, smooth=10, log=False,
                             xlabel="fine-tuning step", ylabel="loss (L_LDM; val on real latents)", title="DISC fine-tuning")
     plots.save(fig, paths.figures_dir(P.profile) / "02_disc_finetune_loss")
     return fig
@@ -384,9 +339,10 @@ def finetune_figure(P, fits: dict):
 
 def conditioning_table(P) -> pd.DataFrame:
     """:func:`conditioning`, written to ``conditioning.csv``."""
+    L = layout.of(P, NOTEBOOK)
     cond = conditioning(P)
-    out_dir(P).mkdir(parents=True, exist_ok=True)
-    cond.to_csv(out_dir(P) / "conditioning.csv", index=False)
+    L.out.mkdir(parents=True, exist_ok=True)
+    cond.to_csv(L.out / "conditioning.csv", index=False)
     return cond
 
 
@@ -408,6 +364,7 @@ def adherence_figure(P, cmp: dict):
 def check(P, cmp: dict, summary: pd.DataFrame, cost: pd.DataFrame, cond: pd.DataFrame) -> None:
     """The notebook's sanity checks: every model scored, IoUs in [0, 1], UNet evaluations per tile as
     the method says (SC: one branch per label present; DISC: what SD costs), files written."""
+    L = layout.of(P, NOTEBOOK)
     res = cmp["results"]
     assert set(P.models) <= set(res.model)
     assert res.query("metric == 'iou'").value.dropna().between(0, 1).all()
@@ -418,7 +375,7 @@ def check(P, cmp: dict, summary: pd.DataFrame, cost: pd.DataFrame, cond: pd.Data
         assert steps <= nfe["SD-SC"] <= 4 * steps
     assert all(nfe[v] == nfe["SD"] for v in VARIANTS if v in nfe), nfe  # DISC costs what SD costs
     assert (cost.nfe_ratio.round(6) == cost["labels"]).all()
-    assert (out_dir(P) / "comparison.csv").exists() and (out_dir(P) / "comparison_samples.npz").exists()
+    assert (L.out / "comparison.csv").exists() and (L.out / "comparison_samples.npz").exists()
     adh = cmp["adherence"]
     sets = adherence.set_names(P.adherence["n_complex"])
     assert set(adh.model) == set(P.models) and set(adh.masks) == set(sets), adh[["model", "masks"]]
@@ -451,7 +408,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     def is_main(P):
         return process_state(P.device == "cpu").is_main_process
-    P, a = cli(NOTEBOOK, "pipelines.sc_disc", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main,
+    P, a = cli(NOTEBOOK, "pipelines.sc_disc", __doc__.split("\n\n")[0], argv, main_process=is_main,
                configure=lambda ap: ap.add_argument("--stage", choices=("all", "data", "finetune", "compare"),
                                                     default="all",
                                                     help="all = the notebook (one process); under accelerate launch "
@@ -465,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.stage == "data":  # every process: its part of the shards
         make_disc_data(P, progress)
     elif a.stage == "finetune":
-        for v, f in finetune_all(P, disc.load_disc_data(out_dir(P) / "disc_data"), progress).items():
+        for v, f in finetune_all(P, disc.load_disc_data(layout.of(P, NOTEBOOK).out / "disc_data"), progress).items():
             print(v, json.dumps(f))
     elif a.stage == "compare" and is_main(P):
         cond = conditioning_table(P)

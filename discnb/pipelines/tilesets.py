@@ -64,17 +64,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from discnb import LABELS, plots
-from discnb.core import io, paths, shards
+from discnb.core import io, layout, paths, shards
 from discnb.core.notebook import cli
 from discnb.core.train import pick_device
-from discnb.data import shapes
+from discnb.data import prepared, shapes
 from discnb.generative.generators import GeneratorContext, build_generator
 from discnb.generative.tileset_plan import (VERSION, Plan, ablation_grid, build_masks, library_info, make_plan,
                                             pair_table, sample_slide)
-from discnb.pipelines import prep, train_ldm
 
 NOTEBOOK = "03_tile_sets"
-STAGE = "tilesets"
 MANIFEST_COLUMNS = ["slide_id", "primary", "secondary", "tertiary", "weights", "n_tiles", "seed", "file"]
 
 
@@ -299,7 +297,7 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
 def tileset_dir(profile_or_dir: str | Path, generator: str) -> Path:
     """The generator folder for a profile name, a ``tilesets/`` folder or the generator folder itself."""
     s = str(profile_or_dir)
-    base = paths.output_dir(s, STAGE, create=False) if s in paths.PROFILES else paths.resolve(s)
+    base = layout.of({"profile": s}).tilesets if s in paths.PROFILES else paths.resolve(s)
     for cand in (base / generator, base):
         if (cand / "manifest.csv").exists():
             return cand
@@ -324,17 +322,14 @@ def load_tileset(profile_or_dir: str | Path, generator: str) -> tuple[pd.DataFra
 
 
 # ================================================================================ notebook glue
-def out_dir(P) -> Path:
-    return paths.param_dir(P, "output_dir", STAGE)
-
 
 def load_inputs(P) -> dict:
     """Notebook 00's index, shape-map library (+ its fingerprint) and tile size."""
-    ddir = prep.data_dir(P)
+    ddir = layout.of(P, NOTEBOOK).data
     lib_path = ddir / "shape_maps.npz"
     lib = library_info(shapes.load_library(lib_path))
-    return {"index": prep.read_index(ddir), "lib": lib, "lib_fingerprint": io.fingerprint(lib_path),
-            "image_size": int(prep.prep_params(ddir)["image_size"]), "data_dir": str(ddir)}
+    return {"index": prepared.read_index(ddir), "lib": lib, "lib_fingerprint": io.fingerprint(lib_path),
+            "image_size": int(prepared.prep_params(ddir)["image_size"]), "data_dir": str(ddir)}
 
 
 def plan_from_params(P, inputs: dict) -> Plan:
@@ -349,15 +344,16 @@ def pair_tables(plan: Plan) -> pd.DataFrame:
 def build(P, generator: str, plan: Plan, inputs: dict, progress: bool = True) -> dict:
     """Build generator ``generator`` (any registered name) and generate its tile set for ``plan``
     (under ``accelerate launch``: this process's part of it)."""
+    L = layout.of(P, NOTEBOOK)
     procs = shards.processes(P.device == "cpu")  # before the model goes to a GPU: each process has its own
     device = str(pick_device(P.device))
     S = P.sampling
-    ctx = GeneratorContext(train_ldm.ldm_dir(P), inputs["image_size"], S["steps"], S["scheduler"], S["batch_size"], device,
+    ctx = GeneratorContext(L.ldm, inputs["image_size"], S["steps"], S["scheduler"], S["batch_size"], device,
                            P.mixed_precision == "bf16")
     gen, fp = build_generator(generator, ctx)
     fp = fp + ("/bf16" if ctx.bf16 and device == "cuda" else "")  # bf16 tiles differ from fp32 ones
     extra = {"params": dict(P), "sampling": {**dict(S), "device": device}, "data_dir": inputs["data_dir"]}
-    res = generate_tileset(out_dir(P) / generator, gen, fp, plan, inputs["lib"], image_size=inputs["image_size"],
+    res = generate_tileset(L.out / generator, gen, fp, plan, inputs["lib"], image_size=inputs["image_size"],
                            min_tiles=P.min_tiles, max_tiles=P.max_tiles, scheme=P.weights,
                            batch_tiles=S["batch_size"], generator_name=generator,
                            lib_fingerprint=inputs["lib_fingerprint"], extra=extra,
@@ -367,10 +363,11 @@ def build(P, generator: str, plan: Plan, inputs: dict, progress: bool = True) ->
 
 def write_timing(P, results: dict) -> Path:
     """``tilesets/timing.json``: every generator's timing.json (merged with generators built before)."""
-    f = out_dir(P) / "timing.json"
+    L = layout.of(P, NOTEBOOK)
+    f = L.out / "timing.json"
     allt = json.loads(f.read_text()) if f.exists() else {}
     for g in results:
-        allt[g] = json.loads((out_dir(P) / g / "timing.json").read_text())
+        allt[g] = json.loads((L.out / g / "timing.json").read_text())
     io.write_text(f, json.dumps(allt, indent=1) + "\n")
     return f
 
@@ -378,7 +375,7 @@ def write_timing(P, results: dict) -> Path:
 def timing_table(P, generators) -> pd.DataFrame:
     rows = {}
     for g in generators:
-        t = json.loads((out_dir(P) / g / "timing.json").read_text())
+        t = json.loads((layout.of(P, NOTEBOOK).out / g / "timing.json").read_text())
         rows[g] = {"slides": t["slides"], "tiles": t["tiles"], "sec_per_tile": t["sec_per_tile"],
                    "sec_per_slide": t["sec_per_slide"], "tiles_per_slide": t["mean_tiles_per_slide"]}
     return pd.DataFrame(rows).T
@@ -390,7 +387,7 @@ def run_ablation(P, inputs: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def save_ablation(P, summary: pd.DataFrame, per: pd.DataFrame) -> Path:
-    out = out_dir(P)
+    out = layout.of(P, NOTEBOOK).out
     io.atomic_file(out / "ablation_slides.csv", lambda tmp: per.to_csv(tmp, index=False))
     f = out / "ablation.json"
     share = [{"tertiary_prob": tp, "scheme": sc, **r} for (tp, sc), r in summary.to_dict("index").items()]
@@ -416,7 +413,8 @@ def mosaic(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndar
 def figure_rows(P, generators, n_slides: int, max_tiles: int) -> tuple[dict, list[str]]:
     """Rows for the figure: per slide (columns) its mask mosaic, then each generator's tile mosaic.
     Slides are the plan's first ones with distinct primary grades where possible."""
-    m0, load0 = load_tileset(out_dir(P), generators[0])
+    L = layout.of(P, NOTEBOOK)
+    m0, load0 = load_tileset(L.out, generators[0])
     picks = m0.drop_duplicates("primary").slide_id.tolist()
     picks = (picks + [s for s in m0.slide_id if s not in picks])[:n_slides]
     rows: dict[str, list] = {"masks": []}
@@ -427,7 +425,7 @@ def figure_rows(P, generators, n_slides: int, max_tiles: int) -> tuple[dict, lis
         titles.append(f"{sid} {LABELS[r.primary]}+{LABELS[r.secondary]}{t}")
         rows["masks"].append(mosaic(plots.colorize(load0(sid)["masks"][:max_tiles])))
     for g in generators:
-        _, load = load_tileset(out_dir(P), g)
+        _, load = load_tileset(L.out, g)
         rows[g] = [mosaic(load(sid)["tiles"][:max_tiles]) for sid in picks]
     return rows, titles
 
@@ -450,7 +448,8 @@ def check(P, plan: Plan, abl: pd.DataFrame, timing_path: Path) -> None:
     manifest's columns and tiles of the right shape; every generator got the same masks and noise
     seeds; primary-NC slides are NC only; random weights match the designation more often than equal
     ones (the ablation); every generator was timed."""
-    sets = {g: load_tileset(out_dir(P), g) for g in P.generators}
+    L = layout.of(P, NOTEBOOK)
+    sets = {g: load_tileset(L.out, g) for g in P.generators}
     m0, load0 = sets[P.generators[0]]
     for g, (m, load) in sets.items():
         assert list(m.columns) == MANIFEST_COLUMNS and m.slide_id.is_unique, g
@@ -458,7 +457,7 @@ def check(P, plan: Plan, abl: pd.DataFrame, timing_path: Path) -> None:
         assert m.n_tiles.between(P.min_tiles, P.max_tiles).all()
         s = load(m.slide_id.iloc[0])
         assert s["tiles"].dtype == np.uint8 and s["tiles"].shape == (*s["masks"].shape, 3) and s["masks"].max() <= 3
-        assert not list((out_dir(P) / g / "slides").glob(io.TMP_GLOB))
+        assert not list((L.out / g / "slides").glob(io.TMP_GLOB))
         for sid in m0.slide_id[:3]:
             a, b = load0(sid), load(sid)
             assert all((a[k] == b[k]).all() for k in ("masks", "seeds", "mask_ids")), f"{g}: other masks or seeds"
@@ -499,7 +498,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
 def main(argv=None) -> int:
     def is_main(P):
         return shards.processes(P.device == "cpu").is_main
-    P, a = cli(NOTEBOOK, "pipelines.tilesets", "Generate synthetic tile sets (notebook 03) from a terminal.", out_dir, argv,
+    P, a = cli(NOTEBOOK, "pipelines.tilesets", "Generate synthetic tile sets (notebook 03) from a terminal.", argv,
                main_process=is_main)
     out = run(P, progress=not a.no_progress, checks=not a.no_checks)
     if not is_main(P):

@@ -24,69 +24,22 @@ import pandas as pd
 import torch
 
 from discnb import plots
-from discnb.core import io, params, paths
+from discnb.core import io, layout, params, paths
 from discnb.core.notebook import cli
-from discnb.core.train import FitConfig, TensorData, fit, pick_device, process_state, read_metrics
-from discnb.data import shapes
-from discnb.data import sicap as data
+from discnb.core.train import TensorData, fit, pick_device, process_state, read_metrics
+from discnb.data import prepared, shapes
+from discnb.data.augment import dihedral
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints as ck
 from discnb.generative import ldm
+from discnb.generative.ldm_training import (conditioning_report, encode_split, fit_config, inputs_of, ldm_batch_loss,
+                                            ldm_signature, load_split, report_inputs)
 from discnb.generative.pipeline import DISCPipeline
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
-from discnb.pipelines import prep
 
 NOTEBOOK = "01_train_ldm"
-STAGE = "ldm"
-
-
-def out_dir(P) -> Path:
-    return paths.param_dir(P, "output_dir", STAGE)
-
-
-def ldm_dir(P) -> Path:
-    """Notebook 01's folder as a later notebook's ``ldm_dir`` parameter names it (the one place)."""
-    return paths.param_dir(P, "ldm_dir", STAGE)
-
-
-def judge_dir(ldir: str | Path) -> Path:
-    """Where notebook 01 stores the pattern judge: ``outputs/<profile>/judge`` beside ``ldm``."""
-    return Path(ldir).parent / "judge"
-
-
-def load_split(P, progress: bool = True) -> dict:
-    """Tiles and masks of the training and validation split, in memory at the model's size."""
-    ddir = prep.data_dir(P)
-    size = prep.prep_params(ddir)["image_size"]
-    index = prep.read_index(ddir)
-    if not (index.split == "train").any():
-        raise data.DataError(f"{ddir}/index.csv: the training split is empty (no official-train tiles)")
-    parts = data.fold_split(index, P.val_fold)
-    if len(parts["train"]) == 0:
-        raise data.DataError(f"{ddir}/index.csv: the training split (official train minus fold {P.val_fold}) is empty")
-    out = {"image_size": size}
-    for name in ("train", "val"):
-        imgs, masks = data.load_tiles(parts[name], size, progress=progress)
-        out[name] = {"imgs": imgs, "masks": masks,
-                     "slide": parts[name][["slide_primary_label", "slide_secondary_label"]].to_numpy(np.int64)}
-    return out
-
-
-def held_out(split: dict) -> dict:
-    """The validation part of :func:`load_split` (the training part when there is no validation fold)."""
-    return split["val"] if len(split["val"]["imgs"]) else split["train"]
-
-
-def fit_config(P, out: Path, section: dict, desc: str, signature: dict, progress: bool = True) -> FitConfig:
-    return FitConfig(out_dir=str(out), max_steps=section["steps"], global_batch=section["batch"],
-                     grad_accum=section.get("grad_accum", 1), lr=section["lr"], scale_lr=section.get("scale_lr", False),
-                     ema_decay=section.get("ema_decay", 0.0), mixed_precision=P.mixed_precision, cpu=P.device == "cpu",
-                     checkpoint_every=P.checkpoint_every, checkpoints_total_limit=P.checkpoints_total_limit,
-                     resume=P.resume or None, seed=P.seed, desc=desc, signature=signature, progress=progress,
-                     # SD's optimizer (notebook 01's ``sd``); sections without them keep FitConfig's
-                     **{k: section[k] for k in ("weight_decay", "max_grad_norm") if k in section})
 
 
 def first_stage(P, split: dict, progress: bool = True) -> tuple:
@@ -94,7 +47,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
     A = P.autoencoder
     if A["path"]:
         return ae.load_vq(paths.resolve(A["path"])), {"source": A["path"]}
-    out = out_dir(P) / "autoencoder"
+    out = layout.of(P, NOTEBOOK).out / "autoencoder"
     sig = {"kind": "vq", "channels": A["channels"], "layers_per_block": A["layers_per_block"],
            "n_embed": A["n_embed"], "image_size": split["image_size"]}
     gan = A["disc_weight"] > 0
@@ -105,7 +58,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
         return ae.load_vq(out / "best"), json.loads(done.read_text())  # the one a fresh run continues with
     vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"])
     # uint8 in memory, floats per batch (issue 17: float32 tiles were ~10 GB per process at SICAPv2's size)
-    tr = TensorData({"x": ae.pixels(split["train"]["imgs"])}, augment=lambda b: ae.dihedral(b, ("x",)),
+    tr = TensorData({"x": ae.pixels(split["train"]["imgs"])}, augment=lambda b: dihedral(b, ("x",)),
                     transform=ae.pixels_to_model)
     va = TensorData({"x": ae.pixels(split["val"]["imgs"])}, transform=ae.pixels_to_model)
     cfg = fit_config(P, out, A, "autoencoder", sig, progress)
@@ -121,29 +74,6 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
         info["val_reconstruction"] = ae.reconstruction_metrics(vq, split["val"]["imgs"])
     io.write_json(done, info)
     return vq, info
-
-
-def encode_split(vq, split: dict, latent_scale: float | None = None) -> tuple[dict, float]:
-    """Pre-quantisation latents of train/val tiles, scaled to unit std when ``latent_scale`` is None."""
-    z = {k: ae.encode(vq, split[k]["imgs"]) for k in ("train", "val")}
-    if latent_scale is None:
-        latent_scale = float(1.0 / z["train"].std())
-    return {k: v * latent_scale for k, v in z.items()}, latent_scale
-
-
-def ldm_signature(P, image_size: int, condition: str | None = None) -> dict:
-    sig = {"kind": "ldm", "condition": condition or P.condition, "unet": dict(P.unet), "image_size": image_size,
-           "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
-    # only when on: SDs trained without classifier-free guidance or min-SNR keep their signature
-    return sig | {k: P.sd[k] for k in ("cond_drop", "snr_gamma") if P.sd[k]}
-
-
-def ldm_batch_loss(condition: str, alphas_cumprod: torch.Tensor):
-    """Eq. 1 on a batch of stored latents and masks (condition images are built on the fly)."""
-    def loss(model, batch, generator=None):
-        cond = ldm.make_condition(batch["mask"], condition, batch["slide"]).to(batch["z"].device)
-        return ldm.ldm_loss(model, {"z": batch["z"], "cond": cond}, alphas_cumprod, generator)
-    return loss
 
 
 def check_conditions(P) -> None:
@@ -163,7 +93,8 @@ def train_judge(P, progress: bool = True, D: dict | None = None, recipe_input: s
     J = dict(P.judge)
     seed = J.pop("seed")
     J["input"] = recipe_input or J["input"]
-    D = D if D is not None else prep.split_tiles(prep.data_dir(P), P.val_fold, ood_split="", progress=progress)
+    if D is None:
+        D = prepared.split_tiles(layout.of(P, NOTEBOOK).data, P.val_fold, ood_split="", progress=progress)
     return jg.train_judge(D, J, judge_folder(P, J["input"]), seed=seed,
                           first_stage=ck.first_stage_folder(P) if J["input"] == "first_stage" else None,
                           device=P.device, mixed_precision=P.mixed_precision, checkpoint_every=P.checkpoint_every,
@@ -176,9 +107,9 @@ def train_judges(P, progress: bool = True) -> dict:
     adherence judge every later notebook loads when ``judge.input`` is ``first_stage``, and the
     ceiling), and ``real``, trained on the untouched tiles (how much of what tells the grades apart
     the first stage keeps). Returns {input: Judge, "tiles": the held-out split they are scored on}."""
-    D = prep.split_tiles(prep.data_dir(P), P.val_fold, ood_split="", progress=progress)
+    D = prepared.split_tiles(layout.of(P, NOTEBOOK).data, P.val_fold, ood_split="", progress=progress)
     on = "val" if len(D["val"]["imgs"]) else "test"
-    adherence.check_chance_separable(D[on]["masks"], f"{prep.data_dir(P)}/index.csv, the {on} split "
+    adherence.check_chance_separable(D[on]["masks"], f"{layout.of(P, NOTEBOOK).data}/index.csv, the {on} split "
                                      f"(val_fold {P.val_fold})")  # before training judges it could not score
     judges = {i: train_judge(P, progress, D, i) for i in ("real", "first_stage")}
     return judges | {"tiles": D[on]}
@@ -201,7 +132,7 @@ def judge_report(P, judges: dict) -> dict:
         "scored_on": fs.info["scored_on"], "judge_steps": int(P.judge["train"]["steps"]),
         "first_stage": ck.first_stage_folder(P).name if P.autoencoder["path"] else "trained by notebook 01"}
     rep["ratio_real_on_recon_to_real_on_real"] = rep["real_on_recon"]["mean_iou"] / max(rep["real_on_real"]["mean_iou"], 1e-9)
-    io.write_json(judge_dir(out_dir(P)) / "judge_report.json", rep)
+    io.write_json(layout.of(P, NOTEBOOK).judge / "judge_report.json", rep)
     io.write_json(paths.results_dir(P.profile) / "judge.json", rep)
     return rep
 
@@ -229,7 +160,7 @@ def judge_report_table(rep: dict) -> pd.DataFrame:
 def judge_folder(P, recipe_input: str) -> Path:
     """Where the judge of ``recipe_input`` is stored: ``judge/`` for ``judge.input`` (the one later
     notebooks load), ``judge-<input>/`` for the other one."""
-    d = judge_dir(out_dir(P))
+    d = layout.of(P, NOTEBOOK).judge
     return d if recipe_input == P.judge["input"] else d.with_name(f"judge-{recipe_input}")
 
 
@@ -246,14 +177,14 @@ def train_sd(P, split: dict, vq, ae_info: dict, progress: bool = True) -> dict:
     """Latents of the first stage -> SD (Eq. 1) -> the Fig. 7 ablation SDs of ``ablation_conditions``
     (same settings, same first stage, other condition). Returns a summary (also ``summary.json``)."""
     check_conditions(P)
-    out = out_dir(P)
+    out = layout.of(P, NOTEBOOK).out
     z, latent_scale = encode_split(vq, split, None if P.latent_scale_by_std else 1.0)
     size = split["image_size"]
     model = ck.build_model(P, size, z["train"].shape[-1], latent_scale)
 
     def tensors(k):
         return {"z": z[k], "mask": torch.from_numpy(split[k]["masks"]), "slide": torch.from_numpy(split[k]["slide"])}
-    tr = TensorData(tensors("train"), augment=lambda b: ae.dihedral(b, ("z", "mask")))
+    tr = TensorData(tensors("train"), augment=lambda b: dihedral(b, ("z", "mask")))
     va = TensorData(tensors("val"))
     sched = ldm.noise_scheduler()
     summary = fit(model, ldm_batch_loss(P.condition, sched.alphas_cumprod), tr,
@@ -276,25 +207,10 @@ def train_sd(P, split: dict, vq, ae_info: dict, progress: bool = True) -> dict:
     return result
 
 
-def report_inputs(P, which: str = "best") -> dict:
-    """What notebook 01's reports share, loaded once: the held-out tiles (``src``), SD and its first
-    stage (``model``, ``vq``; checkpoint ``which``). Pass it as ``inputs=`` to the report functions."""
-    model, vq = ck.load_trained(P, which)
-    return {"src": held_out(load_split(P, progress=False)), "model": model, "vq": vq, "which": which}
-
-
-def _inputs(P, inputs: dict | None, which: str) -> tuple:
-    if inputs is None:
-        inputs = report_inputs(P, which)
-    elif inputs["which"] != which:
-        raise ValueError(f"inputs hold the {inputs['which']!r} SD, not {which!r}")
-    return inputs["src"], inputs["model"], inputs["vq"]
-
-
 def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: str = "best",
                   inputs: dict | None = None) -> dict:
     """SD samples for ``n`` validation masks (two seeds each), timed: rows for a figure + numbers."""
-    src, model, vq = _inputs(P, inputs, which)
+    src, model, vq = inputs_of(P, inputs, which)
     order = shapes.most_labels_first(src["masks"], n, seed)
     gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=max(1, n),
                       device=pick_device(P.device), bf16=P.mixed_precision == "bf16")
@@ -315,18 +231,6 @@ def sample_report(P, n: int, steps: int, scheduler: str, seed: int = 0, which: s
             "scheduler": scheduler, "device": str(gen.device)}
 
 
-def conditioning_report(P, n: int = 256, which: str = "best", inputs: dict | None = None,
-                        models: dict | None = None):
-    """:func:`discnb.generative.ldm.conditioning_gap` of SD (or of each of ``models``, name -> MaskLDM on SD's
-    latents, e.g. the fine-tuned ones) on the same up to ``n`` validation latents, encoded once:
-    does the noise prediction use the mask? (A relative gap near 0 means it ignores tau_theta.)"""
-    src, model, vq = _inputs(P, inputs, which)
-    z = ae.encode(vq, src["imgs"][:n]) * model.latent_scale
-    masks = torch.from_numpy(src["masks"][:n])
-    return pd.DataFrame([{"model": name, **r} for name, m in (models or {"SD": model}).items()
-                         for r in ldm.conditioning_gap(m, z, masks)])
-
-
 def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed: int = 0, which: str = "best",
                  inputs: dict | None = None) -> dict:
     """Do SD's samples land where real latents are? The std and the median per-tile max |z| of
@@ -334,7 +238,7 @@ def latent_drift(P, n: int = 16, steps: int = 50, scheduler: str = "ddim", seed:
     latents. A model whose DDIM trajectories drift (the demo's eps-U-Net: ~4x the std) decodes to
     flat or saturated tiles whatever the mask; see docs/mask-adherence.md "Why the demo SD predicts v and concatenates its mask". Sampled on
     ``P.device`` (the seeded noise is drawn on the CPU, so the latents do not depend on it)."""
-    src, model, vq = _inputs(P, inputs, which)
+    src, model, vq = inputs_of(P, inputs, which)
     n = min(n, len(src["masks"]))  # no more samples than held-out masks
     real = ae.encode(vq, src["imgs"][:max(n, 64)]) * model.latent_scale
     gen = SDGenerator(model, vq, steps=steps, scheduler=scheduler, batch_size=n, device=pick_device(P.device),
@@ -360,7 +264,8 @@ def reconstructions(P, inputs: dict) -> tuple[dict, object]:
 
 def loss_figure(P):
     """Figure ``01_loss_curves``: the first stage's and SD's training and validation loss."""
-    fig = plots.loss_curves({"first stage": out_dir(P) / "autoencoder", "SD, Eq. 1": out_dir(P) / "sd"})
+    L = layout.of(P, NOTEBOOK)
+    fig = plots.loss_curves({"first stage": L.out / "autoencoder", "SD, Eq. 1": L.out / "sd"})
     plots.save(fig, paths.figures_dir(P.profile) / "01_loss_curves")
     return fig
 
@@ -397,21 +302,22 @@ def write_throughput(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame,
          "first_stage_psnr": recon["psnr"], "first_stage_ssim": recon["ssim"],
          "best_val_loss": result["sd"]["best_val_loss"], "unet_parameters": result["unet_parameters"],
          "conditioning_gap_all_t": float(gap.gap_shuffled.iloc[0]), "sampled_latent_std_ratio": dr["std_ratio"]}
-    io.write_json(out_dir(P) / "throughput.json", t)
+    io.write_json(layout.of(P, NOTEBOOK).out / "throughput.json", t)
     return t
 
 
 def check(P, result: dict, rep: dict, recon: dict, gap: pd.DataFrame, dr: dict) -> None:
     """The notebook's sanity checks: SD trained to the end and its loss went down; samples, first
     stage, conditioning gap and drift are sane."""
-    m = read_metrics(out_dir(P) / "sd")
+    L = layout.of(P, NOTEBOOK)
+    m = read_metrics(L.out / "sd")
     assert result["sd"]["steps"] == P.sd["steps"]
     assert m.loss.iloc[-5:].mean() < m.loss.iloc[:5].mean(), "SD's loss did not go down"
     assert rep["samples"].shape == (len(rep["masks"]), result["image_size"], result["image_size"], 3)
     assert recon["psnr"] > 15, recon
     assert gap[["loss_true", "loss_shuffled", "loss_all_nc"]].notna().all().all() and (gap.loss_true > 0).all(), gap
     assert 0 < dr["std_ratio"] < float("inf"), dr
-    jr = json.loads((judge_dir(out_dir(P)) / "judge_report.json").read_text())
+    jr = json.loads((L.judge / "judge_report.json").read_text())
     assert all(0 <= jr[k]["mean_iou"] <= 1 for k in ("real_on_real", "real_on_recon", "recon_on_recon", "chance")), jr
 
 
@@ -419,7 +325,7 @@ def train(P, progress: bool = True) -> dict:
     """Notebook 01's training steps, in its order: first stage, judges, SD (+ ablation SDs). Returns
     :func:`train_sd`'s summary and the judges (``judges``, as :func:`train_judges` returns them)."""
     check_conditions(P)
-    out_dir(P).mkdir(parents=True, exist_ok=True)
+    layout.of(P, NOTEBOOK).out.mkdir(parents=True, exist_ok=True)
     split = load_split(P, progress)
     vq, ae_info = first_stage(P, split, progress)
     judges = train_judges(P, progress)
@@ -450,7 +356,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     def is_main(P):
         return process_state(P.device == "cpu").is_main_process
-    P, a = cli(NOTEBOOK, "pipelines.train_ldm", __doc__.split("\n\n")[0], out_dir, argv, main_process=is_main)
+    P, a = cli(NOTEBOOK, "pipelines.train_ldm", __doc__.split("\n\n")[0], argv, main_process=is_main)
     res = run(P, progress=not a.no_progress, checks=not a.no_checks)
     if is_main(P):
         print(json.dumps({"steps": res["sd"]["steps"], "best_val_loss": res["sd"]["best_val_loss"],

@@ -1,8 +1,8 @@
-"""What the pipeline costs, measured in one run on one machine: ``python -m discnb.pipelines.bench``.
+"""What the pipeline costs, measured in one run on one machine: ``python -m discnb.grading.bench``.
 
-    python -m discnb.pipelines.bench --profile demo                    # -> outputs/demo/bench.json
-    python -m discnb.pipelines.bench --profile demo --n-tiles 4 --n-adherence 16 --out /tmp/bench.json
-    python -m discnb.pipelines.bench --untrained params/paper/01_train_ldm.yaml --image-size 256 --bf16   # GPU, paper-size model
+    python -m discnb.grading.bench --profile demo                    # -> outputs/demo/bench.json
+    python -m discnb.grading.bench --profile demo --n-tiles 4 --n-adherence 16 --out /tmp/bench.json
+    python -m discnb.grading.bench --untrained params/paper/01_train_ldm.yaml --image-size 256 --bf16   # GPU, paper-size model
 
 On the profile's trained SD (notebook 01, ``outputs/<profile>/ldm``), through the generator
 registry (:mod:`discnb.generative.generators`):
@@ -42,18 +42,18 @@ import torch
 from tqdm.auto import tqdm
 
 from discnb import K
-from discnb.core import io, params, paths
+from discnb.core import io, layout, params, paths
 from discnb.core.train import pick_device
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints as ck
-from discnb.generative import generators
-from discnb.generative.disc import SCGenerator
+from discnb.generative import generators, ldm_training
+from discnb.generative.disc import SCGenerator, downsample_mask
 from discnb.generative.ldm import make_condition, noise_scheduler
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import carcinonet as gc
 from discnb.grading import judge as jg
-from discnb.pipelines import carcinonet as cn
-from discnb.pipelines import sc_disc, train_ldm
+
+NOTEBOOK04 = "04_carcinonet"  # the CarcinoNet whose training is timed: notebook 04's parameters
 
 
 @dataclass
@@ -113,10 +113,6 @@ def peak_memory(device: torch.device) -> dict:
 
 
 # ======================================================================================= models
-def ldm_dir_of(profile: str, ldm_dir: str | Path | None = None) -> Path:
-    return paths.resolve(ldm_dir) if ldm_dir else paths.output_dir(profile, "ldm", create=False)
-
-
 def load_sd(ldir: Path, S: Settings, device: torch.device):
     """Notebook 01's trained SD through the registry: (generator, notebook-01 params, image size)."""
     P01 = ck.ldm_params(ldir)
@@ -154,11 +150,25 @@ def stripes(n: int, size: int, n_labels: int) -> np.ndarray:
     return m
 
 
+def comparison_masks(masks: np.ndarray, n: int, seed: int, latent: int) -> np.ndarray:
+    """Indices of ``n`` held-out masks: three quarters multi-label (on the latent grid, where SC
+    fuses), the rest any; fixed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    lat = downsample_mask(torch.from_numpy(masks), latent).numpy()
+    n_labels = np.array([len(np.unique(m)) for m in lat])
+    multi, rest = np.flatnonzero(n_labels > 1), np.flatnonzero(n_labels <= 1)
+    k = min(len(multi), int(np.ceil(0.75 * n)))
+    pick = list(rng.choice(multi, k, replace=False)) if k else []
+    pick += list(rng.choice(rest if len(rest) else multi, min(n - k, len(rest) if len(rest) else len(multi) - k),
+                            replace=False))
+    return np.array(sorted(pick), dtype=np.int64)
+
+
 def validation_masks(P01, n: int, seed: int, latent: int) -> np.ndarray:
     """``n`` held-out validation masks of notebook 01's split, picked as notebook 02 picks its
     comparison masks (three quarters multi-label), fixed by ``seed``."""
-    src = train_ldm.held_out(train_ldm.load_split(P01, progress=False))
-    return src["masks"][sc_disc.comparison_masks(src["masks"], n, seed, latent)]
+    src = ldm_training.held_out(ldm_training.load_split(P01, progress=False))
+    return src["masks"][comparison_masks(src["masks"], n, seed, latent)]
 
 
 # ==================================================================================== measures
@@ -207,15 +217,15 @@ def train_ldm_throughput(P01, image_size: int, latent_shape, S: Settings, device
     batch = {"z": torch.randn((B, *latent_shape), generator=g).to(device),
              "mask": torch.randint(0, K, (B, image_size, image_size), generator=g).to(device),
              "slide": torch.randint(0, K, (B, 2), generator=g).to(device)}
-    loss_fn = train_ldm.ldm_batch_loss(P01.condition, noise_scheduler().alphas_cumprod)
+    loss_fn = ldm_training.ldm_batch_loss(P01.condition, noise_scheduler().alphas_cumprod)
     return _train_steps(model, lambda: loss_fn(model, batch), B, S, device, float(P01.sd["lr"]))
 
 
 def carcinonet_params(profile: str, path: str | Path | None = None):
-    f = paths.resolve(path) if path else paths.PARAMS / profile / f"{cn.NOTEBOOK}.yaml"
+    f = paths.resolve(path) if path else paths.PARAMS / profile / f"{NOTEBOOK04}.yaml"
     if f.exists():
-        return params.check_file(cn.NOTEBOOK, f)
-    return params.validate(cn.NOTEBOOK, {"profile": profile})
+        return params.check_file(NOTEBOOK04, f)
+    return params.validate(NOTEBOOK04, {"profile": profile})
 
 
 def train_carcinonet_throughput(P04, image_size: int, S: Settings, device) -> dict:
@@ -281,13 +291,13 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
     t_start = time.perf_counter()
     out: dict = {"device": device_info(device), "settings": asdict(S) | {"sc_labels": list(S.sc_labels)},
                  "profile": profile, "notes": []}
+    L = layout.of({"profile": profile, "ldm_dir": str(ldm_dir or "")})
     if untrained:
         sd, P01, size = untrained_sd(untrained, image_size, S, device)
         out["model"] = {"source": f"untrained, sizes of {untrained}", "trained": False}
     else:
-        ldir = ldm_dir_of(profile, ldm_dir)
-        sd, P01, size = load_sd(ldir, S, device)
-        out["model"] = {"source": str(ldir), "trained": True}
+        sd, P01, size = load_sd(L.ldm, S, device)
+        out["model"] = {"source": str(L.ldm), "trained": True}
     latent = sd.latent_shape
     out["model"] |= {"image_size": size, "latent_shape": list(latent), "condition": sd.model.condition,
                      "unet_parameters": sum(p.numel() for p in sd.model.unet.parameters()),
@@ -302,7 +312,7 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
             raise ValueError(f"only {len(masks)} validation masks; lower --n-tiles")
         if S.n_adherence:
             try:
-                judge = jg.load_judge(paths.resolve(judge_dir) if judge_dir else train_ldm.judge_dir(ldir),
+                judge = jg.load_judge(paths.resolve(judge_dir) if judge_dir else L.judge,
                                       device=str(device))
             except FileNotFoundError as e:
                 out["notes"].append(f"adherence skipped: {e}")
@@ -339,8 +349,8 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
     else:
         out["notes"].append(f"SD-SC skipped: SD is {sd.model.condition}-conditioned (SC needs pixel)")
     bar.update()
-    if not untrained and (generators.finetuned_folder(ldm_dir_of(profile, ldm_dir), "SD-DISC") / "model_index.json").exists():
-        ctx = generators.GeneratorContext(ldm_dir_of(profile, ldm_dir), size, S.steps, "ddim", S.batch_size,
+    if not untrained and (generators.finetuned_folder(L.ldm, "SD-DISC") / "model_index.json").exists():
+        ctx = generators.GeneratorContext(L.ldm, size, S.steps, "ddim", S.batch_size,
                                           str(device), S.bf16)
         dg, _ = generators.build_generator("SD-DISC", ctx)
         _, r = time_generate(dg, tmask, tseeds, device)
@@ -425,7 +435,7 @@ def save(b: dict, path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m discnb.pipelines.bench", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m discnb.grading.bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = Settings()
     ap.add_argument("--profile", default="smoke", choices=paths.PROFILES, help="whose trained models to time")

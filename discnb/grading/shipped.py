@@ -31,15 +31,15 @@ import yaml
 from diffusers.utils import logging as dlogging
 from safetensors.torch import load_file, save_file
 
-from discnb.core import params, paths
+from discnb.core import layout, params, paths
 from discnb.core.io import atomic_dir, fingerprint, write_json, write_text
 from discnb.core.notebook import git_commit, package_versions
 from discnb.generative import checkpoints, generators
+from discnb.generative import ldm_training
 from discnb.generative import pipeline as pl
-from discnb.data import demo
+from discnb.data import demo, prepared
 from discnb.grading import adherence
 from discnb.grading import judge as jg
-from discnb.pipelines import prep, train_ldm
 
 MODELS = ("SD", "SD-DISC", "SD-DISC-CoTrain")
 # exported too when notebook 01 trained them (notebooks 03 and 05 draw Fig. 7's tile sets with them)
@@ -115,7 +115,7 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
     ctx = generators.GeneratorContext(ldm_dir=ldm_dir, image_size=size)
     commit = git_commit()
     command = command or f"./run_all.sh --profile {profile}"
-    p02 = generators.disc_dir(ldm_dir) / "params.resolved.yaml"
+    p02 = layout.disc_beside(ldm_dir) / "params.resolved.yaml"
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"profile": profile, "command": command, "commit": commit, "versions": package_versions(),
                 "dtype": dtype, "models": {}}
@@ -149,7 +149,7 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
                                     "trained_commit": _trained_commit(p02.parent if tuned else ldm_dir),
                                     "generator_fingerprint": key, "params_hash": params_hash,
                                     "files": _file_hashes(out / name), "adherence": adh}
-    jdir = ldm_dir.parent / "judge" if (ldm_dir.parent / "judge" / "judge.json").exists() else None
+    jdir = layout.judge_beside(ldm_dir) if (layout.judge_beside(ldm_dir) / "judge.json").exists() else None
     if jdir is not None:
         def save_judge(tmp):
             shutil.copytree(jdir / "model", tmp / "model")
@@ -169,8 +169,8 @@ def export(profile: str, ldm_dir: Path, out: Path | None = None, models=MODELS, 
                                        "trained_commit": _trained_commit(ldm_dir),
                                        "params_hash": fingerprint(ldm_dir / "params.resolved.yaml"),
                                        "files": _file_hashes(out / "judge")}
-    manifest["state"] = {"files": write_state(ldm_dir, out / "state"), "data": data_identity(prep.data_dir(P01)),
-                         "ldm_signature": train_ldm.ldm_signature(P01, size)}
+    manifest["state"] = {"files": write_state(ldm_dir, out / "state"), "data": data_identity(layout.of(P01).data),
+                         "ldm_signature": ldm_training.ldm_signature(P01, size)}
     write_json(out / pl.MANIFEST_NAME, manifest)
     return manifest
 
@@ -231,7 +231,7 @@ def _portable_params(src: Path, dst: Path) -> None:
 def data_identity(data_dir: Path) -> dict:
     """What says two runs of notebook 00 made the same data: its parameters (paths aside), the demo
     generator's version and the class table of its ``stats.json``."""
-    P00 = {k: v for k, v in prep.prep_params(data_dir).items() if not str(k).endswith(("_dir", "_root"))}
+    P00 = {k: v for k, v in prepared.prep_params(data_dir).items() if not str(k).endswith(("_dir", "_root"))}
     stats = json.loads((Path(data_dir) / "stats.json").read_text()) if (Path(data_dir) / "stats.json").exists() else {}
     return {"params": P00, "demo_generator_version": demo.GENERATOR_VERSION,
             "class_table": stats.get("class_table"), "patches": stats.get("patches")}
@@ -258,12 +258,12 @@ def check_shipped(profile: str, weights: Path, P01_now, data: bool = True) -> di
     for rel, digest in state["files"].items():
         if pl.sha256(Path(weights) / "state" / rel) != digest:
             raise ValueError(f"{Path(weights) / 'state' / rel}: its sha256 does not match {f}; rebuild with {rebuild(profile)}")
-    now = data_identity(prep.data_dir(P01_now)) if data else {}
+    now = data_identity(layout.of(P01_now).data) if data else {}
     diff = sorted(k for k in now if now[k] != state["data"].get(k))
     if diff:
         raise ValueError(f"{weights}: the shipped models were trained on other {profile} data than notebook 00 made "
                          f"now (differs: {diff}); train them again with {rebuild(profile)}, or restore the data settings")
-    sig = train_ldm.ldm_signature(P01_now, int(state["ldm_signature"]["image_size"]))
+    sig = ldm_training.ldm_signature(P01_now, int(state["ldm_signature"]["image_size"]))
     if json.loads(json.dumps(sig)) != state["ldm_signature"]:
         keys = sorted(k for k in set(sig) | set(state["ldm_signature"]) if sig.get(k) != state["ldm_signature"].get(k))
         raise ValueError(f"{weights}: the shipped models do not match the current notebook-01 parameters (differs: "
@@ -283,26 +283,27 @@ def restore(profile: str, weights: Path | None = None, P01_now=None, root: Path 
             if profile != "smoke" else params.validate("01_train_ldm", {})
     man = check_shipped(profile, weights, P01_now, data=data)
     root = Path(root) if root else paths.output_dir(profile)
+    L = layout.Layout(profile, root)
     for folder in STATE_FOLDERS:
         if (weights / "state" / folder).exists():
             shutil.copytree(weights / "state" / folder, root / folder, dirs_exist_ok=True)
     for name in STATE_FILES:
         if (weights / "state" / name).exists():
             shutil.copy2(weights / "state" / name, root / name)
-    where = {"SD": root / "ldm" / "sd" / "best", "judge": root / "judge" / "model"} | \
-        {n: generators.finetuned_folder(root / "ldm", n) for n in generators.FINETUNED} | \
-        {a: root / "ldm" / checkpoints.ablation_folder(c) / "best" for a, c in ABLATIONS.items()}
+    where = {"SD": L.ldm / "sd" / "best", "judge": L.judge / "model"} | \
+        {n: generators.finetuned_folder(L.ldm, n) for n in generators.FINETUNED} | \
+        {a: L.ldm / checkpoints.ablation_folder(c) / "best" for a, c in ABLATIONS.items()}
     for name in man["models"]:
         src = weights / name / "model" if name == "judge" else weights / name
         atomic_dir(lambda tmp, src=src: shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("README.md")),
                    where[name])
-    write_json(root / "ldm" / "restored.json", {"from": str(weights), "commit": man["commit"],
-                                                "command": man["command"]})
+    write_json(L.ldm / "restored.json", {"from": str(weights), "commit": man["commit"],
+                                         "command": man["command"]})
     return man
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m discnb.pipelines.shipped",
+    ap = argparse.ArgumentParser(prog="python -m discnb.grading.shipped",
                                  description="restore the shipped models where notebooks 03-07 read them")
     ap.add_argument("action", choices=["restore", "check"])
     ap.add_argument("--profile", default="demo")
