@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from discnb import K
 
@@ -51,10 +52,15 @@ def make_library(n: int = 60, size: int = SIZE, seed: int = 0) -> dict:
 
 
 class ColourGen:
-    """Colour-from-mask tiles + seeded noise; ``offset`` makes generators differ, ``sleep`` is per tile."""
+    """Colour-from-mask tiles + seeded noise; ``offset`` makes generators differ, ``sleep`` is per tile.
+    A :class:`discnb.generative.protocol.Generator` on the CPU that needs no slide labels."""
+
+    name = "colour"
+    device = torch.device("cpu")
+    needs_slide_labels = False
 
     def __init__(self, offset: int = 0, sleep: float = 0.0):
-        self.offset, self.sleep = offset, sleep
+        self.offset, self.sleep, self.nfe = offset, sleep, 0
 
     def generate(self, masks, seeds):
         time.sleep(self.sleep * len(masks))
