@@ -72,7 +72,7 @@ def violations(root: Path = PKG) -> list[str]:
 
 def test_every_module_sits_in_a_layer():
     loose = sorted(p.name for p in PKG.glob("*.py") if p.name not in ("__init__.py", "__main__.py", "plots.py", "generate.py"))
-    # generate.py: the `python -m discnb.generate` command (issue 16), argument parsing only
+    # generate.py: the `python -m discnb.generate` command, argument parsing only
     assert not loose, f"modules outside core/data/generative/grading/pipelines: {loose}"
 
 

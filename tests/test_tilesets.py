@@ -436,8 +436,8 @@ def test_slide_conditioned_generator_gets_each_tiles_slide_labels(tmp_path):
 
 
 def test_figure_of_a_plan_without_synthetic_slides_warns_instead_of_crashing(tmp_path):
-    """Real slides that already reach target_per_grade leave nothing to synthesise (the paper dry
-    run's first notebook-03 failure: matplotlib's 'Number of columns must be a positive integer')."""
+    """Real slides that already reach target_per_grade leave nothing to synthesise: the figure warns
+    instead of asking matplotlib for zero columns ('Number of columns must be a positive integer')."""
     folder = tmp_path / "SD"
     folder.mkdir()
     ts._write_manifest(folder, ts.read_manifest(folder))

@@ -119,7 +119,7 @@ def _finetuned(name: str):
         if not (folder / "ldm.json").exists():
             raise FileNotFoundError(f"{folder}: no {name} model; run notebooks/02_sc_disc.ipynb for this profile first")
         model = MaskLDM.from_pretrained(folder)
-        model.guidance_scale = sd.model.guidance_scale  # one guidance scale for SD, SD-SC and SD-DISC (issue 15)
+        model.guidance_scale = sd.model.guidance_scale  # SD, SD-SC and SD-DISC are compared at one guidance scale
         return _sampler(ctx, model, sd.vq, name), fingerprint(name, key, folder)
     return builder
 

@@ -110,8 +110,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-image SSIM (Wang et al. 2004) of (N,H,W,3) uint8 images: ``pytorch_msssim.ssim``, the
     standard setting (11-px Gaussian window, sigma 1.5, K = (0.01, 0.03), data range 255), mean
-    over the RGB channels. (Until issue 15 a home-made grey-level variant with a 7-px uniform
-    window; its numbers are not comparable with this one.)"""
+    over the RGB channels. (SSIMs of other settings, e.g. grey-level with a 7-px uniform window,
+    are not comparable with these.)"""
     from pytorch_msssim import ssim as _ssim
 
     def chw(x):
