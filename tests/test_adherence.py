@@ -1,4 +1,4 @@
-"""discnb.grading.adherence: the mask sets and the rows of adherence.csv (issue 15)."""
+"""discnb.grading.adherence: the mask sets and the rows of adherence.csv."""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ def as_jpeg(m: np.ndarray, path: Path, quality: int) -> Path:
 @pytest.mark.parametrize("quality", [95, 75])
 def test_lossy_masks_gain_no_label_and_are_not_rejected(tmp_path, quality):
     """JPEG ringing along a 0/4 edge decodes as a thin band of 3 and specks of 5: snapping pixel
-    by pixel invented GG3/GG5 (q95) or rejected the mask (q75) (issue 17, defect 3)."""
+    by pixel would invent GG3/GG5 (q95) or reject the mask (q75)."""
     disk = np.array(data.MASK_VALUES, np.uint8)
     yy, xx = np.mgrid[:128, :128]
     gg5_disk = np.where((yy - 60) ** 2 + (xx - 60) ** 2 < 900, 5, 0).astype(np.uint8)  # q75 rings up to 8

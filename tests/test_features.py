@@ -114,7 +114,7 @@ def test_tilecnn_is_trained_once_then_reused(tmp_path):
         features.TileCNN(3)
 
 
-# ------------------------------------------------------------------ chunks as work units (issue 17)
+# ------------------------------------------------------------------------------- chunks as work units
 def _loaders(tiles, size=3, calls=None, fail_at=None):
     """One loader per ``size`` tiles (keys t0, t1, ...); ``calls`` collects the chunks loaded; the
     loader of chunk ``fail_at`` raises (a run stopped there)."""

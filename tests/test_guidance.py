@@ -1,4 +1,4 @@
-"""Classifier-free guidance on the mask and min-SNR-gamma weighting (beyond the paper; issue 15):
+"""Classifier-free guidance on the mask and min-SNR-gamma weighting (beyond the paper):
 trained and sampled as MaskLDM's docstring says, stored with the model, off by default."""
 
 from __future__ import annotations

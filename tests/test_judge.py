@@ -156,7 +156,7 @@ def test_judge_report_rows():
     assert t.loc["real (untouched tiles)", "mean IoU"] == 0.4
 
 
-# ------------------------------------------------------------------------------ the judges three ways (issue 15)
+# -------------------------------------------------------------------------------------- the judges three ways
 def test_judge_report_scores_two_judges_three_ways_and_chance(tmp_path, monkeypatch):
     """Notebook 01 trains the judge on real tiles and on reconstructions (same recipe, two folders),
     and judge.json holds real_on_real, real_on_recon, recon_on_recon (the ceiling) and chance, each

@@ -365,7 +365,7 @@ def test_cli_rerun_reuses_the_first_stage_and_resumes_sd(tmp_path):
     assert done.stat().st_mtime_ns == written
 
 
-# ------------------------------------------------------------------------------ first-stage memory (issue 17)
+# ------------------------------------------------------------------------------------------ first-stage memory
 def test_first_stage_holds_its_training_tiles_as_uint8(monkeypatch, tmp_path):
     """The first stage's training and validation sets stay uint8 (float32 was ~10 GB per process at
     SICAPv2's 12,000 256-px tiles) and become floats per batch, with the same values as before."""

@@ -1,4 +1,4 @@
-"""Generation over several processes (issue 17, :mod:`discnb.core.shards`): DISC data and tile sets made
+"""Generation over several processes (:mod:`discnb.core.shards`): DISC data and tile sets made
 by 2 CPU processes (``accelerate launch``, gloo, as the training test) equal those of one process byte for
 byte, and a run with one process SIGKILLed mid-run resumes, with 2 processes or 1, to the same bytes with
 nothing duplicated or left behind.
@@ -240,7 +240,7 @@ def test_carcinonet_tile_cache_in_chunks_equals_one_call_and_resumes(tmp_path, m
     assert again["cached"] and made[-1].calls == 0 and np.array_equal(again["images"], ref)
 
 
-# ------------------------------------------------- notebooks 04 and 05 under accelerate launch (issue 17)
+# -------------------------------------------------------------- notebooks 04 and 05 under accelerate launch
 def _descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (Linux /proc; the launcher starts its processes in their own sessions)."""
     kids: dict[int, list[int]] = {}

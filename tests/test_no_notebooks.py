@@ -93,7 +93,7 @@ ctx = generators.GeneratorContext(ldm_dir=tmp / "ldm", image_size=32, steps=2, b
 masks = np.zeros((1, 32, 32), np.uint8)
 for name in generators.available():
     gen, key = generators.build_generator(name, ctx)
-    labels = {"slide_labels": np.array([[1, 1]])} if getattr(gen, "needs_slide_labels", False) else {}
+    labels = {"slide_labels": np.array([[1, 1]])} if gen.needs_slide_labels else {}
     assert gen.generate(masks, [0], **labels).shape == (1, 32, 32, 3), name
 print("generators built:", generators.available())
 assert not seen, seen

@@ -153,7 +153,7 @@ def test_generic_folder_grades_from_masks_and_errors(tmp_path):
 
 
 def test_tile_label_is_sicap_rule_in_both_loaders(tmp_path, caplog):
-    """One definition of a tile's label (issue 17, defect 5): SICAPv2's majority cancer grade, in
+    """One definition of a tile's label: SICAPv2's majority cancer grade, in
     notebook 00's index and in the generic tile-folder loader (PANDA, LAPC) alike."""
     from discnb.data import sicap as data
     from sicap_fixture import write_sicap
@@ -189,7 +189,7 @@ def test_tile_label_is_sicap_rule_in_both_loaders(tmp_path, caplog):
 
 
 def test_thin_biopsy_keeps_its_cells_at_the_default_min_tissue(tmp_path):
-    """A needle core thinner than a tile (issue 17, defect 6): every grid cell it crosses is ~45%
+    """A needle core thinner than a tile: every grid cell it crosses is ~45%
     tissue. SICAPv2 kept patches with > 20% tissue and CLAM has no tissue-fraction threshold, so
     the default must keep them (0.5 kept 3 of 14 cells of a real thin biopsy)."""
     cells, src = 14, 128  # 64-px tiles at 1 µm/px = 128 level-0 px at 0.5 µm/px

@@ -197,7 +197,7 @@ def test_profiles_write_to_separate_folders():
         paths.output_dir("fast")
 
 
-# ------------------------------------------------------------------ empty values (issue 17, defect 2)
+# ------------------------------------------------------------------------------------- empty values
 @pytest.mark.parametrize("text,key", [("dataset:\n", "dataset"), ("image_size:\n", "image_size"),
                                       ("dataset: null\n", "dataset"), ("image_size: ~\n", "image_size")])
 def test_empty_value_is_an_error_naming_the_key(tmp_path, capsys, text, key):

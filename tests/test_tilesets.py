@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from discnb import K
 
@@ -51,10 +52,15 @@ def make_library(n: int = 60, size: int = SIZE, seed: int = 0) -> dict:
 
 
 class ColourGen:
-    """Colour-from-mask tiles + seeded noise; ``offset`` makes generators differ, ``sleep`` is per tile."""
+    """Colour-from-mask tiles + seeded noise; ``offset`` makes generators differ, ``sleep`` is per tile.
+    A :class:`discnb.generative.protocol.Generator` on the CPU that needs no slide labels."""
+
+    name = "colour"
+    device = torch.device("cpu")
+    needs_slide_labels = False
 
     def __init__(self, offset: int = 0, sleep: float = 0.0):
-        self.offset, self.sleep = offset, sleep
+        self.offset, self.sleep, self.nfe = offset, sleep, 0
 
     def generate(self, masks, seeds):
         time.sleep(self.sleep * len(masks))
@@ -430,8 +436,8 @@ def test_slide_conditioned_generator_gets_each_tiles_slide_labels(tmp_path):
 
 
 def test_figure_of_a_plan_without_synthetic_slides_warns_instead_of_crashing(tmp_path):
-    """Real slides that already reach target_per_grade leave nothing to synthesise (the paper dry
-    run's first notebook-03 failure: matplotlib's 'Number of columns must be a positive integer')."""
+    """Real slides that already reach target_per_grade leave nothing to synthesise: the figure warns
+    instead of asking matplotlib for zero columns ('Number of columns must be a positive integer')."""
     folder = tmp_path / "SD"
     folder.mkdir()
     ts._write_manifest(folder, ts.read_manifest(folder))

@@ -1,4 +1,4 @@
-"""Generation and feature extraction over the processes of ``accelerate launch`` (issue 17).
+"""Generation and feature extraction over the processes of ``accelerate launch``.
 
 A stage's work is a list of independent *units* numbered by its plan alone (DISC-data shards,
 tile-set slide groups, tile chunks); each unit's output depends only on the unit (every tile's

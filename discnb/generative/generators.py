@@ -1,8 +1,9 @@
 """Generators of synthetic tiles: one registry that every consumer shares (CarcinoNet's synthetic
 tiles, tile sets, the SC/DISC comparison, the benchmark).
 
-A generator NAME maps to ``builder(ctx) -> (generator, fingerprint)``. The generator has
-``generate(masks, seeds) -> (N,H,W,3) uint8`` (and ``latents``/``decode``, ``nfe``); the fingerprint
+A generator NAME maps to ``builder(ctx) -> (generator, fingerprint)``. The generator is a
+:class:`discnb.generative.protocol.Generator` (``generate(masks, seeds) -> (N,H,W,3) uint8``, ``name``,
+``device``, ``nfe``, ``needs_slide_labels``); the fingerprint
 changes whenever its weights or sampling settings do, and keys every cache of its tiles.
 
 Every generator is a :class:`discnb.generative.pipeline.DISCPipeline`'s (``pipe.generator()``):
@@ -41,8 +42,8 @@ GENERATORS: dict[str, Callable[[GeneratorContext], tuple]] = {}
 
 
 def register_generator(name: str):
-    """Decorator: ``builder(ctx) -> (generator, fingerprint)``; the generator has
-    ``generate(masks, seeds) -> (N,H,W,3) uint8`` and the fingerprint (a str) changes whenever
+    """Decorator: ``builder(ctx) -> (generator, fingerprint)``; the generator is a
+    :class:`discnb.generative.protocol.Generator` and the fingerprint (a str) changes whenever
     its weights or sampling settings do (it keys the tile cache)."""
     def deco(builder):
         GENERATORS[name] = builder

@@ -96,7 +96,8 @@ class SDGenerator:
     """SD: the vanilla denoising process conditioned on the whole mask (Fig. 4, top).
 
     ``generate(masks, seeds) -> tiles`` is the interface every generator shares (SD, SD-SC,
-    SD-DISC, SD-DISC-CoTrain), so tile sets and benchmarks never care which one they use.
+    SD-DISC, SD-DISC-CoTrain; :class:`discnb.generative.protocol.Generator`), so tile sets and
+    benchmarks never care which one they use.
     """
 
     name = "SD"

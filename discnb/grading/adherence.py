@@ -1,5 +1,5 @@
-"""Mask adherence, the measurement the README leads with (beyond the paper, which shows pictures;
-issue 15): does a generator draw, region by region, the pattern its mask asks for?
+"""Mask adherence, the measurement the README leads with (beyond the paper, which shows pictures):
+does a generator draw, region by region, the pattern its mask asks for?
 
 Four mask sets, kept apart because the paper's claim (Sec. 2.3: SD misdraws patterns inside
 complex masks, SC and DISC fix it) concerns only the multi-label ones:

@@ -277,10 +277,144 @@ def _train_steps(model, loss_of, images_per_step: int, S: Settings, device, lr: 
 
 
 # ========================================================================================== run
+def load_model(ldir: Path | None, untrained: str | Path | None, image_size: int, S: Settings,
+               device: torch.device) -> tuple[SDGenerator, params.Params, int, dict]:
+    """The timed SD, notebook 01's parameters, the tile size and the model's description: notebook 01's
+    trained SD from ``ldir``, or (``ldir`` None) a random one of the ``untrained`` parameter file's size."""
+    if ldir is None:
+        sd, P01, size = untrained_sd(untrained, image_size, S, device)
+        info = {"source": f"untrained, sizes of {untrained}", "trained": False}
+    else:
+        sd, P01, size = load_sd(ldir, S, device)
+        info = {"source": str(ldir), "trained": True}
+    info |= {"image_size": size, "latent_shape": list(sd.latent_shape), "condition": sd.model.condition,
+             "unet_parameters": sum(p.numel() for p in sd.model.unet.parameters()),
+             "tau_parameters": sum(p.numel() for p in sd.model.tau.parameters())}
+    return sd, P01, size, info
+
+
+def bench_masks(ldir: Path | None, P01, size: int, latent: int, S: Settings, notes: list[str]) -> np.ndarray:
+    """Held-out validation masks of notebook 01's split (trained SD: enough for the timings and the
+    adherence comparison) or 2-label stripes (untrained SD, which has no split: costs only)."""
+    if ldir is None:
+        notes.append("untrained model: costs only, no mask adherence")
+        return stripes(S.n_tiles, size, 2)
+    masks = validation_masks(P01, max(S.n_tiles, S.n_adherence), S.seed, latent)
+    if len(masks) < S.n_tiles:
+        raise ValueError(f"only {len(masks)} validation masks; lower --n-tiles")
+    return masks
+
+
+def bench_judge(ldir: Path | None, judge_dir: str | Path | None, S: Settings, device: torch.device,
+                notes: list[str]):
+    """Notebook 01's pattern judge for the adherence comparison; None when there is nothing to judge
+    (untrained SD, ``n_adherence`` 0) or, with a note, no judge."""
+    if ldir is None or not S.n_adherence:
+        return None
+    try:
+        return jg.load_judge(paths.resolve(judge_dir) if judge_dir else layout.judge_beside(ldir), device=str(device))
+    except FileNotFoundError as e:
+        notes.append(f"adherence skipped: {e}")
+        return None
+
+
+def time_unet(sd: SDGenerator, size: int, masks: np.ndarray, seeds: list[int], S: Settings, device) -> dict:
+    """UNet evaluations / s, after a warm-up call (the first call allocates, and autotunes on a GPU)."""
+    SDGenerator(sd.model, sd.vq, steps=2, batch_size=S.batch_size, device=device, bf16=S.bf16).generate(masks, seeds)
+    return unet_evals_per_s(sd.model, sd.latent_shape, size, S.batch_size, S.unet_reps, device, S.bf16)
+
+
+def dpm_generator(sd: SDGenerator, S: Settings, device) -> SDGenerator:
+    """SD's weights sampled with DPM-Solver++ at ``S.dpm_steps``."""
+    return SDGenerator(sd.model, sd.vq, steps=S.dpm_steps, scheduler="dpm++", batch_size=S.batch_size, device=device,
+                       bf16=S.bf16)
+
+
+def time_sd(sd: SDGenerator, dpm: SDGenerator, masks: np.ndarray, seeds: list[int], S: Settings, device) -> list[dict]:
+    """Rows of SD with DDIM (``S.steps``) and with DPM-Solver++ (``S.dpm_steps``), same masks and seeds."""
+    _, r = time_generate(sd, masks, seeds, device)
+    _, rd = time_generate(dpm, masks, seeds, device)
+    return [{"method": f"SD DDIM-{S.steps}", "generator": "SD", "scheduler": "ddim", "steps": S.steps, "labels": None} | r,
+            {"method": f"SD DPM++-{S.dpm_steps}", "generator": "SD", "scheduler": "dpm++", "steps": S.dpm_steps,
+             "labels": None} | rd]
+
+
+def time_sc(sd: SDGenerator, size: int, seeds: list[int], S: Settings, device, notes: list[str]) -> list[dict]:
+    """Rows of SD-SC (Eq. 2) with DDIM on stripe masks of each of ``S.sc_labels`` label counts (none, with
+    a note, when SD is not pixel-conditioned)."""
+    if sd.model.condition != "pixel":
+        notes.append(f"SD-SC skipped: SD is {sd.model.condition}-conditioned (SC needs pixel)")
+        return []
+    sc = SCGenerator(sd.model, sd.vq, steps=S.steps, scheduler="ddim", batch_size=S.batch_size, device=device,
+                     bf16=S.bf16)
+    rows = []
+    for n_lab in S.sc_labels:
+        _, r = time_generate(sc, stripes(S.n_tiles, size, n_lab), seeds, device)
+        rows.append({"method": f"SD-SC DDIM-{S.steps} ({n_lab} label{'s' if n_lab > 1 else ''})", "generator": "SD-SC",
+                     "scheduler": "ddim", "steps": S.steps, "labels": n_lab} | r)
+    return rows
+
+
+def time_disc(ldir: Path | None, size: int, masks: np.ndarray, seeds: list[int], S: Settings, device,
+              notes: list[str]) -> list[dict]:
+    """The row of SD-DISC with DDIM when notebook 02 trained it (none, with a note, otherwise)."""
+    if ldir is None or not (generators.finetuned_folder(ldir, "SD-DISC") / "model_index.json").exists():
+        notes.append("SD-DISC not timed: no outputs/<profile>/disc/sd-disc (notebook 02); it costs what SD costs")
+        return []
+    ctx = generators.GeneratorContext(ldir, size, S.steps, "ddim", S.batch_size, str(device), S.bf16)
+    dg, _ = generators.build_generator("SD-DISC", ctx)
+    _, r = time_generate(dg, masks, seeds, device)
+    return [{"method": f"SD-DISC DDIM-{S.steps}", "generator": "SD-DISC", "scheduler": "ddim", "steps": S.steps,
+             "labels": None} | r]
+
+
+def sampling_summary(rows: list[dict]) -> dict:
+    """The sampling rows (each with its time relative to the first, SD DDIM), seconds per tile by method,
+    and the ratios: DDIM over DPM-Solver++ time (the second row), SD-SC's time and evaluations over SD's."""
+    base = rows[0]["sec_per_tile"]
+    for r in rows:
+        r["time_vs_sd_ddim"] = r["sec_per_tile"] / base
+    sc = [r for r in rows if r["generator"] == "SD-SC"]
+    return {"sampling": rows, "sec_per_tile": {r["method"]: r["sec_per_tile"] for r in rows},
+            "ratios": {"ddim_over_dpm_time": rows[0]["sec_per_tile"] / rows[1]["sec_per_tile"],
+                       "sc_over_sd_time_by_labels": {str(r["labels"]): r["time_vs_sd_ddim"] for r in sc},
+                       "sc_over_sd_nfe_by_labels": {str(r["labels"]): r["nfe_per_tile"] / rows[0]["nfe_per_tile"]
+                                                    for r in sc}}}
+
+
+def compare_adherence(sd: SDGenerator, dpm: SDGenerator, judge, masks: np.ndarray, seeds: list[int], S: Settings,
+                      device) -> dict:
+    """DDIM-S vs DPM-Solver++: the same held-out masks and seeds, both judged, beside the judge's score
+    of DDIM's tiles against other masks (chance)."""
+    n = S.n_adherence
+    ta, ra = time_generate(sd, masks[:n], seeds[:n], device)
+    tb, rb = time_generate(dpm, masks[:n], seeds[:n], device)
+    ja, jb = judge(ta, masks[:n]), judge(tb, masks[:n])
+    chance = judge(ta, np.roll(masks[:n], 1, axis=0))
+    return {"masks": int(n), "seeds": f"{seeds[0]}..{seeds[n - 1]}",
+            "judge": {k: judge.info.get(k) for k in ("input", "scored_on", "source_run")},
+            f"DDIM-{S.steps}": _judged(ja) | {"sec_per_tile": ra["sec_per_tile"]},
+            f"DPM++-{S.dpm_steps}": _judged(jb) | {"sec_per_tile": rb["sec_per_tile"]},
+            "chance_mean_iou": chance["mean_iou"],
+            "mean_iou_difference_dpm_minus_ddim": jb["mean_iou"] - ja["mean_iou"],
+            "pixel_agreement_difference_dpm_minus_ddim": jb["pixel_agreement"] - ja["pixel_agreement"],
+            "ddim_over_dpm_time": ra["sec_per_tile"] / rb["sec_per_tile"]}
+
+
+def training_throughput(P01, size: int, latent, S: Settings, device, profile: str,
+             carcinonet_params_file: str | Path | None) -> dict:
+    """Training throughput of the LDM (Eq. 1) and of CarcinoNet (Eq. 4, notebook 04's parameters)."""
+    P04 = carcinonet_params(profile, carcinonet_params_file)
+    return {"ldm": train_ldm_throughput(P01, size, latent, S, device),
+            "carcinonet": train_carcinonet_throughput(P04, size, S, device) |
+            {"params": str(carcinonet_params_file or f"params/{profile}/04_carcinonet.yaml"),
+             "encoder": P04.model["encoder"]}}
+
+
 def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path | None = None,
         judge_dir: str | Path | None = None, carcinonet_params_file: str | Path | None = None,
         untrained: str | Path | None = None, image_size: int = 256, progress: bool = True) -> dict:
-    """Measure everything listed in the module docstring; returns the JSON-ready dict."""
+    """Measure everything listed in the module docstring, one job after the other; returns the JSON-ready dict."""
     S = S or Settings()
     if S.n_tiles < 1:
         raise ValueError("n_tiles must be >= 1")
@@ -289,113 +423,33 @@ def run(profile: str = "smoke", S: Settings | None = None, ldm_dir: str | Path |
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t_start = time.perf_counter()
+    notes: list[str] = []
     out: dict = {"device": device_info(device), "settings": asdict(S) | {"sc_labels": list(S.sc_labels)},
-                 "profile": profile, "notes": []}
-    L = layout.of({"profile": profile, "ldm_dir": str(ldm_dir or "")})
-    if untrained:
-        sd, P01, size = untrained_sd(untrained, image_size, S, device)
-        out["model"] = {"source": f"untrained, sizes of {untrained}", "trained": False}
-    else:
-        sd, P01, size = load_sd(L.ldm, S, device)
-        out["model"] = {"source": str(L.ldm), "trained": True}
-    latent = sd.latent_shape
-    out["model"] |= {"image_size": size, "latent_shape": list(latent), "condition": sd.model.condition,
-                     "unet_parameters": sum(p.numel() for p in sd.model.unet.parameters()),
-                     "tau_parameters": sum(p.numel() for p in sd.model.tau.parameters())}
-
-    # masks: held-out validation masks of notebook 01's split (trained) or 2-label stripes (untrained)
-    judge = None
-    if not untrained:
-        n_val = max(S.n_tiles, S.n_adherence)
-        masks = validation_masks(P01, n_val, S.seed, latent[-1])
-        if len(masks) < S.n_tiles:
-            raise ValueError(f"only {len(masks)} validation masks; lower --n-tiles")
-        if S.n_adherence:
-            try:
-                judge = jg.load_judge(paths.resolve(judge_dir) if judge_dir else L.judge,
-                                      device=str(device))
-            except FileNotFoundError as e:
-                out["notes"].append(f"adherence skipped: {e}")
-    else:
-        masks = stripes(S.n_tiles, size, 2)
-        out["notes"].append("untrained model: costs only, no mask adherence")
+                 "profile": profile, "notes": notes}
+    ldir = None if untrained else layout.of({"profile": profile, "ldm_dir": str(ldm_dir or "")}).ldm
+    sd, P01, size, out["model"] = load_model(ldir, untrained, image_size, S, device)
+    masks = bench_masks(ldir, P01, size, sd.latent_shape[-1], S, notes)
+    judge = bench_judge(ldir, judge_dir, S, device, notes)
     seeds = [S.seed * 100_000 + i for i in range(len(masks))]
     tmask, tseeds = masks[:S.n_tiles], seeds[:S.n_tiles]
 
     bar = tqdm(total=6, desc="bench", disable=not progress)
-    # warm-up: the first call allocates (and autotunes on a GPU)
-    SDGenerator(sd.model, sd.vq, steps=2, batch_size=S.batch_size, device=device, bf16=S.bf16).generate(tmask, tseeds)
-    out["unet"] = unet_evals_per_s(sd.model, latent, size, S.batch_size, S.unet_reps, device, S.bf16)
+    out["unet"] = time_unet(sd, size, tmask, tseeds, S, device)
     out["unet_evals_per_s"] = out["unet"]["evals_per_s"]
     bar.update()
-
-    rows = []
-    ddim = f"DDIM-{S.steps}"
-    dpm = SDGenerator(sd.model, sd.vq, steps=S.dpm_steps, scheduler="dpm++", batch_size=S.batch_size,
-                      device=device, bf16=S.bf16)
-    _, r = time_generate(sd, tmask, tseeds, device)
-    rows.append({"method": f"SD {ddim}", "generator": "SD", "scheduler": "ddim", "steps": S.steps, "labels": None} | r)
-    _, r = time_generate(dpm, tmask, tseeds, device)
-    rows.append({"method": f"SD DPM++-{S.dpm_steps}", "generator": "SD", "scheduler": "dpm++", "steps": S.dpm_steps,
-                 "labels": None} | r)
+    dpm = dpm_generator(sd, S, device)
+    rows = time_sd(sd, dpm, tmask, tseeds, S, device)
     bar.update()
-    if sd.model.condition == "pixel":
-        sc = SCGenerator(sd.model, sd.vq, steps=S.steps, scheduler="ddim", batch_size=S.batch_size, device=device,
-                         bf16=S.bf16)
-        for n_lab in S.sc_labels:
-            _, r = time_generate(sc, stripes(S.n_tiles, size, n_lab), tseeds, device)
-            rows.append({"method": f"SD-SC {ddim} ({n_lab} label{'s' if n_lab > 1 else ''})", "generator": "SD-SC",
-                         "scheduler": "ddim", "steps": S.steps, "labels": n_lab} | r)
-    else:
-        out["notes"].append(f"SD-SC skipped: SD is {sd.model.condition}-conditioned (SC needs pixel)")
+    rows += time_sc(sd, size, tseeds, S, device, notes)
     bar.update()
-    if not untrained and (generators.finetuned_folder(L.ldm, "SD-DISC") / "model_index.json").exists():
-        ctx = generators.GeneratorContext(L.ldm, size, S.steps, "ddim", S.batch_size,
-                                          str(device), S.bf16)
-        dg, _ = generators.build_generator("SD-DISC", ctx)
-        _, r = time_generate(dg, tmask, tseeds, device)
-        rows.append({"method": f"SD-DISC {ddim}", "generator": "SD-DISC", "scheduler": "ddim", "steps": S.steps,
-                     "labels": None} | r)
-        del dg
-    else:
-        out["notes"].append("SD-DISC not timed: no outputs/<profile>/disc/sd-disc (notebook 02); it costs what SD costs")
+    rows += time_disc(ldir, size, tmask, tseeds, S, device, notes)
     bar.update()
-    base = rows[0]["sec_per_tile"]
-    for r in rows:
-        r["time_vs_sd_ddim"] = r["sec_per_tile"] / base
-    out["sampling"] = rows
-    out["sec_per_tile"] = {r["method"]: r["sec_per_tile"] for r in rows}
-    out["ratios"] = {"ddim_over_dpm_time": rows[0]["sec_per_tile"] / rows[1]["sec_per_tile"],
-                     "sc_over_sd_time_by_labels": {str(r["labels"]): r["time_vs_sd_ddim"] for r in rows
-                                                   if r["generator"] == "SD-SC"},
-                     "sc_over_sd_nfe_by_labels": {str(r["labels"]): r["nfe_per_tile"] / rows[0]["nfe_per_tile"]
-                                                  for r in rows if r["generator"] == "SD-SC"}}
-
-    # DDIM-S vs DPM++-20: same held-out masks, same seeds, judged
-    if judge is not None:
-        ta, ra = time_generate(sd, masks[:S.n_adherence], seeds[:S.n_adherence], device)
-        tb, rb = time_generate(dpm, masks[:S.n_adherence], seeds[:S.n_adherence], device)
-        ja, jb = judge(ta, masks[:S.n_adherence]), judge(tb, masks[:S.n_adherence])
-        chance = judge(ta, np.roll(masks[:S.n_adherence], 1, axis=0))
-        out["adherence"] = {
-            "masks": int(S.n_adherence), "seeds": f"{seeds[0]}..{seeds[S.n_adherence - 1]}",
-            "judge": {k: judge.info.get(k) for k in ("input", "scored_on", "source_run")},
-            ddim: _judged(ja) | {"sec_per_tile": ra["sec_per_tile"]},
-            f"DPM++-{S.dpm_steps}": _judged(jb) | {"sec_per_tile": rb["sec_per_tile"]},
-            "chance_mean_iou": chance["mean_iou"],
-            "mean_iou_difference_dpm_minus_ddim": jb["mean_iou"] - ja["mean_iou"],
-            "pixel_agreement_difference_dpm_minus_ddim": jb["pixel_agreement"] - ja["pixel_agreement"],
-            "ddim_over_dpm_time": ra["sec_per_tile"] / rb["sec_per_tile"]}
+    out |= sampling_summary(rows)
+    out["adherence"] = None if judge is None else compare_adherence(sd, dpm, judge, masks, seeds, S, device)
+    if out["adherence"] is not None:
         out["ratios"]["ddim_over_dpm_time_adherence_run"] = out["adherence"]["ddim_over_dpm_time"]
-    else:
-        out["adherence"] = None
     bar.update()
-
-    P04 = carcinonet_params(profile, carcinonet_params_file)
-    out["training"] = {"ldm": train_ldm_throughput(P01, size, latent, S, device),
-                       "carcinonet": train_carcinonet_throughput(P04, size, S, device) |
-                       {"params": str(carcinonet_params_file or f"params/{profile}/04_carcinonet.yaml"),
-                        "encoder": P04.model["encoder"]}}
+    out["training"] = training_throughput(P01, size, sd.latent_shape, S, device, profile, carcinonet_params_file)
     bar.update()
     bar.close()
     out["memory"] = peak_memory(device)

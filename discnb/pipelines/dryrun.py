@@ -1,5 +1,5 @@
 """The paper profile's dry run: every notebook at the paper's model sizes and settings, with step,
-sample and slide counts capped to a handful, on stand-in data in the real formats (issue 17).
+sample and slide counts capped to a handful, on stand-in data in the real formats.
 
 The paper path trains for weeks on a GPU; nothing in it may crash after a week because a code path
 only ever ran at toy sizes. This runs notebooks 00-06 headlessly (papermill, as ``run_all.sh``) with

@@ -69,6 +69,7 @@ from discnb.core.notebook import cli
 from discnb.core.train import pick_device
 from discnb.data import prepared, shapes
 from discnb.generative.generators import GeneratorContext, build_generator
+from discnb.generative.protocol import Generator
 from discnb.generative.tileset_plan import (VERSION, Plan, ablation_grid, build_masks, library_info, make_plan,
                                             pair_table, sample_slide)
 
@@ -124,12 +125,217 @@ def slide_groups(n_tiles, batch_tiles: int) -> list[list[int]]:
     return groups + ([cur] if cur else [])
 
 
-def _on_cpu(gen) -> bool:
-    return str(getattr(gen, "device", "cpu")).startswith("cpu")
+def _on_cpu(gen: Generator) -> bool:
+    return gen.device.type == "cpu"
 
 
-def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, lib: dict, *, image_size: int,
-                     min_tiles: int, max_tiles: int, scheme: str = "random", batch_tiles: int = 16,
+def _no_run() -> dict:
+    """A run's (or a process's) totals before its first slide."""
+    return {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}
+
+
+def _tileset_settings(plan: Plan, generator_name: str, gen_fingerprint: str, lib_fingerprint: str, image_size: int,
+                      min_tiles: int, max_tiles: int, scheme: str) -> dict:
+    """What a tile set's slides depend on (kept in plan.json): a folder made with other settings is stale."""
+    return {"version": VERSION, "generator": generator_name, "generator_fingerprint": gen_fingerprint,
+            "plan_fingerprint": plan.fingerprint(), "library_fingerprint": lib_fingerprint,
+            "image_size": int(image_size), "min_tiles": int(min_tiles), "max_tiles": int(max_tiles), "scheme": scheme}
+
+
+def _stale_settings(folder: Path, settings: dict, key: str, replace_stale: bool) -> list[str] | None:
+    """The settings in which the tile set already in ``folder`` differs (None when it does not, or there is
+    none); an error unless ``replace_stale``. Every process checks, so all of them stop on an error."""
+    plan_file = folder / "plan.json"
+    if not plan_file.exists():
+        return None
+    old = json.loads(plan_file.read_text())
+    if old.get("key") == key:
+        return None
+    stale = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
+    if not replace_stale:
+        raise ValueError(f"{folder}: this tile set was made with other settings ({', '.join(stale)} differ: "
+                         f"e.g. retrained generator weights or another plan). Delete the folder, or set "
+                         f"replace_stale: true to regenerate it")
+    return stale
+
+
+def _read_records(records: list[Path]) -> tuple[list[dict], dict, int]:
+    """The processes' records: their manifest rows, their summed run totals, and the largest process count."""
+    rows, run, world = [], _no_run(), 1
+    for r in records:
+        rec = json.loads(r.read_text())
+        rows += rec["rows"]
+        world = max(world, int(rec["processes"]))
+        for k in run:
+            run[k] += rec["run"][k]
+    return rows, run, world
+
+
+def _merged_manifest(folder: Path, rows: list[dict], slide_order: dict[str, int]) -> pd.DataFrame:
+    """``manifest.csv`` plus ``rows``, one row per slide (the last), in plan order; a row whose file is
+    gone is dropped, with a warning, so that its slide is generated again."""
+    manifest = read_manifest(folder)
+    if rows:
+        new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        manifest = pd.concat([manifest, new], ignore_index=True) if len(manifest) else new
+    gone = [r.slide_id for r in manifest.itertuples() if not (folder / r.file).exists()]
+    if gone:
+        warnings.warn(f"{folder}: {len(gone)} manifest row(s) without their file (e.g. {gone[:3]}); generating them again")
+        manifest = manifest[~manifest.slide_id.isin(gone)]
+    manifest = manifest.drop_duplicates("slide_id", keep="last")
+    manifest = manifest.iloc[np.argsort([slide_order.get(x, len(slide_order)) for x in manifest.slide_id], kind="stable")]
+    return manifest.reset_index(drop=True)
+
+
+def _merged_timing(timing_file: Path, run: dict, world: int, interrupted: bool, generator_name: str,
+                   gen_fingerprint: str, sampling: dict) -> dict:
+    """``timing.json`` with ``run`` added (one entry of ``runs`` when it wrote slides) and the means over
+    every run."""
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else \
+        {"generator": generator_name, **_no_run(), "runs": []}
+    if run["slides"]:
+        for k in run:
+            timing[k] += run[k]
+        timing["runs"].append({**run, "processes": world, **({"interrupted": True} if interrupted else {}),
+                               "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **sampling})
+    timing.update(generator=generator_name, generator_fingerprint=gen_fingerprint,
+                  sec_per_tile=timing["generate_seconds"] / timing["tiles"] if timing["tiles"] else None,
+                  sec_per_slide=timing["slide_seconds"] / timing["slides"] if timing["slides"] else None,
+                  mean_tiles_per_slide=timing["tiles"] / timing["slides"] if timing["slides"] else None)
+    return timing
+
+
+def _manifest_row(r, smp: dict, rel: str) -> dict:
+    """The manifest row of plan row ``r`` whose sampled slide ``smp`` was written to ``rel``."""
+    return {"slide_id": r.slide_id, "primary": int(r.primary), "secondary": int(r.secondary),
+            "tertiary": int(r.tertiary), "weights": json.dumps([round(float(x), 6) for x in smp["weights"]]),
+            "n_tiles": len(smp["mask_ids"]), "seed": int(r.seed), "file": rel}
+
+
+class _Generation:
+    """One process's part of generating a tile set: the steps that :func:`discnb.core.shards.run` calls
+    (:meth:`setup` and :meth:`merge_records` on the main process; :meth:`todo`, :meth:`start` and
+    :meth:`work` on each), over the state they share: the plan's sampled slides and their groups, the
+    slides still missing, this process's record and its progress bar."""
+
+    def __init__(self, folder: Path, gen: Generator, plan: Plan, lib: dict, settings: dict, stale: list[str] | None,
+                 *, batch_tiles: int, extra: dict, procs: shards.Processes, progress: bool,
+                 on_slide: Callable[[str], None] | None):
+        self.folder, self.gen, self.lib, self.plan, self.settings, self.stale = folder, gen, lib, plan, settings, stale
+        self.key = io.fingerprint(settings)
+        self.size, self.name = settings["image_size"], settings["generator"]
+        self.extra, self.on_slide = extra, on_slide
+        self.slide_ids = plan.slides.slide_id.tolist()
+        self.slide_order = {sid: i for i, sid in enumerate(self.slide_ids)}
+        # every process draws every slide's masks and seeds (cheap; the masks themselves are built per group)
+        self.specs = [(r, sample_slide(lib, r.primary, r.secondary, r.tertiary, r.seed, settings["min_tiles"],
+                                       settings["max_tiles"], settings["scheme"], masks=False))
+                      for r in plan.slides.itertuples()]
+        self.groups = slide_groups([len(s["mask_ids"]) for _, s in self.specs], batch_tiles)
+        self.missing: set[int] = set()
+        self.record = shards.rank_path(folder, RECORD, procs.rank, ".json")
+        self.mine = {"processes": procs.world, "rows": [], "run": _no_run()}
+        self.bar = tqdm(total=0, desc=f"{self.name or 'tiles'}", unit="tile", disable=not (progress and procs.is_main),
+                        mininterval=1)
+
+    # ----------------------------------------------------------------- main process, before and after
+    def setup(self) -> None:
+        """Clear a stale folder, delete what a killed run left half written, write plan.json, and fold a
+        killed run's records into the manifest."""
+        if self.stale is not None:
+            warnings.warn(f"{self.folder}: stale tile set ({', '.join(self.stale)} changed); deleting it and "
+                          f"generating afresh")
+            _clear(self.folder)
+        (self.folder / "slides").mkdir(parents=True, exist_ok=True)
+        shards.remove_tmp(self.folder / "slides")
+        shards.remove_tmp(self.folder)
+        io.write_text(self.folder / "plan.json", json.dumps({"key": self.key, "settings": self.settings, **self.extra,
+                                                             "plan": self.plan.to_json()}, indent=1, default=int) + "\n")
+        self.merge_records(interrupted=True)
+
+    def merge_records(self, interrupted: bool = False) -> int:
+        """manifest.csv and timing.json plus every process's record (deleted after); returns the number
+        of slides the records add."""
+        records = shards.rank_paths(self.folder, RECORD, ".json")
+        rows, run, world = _read_records(records)
+        _write_manifest(self.folder, _merged_manifest(self.folder, rows, self.slide_order))
+        timing = _merged_timing(self.folder / "timing.json", run, world, interrupted, self.name,
+                                self.settings["generator_fingerprint"], self.extra.get("sampling", {}))
+        io.write_text(self.folder / "timing.json", json.dumps(timing, indent=1) + "\n")
+        for r in records:
+            r.unlink()
+        return run["slides"]
+
+    # ------------------------------------------------------------------------------- every process
+    def todo(self) -> list[int]:
+        """The groups with a slide not in the manifest (or whose file is gone); notes those slides."""
+        m = read_manifest(self.folder)
+        done = {sid for sid, f in zip(m.slide_id, m.file) if (self.folder / f).exists()}
+        self.missing.update(i for i, sid in enumerate(self.slide_ids) if sid not in done)
+        return [g for g, idx in enumerate(self.groups) if any(i in self.missing for i in idx)]
+
+    def start(self, units: list[int]) -> None:
+        """The progress bar counts the tiles this process will write."""
+        self.bar.total = sum(len(self.specs[i][1]["mask_ids"]) for g in units for i in self.groups[g] if i in self.missing)
+        self.bar.refresh()
+
+    def work(self, g: int) -> None:
+        """Group ``g``: one generator call on all its slides' masks, then its missing slides written."""
+        t0 = time.perf_counter()
+        group = [self.specs[i] for i in self.groups[g]]
+        masks, seeds, kw = self.group_inputs(group)
+        tg = time.perf_counter()
+        tiles = np.asarray(self.gen.generate(masks, seeds, **kw))
+        gen_s = time.perf_counter() - tg
+        if tiles.shape != (len(masks), self.size, self.size, 3) or tiles.dtype != np.uint8:
+            raise ValueError(f"generator {self.name!r} returned {tiles.dtype} {tiles.shape}; expected uint8 "
+                             f"{(len(masks), self.size, self.size, 3)}")
+        written = self.write_group(g, group, tiles)
+        share = written / len(masks)  # the time of the slides written (all of the group's but when resumed)
+        self.mine["run"]["generate_seconds"] += gen_s * share
+        self.mine["run"]["slide_seconds"] += (time.perf_counter() - t0) * share
+        io.write_text(self.record, json.dumps(self.mine) + "\n")
+
+    def group_inputs(self, group: list[tuple]) -> tuple[np.ndarray, list[int], dict]:
+        """A group's masks (built here), seeds and, for a generator that needs them, slide labels."""
+        for _, smp in group:
+            smp["masks"] = build_masks(self.lib, smp["mask_ids"], smp["labels"], self.size)
+        masks = np.concatenate([s["masks"] for _, s in group])
+        seeds = np.concatenate([s["seeds"] for _, s in group])
+        kw = {}
+        if self.gen.needs_slide_labels:  # Fig. 7's tile+slide-conditioned SD: the slide's labels per tile
+            kw["slide_labels"] = np.concatenate([np.tile([[int(r.primary), int(r.secondary)]], (len(s["seeds"]), 1))
+                                                 for r, s in group])
+        return masks, [int(x) for x in seeds], kw
+
+    def write_group(self, g: int, group: list[tuple], tiles: np.ndarray) -> int:
+        """Write and record group ``g``'s missing slides (a resumed group's finished ones are not written
+        again); returns the number of tiles written."""
+        o, written = 0, 0
+        for i, (r, smp) in zip(self.groups[g], group):
+            m = len(smp["mask_ids"])
+            if i in self.missing:
+                self.write_slide(r, smp, tiles[o:o + m])
+                written += m
+            o += m
+            del smp["masks"]
+        return written
+
+    def write_slide(self, r, smp: dict, tiles: np.ndarray) -> None:
+        """One slide's npz (atomically), then its row in this process's record."""
+        rel = f"slides/{r.slide_id}.npz"
+        _write_slide(self.folder / rel, tiles=tiles, masks=smp["masks"], mask_ids=smp["mask_ids"], seeds=smp["seeds"])
+        self.mine["rows"].append(_manifest_row(r, smp, rel))
+        self.mine["run"]["slides"] += 1
+        self.mine["run"]["tiles"] += len(tiles)
+        io.write_text(self.record, json.dumps(self.mine) + "\n")
+        if self.on_slide:
+            self.on_slide(r.slide_id)
+        self.bar.update(len(tiles))
+
+
+def generate_tileset(folder: str | Path, gen: Generator, gen_fingerprint: str, plan: Plan, lib: dict, *,
+                     image_size: int, min_tiles: int, max_tiles: int, scheme: str = "random", batch_tiles: int = 16,
                      generator_name: str = "", lib_fingerprint: str = "", extra: dict | None = None,
                      replace_stale: bool = False, progress: bool = True,
                      on_slide: Callable[[str], None] | None = None, procs: shards.Processes | None = None) -> dict:
@@ -144,149 +350,21 @@ def generate_tileset(folder: str | Path, gen, gen_fingerprint: str, plan: Plan, 
     (plan order) and ``timing.json`` once all are done, and at the start of a run folds in those of
     a killed run. A group with some slides finished is generated whole again (the same batches) and
     only its missing slides are written. So N processes, one process and a resumed run all write
-    the same slides and the same manifest (timing aside).
+    the same slides and the same manifest (timing aside). The steps are :class:`_Generation`'s.
     """
     folder = Path(folder)
-    lib = library_info(lib)
-    size = int(image_size)
     procs = procs or shards.processes(_on_cpu(gen))
-    settings = {"version": VERSION, "generator": generator_name, "generator_fingerprint": gen_fingerprint,
-                "plan_fingerprint": plan.fingerprint(), "library_fingerprint": lib_fingerprint,
-                "image_size": size, "min_tiles": int(min_tiles), "max_tiles": int(max_tiles), "scheme": scheme}
-    key = io.fingerprint(settings)
-    plan_file = folder / "plan.json"
-    stale = None
-    if plan_file.exists():  # every process checks, so all of them stop on an error
-        old = json.loads(plan_file.read_text())
-        if old.get("key") != key:
-            stale = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
-            if not replace_stale:
-                raise ValueError(f"{folder}: this tile set was made with other settings ({', '.join(stale)} differ: "
-                                 f"e.g. retrained generator weights or another plan). Delete the folder, or set "
-                                 f"replace_stale: true to regenerate it")
-    timing_file = folder / "timing.json"
-    slide_ids = plan.slides.slide_id.tolist()
-    rank_of = {sid: i for i, sid in enumerate(slide_ids)}
-
-    def merge_records(interrupted: bool = False) -> int:
-        """manifest.csv and timing.json plus every process's record (deleted after); returns the
-        number of slides the records add."""
-        manifest = read_manifest(folder)
-        timing = json.loads(timing_file.read_text()) if timing_file.exists() else \
-            {"generator": generator_name, "slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0, "runs": []}
-        records = shards.rank_paths(folder, RECORD, ".json")
-        rows, run, world = [], {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}, 1
-        for r in records:
-            rec = json.loads(r.read_text())
-            rows += rec["rows"]
-            world = max(world, int(rec["processes"]))
-            for k in run:
-                run[k] += rec["run"][k]
-        if rows:
-            new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-            manifest = pd.concat([manifest, new], ignore_index=True) if len(manifest) else new
-        gone = [r.slide_id for r in manifest.itertuples() if not (folder / r.file).exists()]
-        if gone:
-            warnings.warn(f"{folder}: {len(gone)} manifest row(s) without their file (e.g. {gone[:3]}); generating them again")
-            manifest = manifest[~manifest.slide_id.isin(gone)]
-        manifest = manifest.drop_duplicates("slide_id", keep="last")
-        manifest = manifest.iloc[np.argsort([rank_of.get(x, len(rank_of)) for x in manifest.slide_id], kind="stable")]
-        _write_manifest(folder, manifest.reset_index(drop=True))
-        if run["slides"]:
-            for k in run:
-                timing[k] += run[k]
-            timing["runs"].append({**run, "processes": world, **({"interrupted": True} if interrupted else {}),
-                                   "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   **(extra or {}).get("sampling", {})})
-        timing.update(generator=generator_name, generator_fingerprint=gen_fingerprint,
-                      sec_per_tile=timing["generate_seconds"] / timing["tiles"] if timing["tiles"] else None,
-                      sec_per_slide=timing["slide_seconds"] / timing["slides"] if timing["slides"] else None,
-                      mean_tiles_per_slide=timing["tiles"] / timing["slides"] if timing["slides"] else None)
-        io.write_text(timing_file, json.dumps(timing, indent=1) + "\n")
-        for r in records:
-            r.unlink()
-        return run["slides"]
-
-    def setup() -> None:
-        if stale is not None:
-            warnings.warn(f"{folder}: stale tile set ({', '.join(stale)} changed); deleting it and generating afresh")
-            _clear(folder)
-        (folder / "slides").mkdir(parents=True, exist_ok=True)
-        shards.remove_tmp(folder / "slides")  # left by a killed run
-        shards.remove_tmp(folder)
-        io.write_text(plan_file, json.dumps({"key": key, "settings": settings, **(extra or {}), "plan": plan.to_json()},
-                                            indent=1, default=int) + "\n")
-        merge_records(interrupted=True)
-
-    # every process draws every slide's masks and seeds (cheap; the masks themselves are built per group)
-    specs = [(r, sample_slide(lib, r.primary, r.secondary, r.tertiary, r.seed, min_tiles, max_tiles, scheme, masks=False))
-             for r in plan.slides.itertuples()]
-    groups = slide_groups([len(s["mask_ids"]) for _, s in specs], batch_tiles)
-    missing: set[int] = set()
-
-    def todo() -> list[int]:
-        m = read_manifest(folder)
-        done = {sid for sid, f in zip(m.slide_id, m.file) if (folder / f).exists()}
-        missing.update(i for i, sid in enumerate(slide_ids) if sid not in done)
-        return [g for g, idx in enumerate(groups) if any(i in missing for i in idx)]
-
-    record = shards.rank_path(folder, RECORD, procs.rank, ".json")
-    mine = {"processes": procs.world, "rows": [], "run": {"slides": 0, "tiles": 0, "generate_seconds": 0.0, "slide_seconds": 0.0}}
-    bar = tqdm(total=0, desc=f"{generator_name or 'tiles'}", unit="tile", disable=not (progress and procs.is_main),
-               mininterval=1)
-
-    def start(units: list[int]) -> None:
-        bar.total = sum(len(specs[i][1]["mask_ids"]) for g in units for i in groups[g] if i in missing)
-        bar.refresh()
-
-    def work(g: int) -> None:
-        t0 = time.perf_counter()
-        group = [specs[i] for i in groups[g]]
-        for _, smp in group:
-            smp["masks"] = build_masks(lib, smp["mask_ids"], smp["labels"], size)
-        masks = np.concatenate([s["masks"] for _, s in group])
-        seeds = np.concatenate([s["seeds"] for _, s in group])
-        kw = {}
-        if getattr(gen, "needs_slide_labels", False):  # Fig. 7's tile+slide-conditioned SD: the slide's labels per tile
-            kw["slide_labels"] = np.concatenate([np.tile([[int(r.primary), int(r.secondary)]], (len(s["seeds"]), 1))
-                                                 for r, s in group])
-        tg = time.perf_counter()
-        tiles = np.asarray(gen.generate(masks, [int(x) for x in seeds], **kw))
-        gen_s = time.perf_counter() - tg
-        if tiles.shape != (len(masks), size, size, 3) or tiles.dtype != np.uint8:
-            raise ValueError(f"generator {generator_name!r} returned {tiles.dtype} {tiles.shape}; expected uint8 "
-                             f"{(len(masks), size, size, 3)}")
-        o, written = 0, 0
-        for i, (r, smp) in zip(groups[g], group):
-            m = len(smp["mask_ids"])
-            if i in missing:  # a resumed group: its finished slides are not written again
-                rel = f"slides/{r.slide_id}.npz"
-                _write_slide(folder / rel, tiles=tiles[o:o + m], masks=smp["masks"], mask_ids=smp["mask_ids"],
-                             seeds=smp["seeds"])
-                mine["rows"].append({"slide_id": r.slide_id, "primary": int(r.primary), "secondary": int(r.secondary),
-                                     "tertiary": int(r.tertiary),
-                                     "weights": json.dumps([round(float(x), 6) for x in smp["weights"]]),
-                                     "n_tiles": m, "seed": int(r.seed), "file": rel})
-                mine["run"]["slides"] += 1
-                mine["run"]["tiles"] += m
-                written += m
-                io.write_text(record, json.dumps(mine) + "\n")
-                if on_slide:
-                    on_slide(r.slide_id)
-                bar.update(m)
-            o += m
-            del smp["masks"]
-        share = written / len(masks)  # the time of the slides written (all of the group's but when resumed)
-        mine["run"]["generate_seconds"] += gen_s * share
-        mine["run"]["slide_seconds"] += (time.perf_counter() - t0) * share
-        io.write_text(record, json.dumps(mine) + "\n")
-
-    generated = shards.run(folder, "generation", todo=todo, work=work, setup=setup, merge=merge_records, start=start,
-                           procs=procs)
-    bar.close()
+    settings = _tileset_settings(plan, generator_name, gen_fingerprint, lib_fingerprint, image_size, min_tiles,
+                                 max_tiles, scheme)
+    stale = _stale_settings(folder, settings, io.fingerprint(settings), replace_stale)
+    job = _Generation(folder, gen, plan, library_info(lib), settings, stale, batch_tiles=batch_tiles,
+                      extra=extra or {}, procs=procs, progress=progress, on_slide=on_slide)
+    generated = shards.run(folder, "generation", todo=job.todo, work=job.work, setup=job.setup,
+                           merge=job.merge_records, start=job.start, procs=procs)
+    job.bar.close()
     manifest = read_manifest(folder)
-    timing = json.loads(timing_file.read_text())
-    missing_now = set(slide_ids) - set(manifest.slide_id)
+    timing = json.loads((folder / "timing.json").read_text())
+    missing_now = set(job.slide_ids) - set(manifest.slide_id)
     if missing_now:
         raise RuntimeError(f"{folder}: {len(missing_now)} planned slide(s) still missing after generation")
     return {"folder": str(folder), "slides": len(manifest), "tiles": int(manifest.n_tiles.sum()),

@@ -57,7 +57,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
     if done.exists() and json.loads(done.read_text()).get("signature") == sig and (out / "final").exists():
         return ae.load_vq(out / "best"), json.loads(done.read_text())  # the one a fresh run continues with
     vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"])
-    # uint8 in memory, floats per batch (issue 17: float32 tiles were ~10 GB per process at SICAPv2's size)
+    # uint8 in memory, floats per batch (float32 tiles would take ~10 GB per process at SICAPv2's size)
     tr = TensorData({"x": ae.pixels(split["train"]["imgs"])}, augment=lambda b: dihedral(b, ("x",)),
                     transform=ae.pixels_to_model)
     va = TensorData({"x": ae.pixels(split["val"]["imgs"])}, transform=ae.pixels_to_model)
@@ -102,7 +102,7 @@ def train_judge(P, progress: bool = True, D: dict | None = None, recipe_input: s
 
 
 def train_judges(P, progress: bool = True) -> dict:
-    """Both judges of the measurement (beyond the paper; issue 15), the same recipe and seed:
+    """Both judges of the measurement (beyond the paper), the same recipe and seed:
     ``first_stage``, trained on first-stage reconstructions of the real training tiles (the
     adherence judge every later notebook loads when ``judge.input`` is ``first_stage``, and the
     ceiling), and ``real``, trained on the untouched tiles (how much of what tells the grades apart
