@@ -23,7 +23,8 @@ import yaml
 from discnb import K, LABELS, plots
 from discnb.core import io, paths
 from discnb.core.notebook import cli
-from discnb.data import demo, demo_check, shapes
+from discnb.data import demo, shapes
+from discnb.data.demo import check as demo_check
 from discnb.data import sicap as data
 
 NOTEBOOK = "00_data_prep"
