@@ -18,11 +18,12 @@ Content: every file's SHA-1 is compared after these normalisations, all of thing
 
 - the two runs' output roots, written into text files (``data_dir``, index paths, model cards), read as
   ``<outputs>`` and ``<figures>`` (also where the notebook side writes them relative to the repository);
-  and the hashes of files that hold such a path (:data:`ROOT_HASH_KEY`: diffusers writes the folder it
-  loaded from into a config's ``_name_or_path``); the files themselves are compared;
+  and the hashes of files that hold such a path or a timing (:data:`DERIVED_HASH_KEY`: diffusers writes the
+  folder it loaded from into a config's ``_name_or_path``); the files themselves are compared;
 - the git commit (and ``-dirty``) the stage ran at;
 - timings and clocks: in JSON and YAML files the keys :data:`TIMING_KEY` matches (wall seconds, rates per
-  second, ``time_utc``), in CSV files the columns it matches (``elapsed_s`` of training metrics), in
+  second, ``time_utc``), in CSV files the columns it matches (``elapsed_s`` of training metrics) and the
+  rows whose ``metric`` it matches (``sec_per_tile`` of a long table), in
   ``.npz`` files the arrays it matches and the same keys of a JSON ``meta`` (other arrays by value);
 - files whose whole content is volatile (:data:`NOT_COMPARED`, each with its reason): names only.
 
@@ -55,7 +56,7 @@ NB_FIGURES = REPO / "figures" / "smoke"
 STAGES = {
     "00_data_prep": ("prep", ["data"], []),
     "01_train_ldm": ("train_ldm", ["ldm", "judge", "judge-real"], ["judge.json"]),
-    "02_sc_disc": ("sc_disc", ["disc"], ["adherence.csv", "adherence_ranking.csv", "adherence_table.csv"]),
+    "02_sc_disc": ("sc_disc", ["disc"], ["adherence.csv", "adherence_ranking.csv"]),
     "03_tile_sets": ("tilesets", ["tilesets"], []),
     "04_carcinonet": ("carcinonet", ["carcinonet"], []),
     "05_transmil_sweep": ("mil", ["mil"], []),
@@ -65,10 +66,11 @@ STAGES = {
 VOLATILE = [(re.compile(r"events\.out\.tfevents\.[^/]+$"), "events.out.tfevents.*"),
             (re.compile(r"(?<=/logs/)(.+/)?\d{9,}\.\d+(?=/)"), r"\g<1><time>")]
 # keys (JSON, YAML) and columns (CSV) that hold a clock reading or a duration, and rates derived from one
-TIMING_KEY = re.compile(r"seconds|(^|_)s$|^sec_per_|_per_s$|elapsed|^time_utc$|^time_ratio$")
-# keys (JSON) whose value is a hash of a file that holds the run's own output path: a diffusers config's
-# ``_name_or_path``, a model card's load line (weights/MANIFEST.json), and a model folder's hash
-ROOT_HASH_KEY = re.compile(r"(^|/)config\.json$|(^|/)README\.md$|^model_hash$")
+TIMING_KEY = re.compile(r"seconds|(^|_)s$|sec_per_|_per_s$|elapsed|^time_utc$|^time_ratio$")
+# keys (JSON) whose value is a hash of files that hold a path or a timing: a diffusers config's
+# ``_name_or_path`` and a model card's load line (weights/MANIFEST.json), a model folder with its training
+# log (``model_hash`` of generated tiles, a fine-tuned generator's ``fingerprint``)
+DERIVED_HASH_KEY = re.compile(r"(^|/)config\.json$|(^|/)README\.md$|^model_hash$|^fingerprint$")
 COMMIT = re.compile(r"\b[0-9a-f]{40}(-dirty)?\b")  # the checkout's state when the stage ran, not a result
 # a path under the repository written relative to it (the notebook side), as the module side's absolute one reads
 RELATIVE_ROOT = re.compile(r"(?<![\w/.<-])(outputs|figures)/")
@@ -87,7 +89,7 @@ def file_list(root: Path) -> list[str]:
 def _drop_timings(x):
     if isinstance(x, dict):
         return {k: _drop_timings(v) for k, v in x.items()
-                if not (isinstance(k, str) and (TIMING_KEY.search(k) or ROOT_HASH_KEY.search(k)))}
+                if not (isinstance(k, str) and (TIMING_KEY.search(k) or DERIVED_HASH_KEY.search(k)))}
     if isinstance(x, list):
         return [_drop_timings(v) for v in x]
     return x
@@ -132,7 +134,10 @@ def normalised(path: Path, roots: dict[str, str]) -> bytes:
         return json.dumps(_drop_timings(yaml.safe_load(text)), sort_keys=True, default=str).encode()
     if path.suffix == ".csv":
         rows = list(csv.reader(io.StringIO(text)))
-        keep = [i for i, c in enumerate(rows[0] if rows else []) if not TIMING_KEY.search(c)]
+        head = rows[0] if rows else []
+        keep = [i for i, c in enumerate(head) if not TIMING_KEY.search(c)]
+        m = head.index("metric") if "metric" in head else None
+        rows = [r for r in rows[:1]] + [r for r in rows[1:] if m is None or not TIMING_KEY.search(r[m])]
         out = io.StringIO()
         csv.writer(out).writerows([[r[i] for i in keep if i < len(r)] for r in rows])
         return out.getvalue().encode()
