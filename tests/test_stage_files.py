@@ -25,10 +25,13 @@ Content: every file's SHA-1 is compared after these normalisations, all of thing
   second, ``time_utc``), in CSV files the columns it matches (``elapsed_s`` of training metrics) and the
   rows whose ``metric`` it matches (``sec_per_tile`` of a long table), in
   ``.npz`` files the arrays it matches and the same keys of a JSON ``meta`` (other arrays by value);
+- the order of a ``.safetensors`` header's metadata, which the library writes in hash-map order (tensors
+  are compared by name, dtype, shape and bytes);
 - files whose whole content is volatile (:data:`NOT_COMPARED`, each with its reason): names only.
 
-Models, tiles, masks, shape maps, metrics, tables and figures are byte-compared: the stages train and
-sample single-threaded from fixed seeds, so a notebook and its module give the same bytes on one machine.
+Everything else is byte-compared: models (weights, optimizer and RNG states), tiles, masks, shape maps, metrics,
+tables and figures. The stages train and sample from fixed seeds, so a notebook and its module give the same
+bytes on one machine at one thread count (seen for every stage of the smoke profile, one thread).
 """
 
 from __future__ import annotations
@@ -121,11 +124,26 @@ def _normalised_npz(path: Path, roots: dict[str, str]) -> bytes:
     return json.dumps(out, sort_keys=True).encode()
 
 
+def _normalised_safetensors(path: Path) -> bytes:
+    """Tensors by name, dtype, shape and bytes, and the metadata as a dict: safetensors writes its header's
+    ``__metadata__`` in hash-map order, which changes from one process to the next (an EMA's two entries)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    out = {"__metadata__": header.pop("__metadata__", {})}
+    for name, t in header.items():
+        a, b = t["data_offsets"]
+        out[name] = [t["dtype"], t["shape"], hashlib.sha1(raw[8 + n + a:8 + n + b]).hexdigest()]
+    return json.dumps(out, sort_keys=True).encode()
+
+
 def normalised(path: Path, roots: dict[str, str]) -> bytes:
     """The bytes of ``path`` that must agree between two runs: output roots replaced by their names,
     timing keys and columns dropped (see the module docstring)."""
     if path.suffix == ".npz":
         return _normalised_npz(path, roots)
+    if path.suffix == ".safetensors":
+        return _normalised_safetensors(path)
     raw = path.read_bytes()
     if path.suffix not in (".json", ".yaml", ".yml", ".csv", ".txt", ".md", ".tex"):
         return raw
@@ -196,27 +214,35 @@ def test_volatile_names_are_only_tensorboard_events(tmp_path):
 
 
 def test_content_differences_are_seen_and_timings_are_not(tmp_path):
-    """Two runs that differ only in roots, timings, provenance and TensorBoard events agree; one other byte,
-    in a model, a table or a JSON value, is a difference."""
-    def write(root: Path, secs: float, weight: bytes, loss: str):
+    """Two runs that differ only in roots, timings, provenance, TensorBoard events and the order of a
+    safetensors header's metadata agree; one other value, in a model, a table or a JSON file, is a difference."""
+    from safetensors.numpy import save
+
+    def write(root: Path, secs: float, weight: float, loss: str, flip: bool = False):
         (root / "ldm" / "logs").mkdir(parents=True)
-        (root / "ldm" / "model.safetensors").write_bytes(weight)
+        st = save({"w": np.full(3, weight, np.float32)}, metadata={"n": "1", "decay": "0.9"})
+        if flip:  # as another process's hash map orders it (same length, so the offsets hold)
+            st = st.replace(b'{"n":"1","decay":"0.9"}', b'{"decay":"0.9","n":"1"}')
+        (root / "ldm" / "ema.safetensors").write_bytes(st)
         (root / "ldm" / "metrics.csv").write_text(f"step,loss,elapsed_s\n1,{loss},{secs}\n")
         (root / "ldm" / "summary.json").write_text(json.dumps(
             {"data_dir": str(root / "data"), "train_seconds": secs, "steps_per_s": 1 / secs, "best_step": 1,
              "runs": [{"time_utc": f"2026-01-01T00:00:0{int(secs)}Z", "loss": loss}]}))
         (root / "ldm" / "provenance.json").write_text(json.dumps({"time_utc": str(secs)}))
         (root / "ldm" / "logs" / f"events.out.tfevents.{int(secs)}.host.1.0").write_bytes(os.urandom(8))
+
+    def prints(root: Path) -> dict:
+        return {"ldm": fingerprints(root / "ldm", {str(root): "<outputs>"})}
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    write(a, 1.0, b"\x00\x01", "0.5")
-    write(b, 7.0, b"\x00\x01", "0.5")
-    assert fingerprints(a / "ldm", {str(a): "<outputs>"}) == fingerprints(b / "ldm", {str(b): "<outputs>"})
-    for weight, loss in ((b"\x00\x02", "0.5"), (b"\x00\x01", "0.25")):
+    write(a, 1.0, 0.5, "0.5")
+    write(b, 7.0, 0.5, "0.5", flip=True)
+    assert (a / "ldm" / "ema.safetensors").read_bytes() != (b / "ldm" / "ema.safetensors").read_bytes()
+    assert differences(prints(a), prints(b)) == []
+    for weight, loss, changed in ((0.25, "0.5", "ema.safetensors"), (0.5, "0.25", "metrics.csv")):
         shutil.rmtree(c, ignore_errors=True)
         write(c, 1.0, weight, loss)
-        nb = {"ldm": fingerprints(a / "ldm", {str(a): "<outputs>"})}
-        diff = differences(nb, {"ldm": fingerprints(c / "ldm", {str(c): "<outputs>"})})
-        assert diff and "other content" in diff[0], diff
+        diff = differences(prints(a), prints(c))
+        assert len(diff) == 1 and "other content" in diff[0] and changed in diff[0], diff
 
 
 @pytest.mark.slow
