@@ -221,8 +221,9 @@ def test_content_differences_are_seen_and_timings_are_not(tmp_path):
     def write(root: Path, secs: float, weight: float, loss: str, flip: bool = False):
         (root / "ldm" / "logs").mkdir(parents=True)
         st = save({"w": np.full(3, weight, np.float32)}, metadata={"n": "1", "decay": "0.9"})
-        if flip:  # as another process's hash map orders it (same length, so the offsets hold)
-            st = st.replace(b'{"n":"1","decay":"0.9"}', b'{"decay":"0.9","n":"1"}')
+        # each process's hash map picks one order; write both (same length, so the offsets hold)
+        orders = [b'{"n":"1","decay":"0.9"}', b'{"decay":"0.9","n":"1"}']
+        st = st.replace(orders[1], orders[0]).replace(orders[0], orders[int(flip)])
         (root / "ldm" / "ema.safetensors").write_bytes(st)
         (root / "ldm" / "metrics.csv").write_text(f"step,loss,elapsed_s\n1,{loss},{secs}\n")
         (root / "ldm" / "summary.json").write_text(json.dumps(
