@@ -13,7 +13,7 @@ from PIL import Image
 
 from discnb.generative.pipeline import DISCPipeline
 from discnb.generative.sampling import initial_noise
-from discnb.pipelines import masks_to_tiles
+from discnb.generative import masks_to_tiles
 
 MODEL = Path(__file__).resolve().parents[1] / "weights" / "demo" / "SD-DISC"
 # Measured on the shipped SD-DISC (16 masks, DPM-Solver++ 20, 2 threads): batch 16 vs 1 differ in 0.28 % of

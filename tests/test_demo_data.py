@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from discnb.data import demo as dd
-from discnb.data import demo_check, demo_tissue
+from discnb.data import demo
+from discnb.data.demo import dataset
 
 SIZE = 32
 SMALL = dict(n_patients=6, tiles_per_slide=3, tile_size=SIZE, progress=False)
@@ -22,13 +22,13 @@ SPLIT_COLS = ["image_name", "NC", "G3", "G4", "G5", "G4C"]
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    return dd.make_demo_sicap(tmp_path_factory.mktemp("demo") / "sicap", seed=0, **SMALL)
+    return demo.make_demo_sicap(tmp_path_factory.mktemp("demo") / "sicap", seed=0, **SMALL)
 
 
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory):
     # n_patients >= 12 switches on the "at least two GG5 slides per split" guarantee
-    return dd.make_demo_sicap(tmp_path_factory.mktemp("demo12") / "sicap", n_patients=12, tiles_per_slide=2,
+    return demo.make_demo_sicap(tmp_path_factory.mktemp("demo12") / "sicap", n_patients=12, tiles_per_slide=2,
                               tile_size=SIZE, seed=3, progress=False)
 
 
@@ -62,7 +62,7 @@ def test_layout_and_columns(small):
     assert w.slide_id.map(lambda s: "_" not in str(s)).all()
     assert w.patient_id.astype(str).str.fullmatch(r"\d+").all()
     combos = set(zip(w.Gleason_primary, w.Gleason_secondary))
-    assert combos <= set(dd.slide_label_frequencies())
+    assert combos <= set(demo.slide_label_frequencies())
     for rel in ["partition/Test/Train.xlsx", "partition/Test/Test.xlsx"] + [
             f"partition/Validation/Val{k}/{f}.xlsx" for k in range(1, 5) for f in ("Train", "Test")]:
         df = _read(root, rel)
@@ -163,11 +163,11 @@ def _all_bytes(root):
 
 
 def test_same_seed_byte_identical_other_seed_differs(small, tmp_path):
-    again = dd.make_demo_sicap(tmp_path / "again", seed=0, **SMALL)
+    again = demo.make_demo_sicap(tmp_path / "again", seed=0, **SMALL)
     a, b = _all_bytes(small), _all_bytes(again)
     assert a.keys() == b.keys()
     assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]][:5]
-    other = _all_bytes(dd.make_demo_sicap(tmp_path / "other", seed=1, **SMALL))
+    other = _all_bytes(demo.make_demo_sicap(tmp_path / "other", seed=1, **SMALL))
     assert other["wsi_labels.xlsx"] != a["wsi_labels.xlsx"]
     imgs_a = sorted(v for k, v in a.items() if k.startswith("images"))
     imgs_o = sorted(v for k, v in other.items() if k.startswith("images"))
@@ -176,25 +176,25 @@ def test_same_seed_byte_identical_other_seed_differs(small, tmp_path):
 
 def test_cache_overwrite_and_atomic(tmp_path, monkeypatch):
     root = tmp_path / "d"
-    dd.make_demo_sicap(root, seed=5, **SMALL)
+    demo.make_demo_sicap(root, seed=5, **SMALL)
     stamp = root / "demo_params.json"
     before = stamp.stat().st_mtime_ns
 
     def boom(*a, **k):
         raise AssertionError("regenerated although cached")
 
-    monkeypatch.setattr(dd, "_generate", boom)
-    assert dd.make_demo_sicap(root, seed=5, **SMALL) == root  # cache hit: no generation
+    monkeypatch.setattr(dataset, "_generate", boom)
+    assert demo.make_demo_sicap(root, seed=5, **SMALL) == root  # cache hit: no generation
     assert stamp.stat().st_mtime_ns == before
     with pytest.raises(ValueError, match=r"seed.*overwrite=True"):
-        dd.make_demo_sicap(root, seed=6, **SMALL)
+        demo.make_demo_sicap(root, seed=6, **SMALL)
     # a failing generation leaves the old folder and no temporary folder behind
     with pytest.raises(AssertionError):
-        dd.make_demo_sicap(root, seed=6, overwrite=True, **SMALL)
+        demo.make_demo_sicap(root, seed=6, overwrite=True, **SMALL)
     assert json.loads(stamp.read_text())["seed"] == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
     monkeypatch.undo()
-    dd.make_demo_sicap(root, seed=6, overwrite=True, **SMALL)
+    demo.make_demo_sicap(root, seed=6, overwrite=True, **SMALL)
     assert json.loads(stamp.read_text())["seed"] == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
     # a non-empty folder that is not a demo dataset is never replaced
@@ -202,15 +202,15 @@ def test_cache_overwrite_and_atomic(tmp_path, monkeypatch):
     foreign.mkdir()
     (foreign / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="not a demo dataset"):
-        dd.make_demo_sicap(foreign, overwrite=True, **SMALL)
+        demo.make_demo_sicap(foreign, overwrite=True, **SMALL)
     assert (foreign / "keep.txt").exists()
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="domain"):
-        dd.make_demo_sicap(tmp_path / "x", domain="mars", **SMALL)
+        demo.make_demo_sicap(tmp_path / "x", domain="mars", **SMALL)
     with pytest.raises(ValueError, match="n_patients"):
-        dd.make_demo_sicap(tmp_path / "x", n_patients=3, tile_size=SIZE, progress=False)
+        demo.make_demo_sicap(tmp_path / "x", n_patients=3, tile_size=SIZE, progress=False)
     assert not (tmp_path / "x").exists()
 
 
@@ -220,7 +220,7 @@ def _mean_rgb(root):
 
 
 def test_ood_differs_in_colour(small, tmp_path):
-    ood = dd.make_demo_sicap(tmp_path / "ood", seed=0, domain="ood", **SMALL)
+    ood = demo.make_demo_sicap(tmp_path / "ood", seed=0, domain="ood", **SMALL)
     a, b = _mean_rgb(small), _mean_rgb(ood)
     assert np.abs(a - b).max() > 8, (a, b)
     w_in, w_ood = _slide_table(small), _slide_table(ood)
@@ -229,32 +229,32 @@ def test_ood_differs_in_colour(small, tmp_path):
 
 def test_random_annotation_mask():
     rng = np.random.default_rng(0)
-    m = demo_tissue.random_annotation_mask(rng, 64, [2, 3, 0], [0.6, 0.25, 0.15])
+    m = demo.random_annotation_mask(rng, 64, [2, 3, 0], [0.6, 0.25, 0.15])
     assert m.shape == (64, 64) and m.dtype == np.uint8
     assert set(np.unique(m)) <= {0, 2, 3}
     frac = np.bincount(m.ravel(), minlength=4) / m.size
     assert abs(frac[2] - 0.6) < 0.08 and abs(frac[3] - 0.25) < 0.08 and abs(frac[0] - 0.15) < 0.08
-    assert (demo_tissue.random_annotation_mask(rng, 48, [1], [1.0]) == 1).all()
+    assert (demo.random_annotation_mask(rng, 48, [1], [1.0]) == 1).all()
     # same generator state -> same shapes at any size
-    a = demo_tissue.random_annotation_mask(np.random.default_rng(4), 64, [1, 0], [0.5, 0.5])
-    b = demo_tissue.random_annotation_mask(np.random.default_rng(4), 128, [1, 0], [0.5, 0.5])
+    a = demo.random_annotation_mask(np.random.default_rng(4), 64, [1, 0], [0.5, 0.5])
+    b = demo.random_annotation_mask(np.random.default_rng(4), 128, [1, 0], [0.5, 0.5])
     assert (a == b[::2, ::2]).mean() > 0.9
 
 
 def _pure_tiles(label, n, size=64, seed=0):
     rng = np.random.default_rng(seed)
-    return [demo_tissue.render_tile(np.full((size, size), label, np.uint8), rng) for _ in range(n)]
+    return [demo.render_tile(np.full((size, size), label, np.uint8), rng) for _ in range(n)]
 
 
 def test_render_tile_shapes_determinism_and_structure():
     mask = np.zeros((64, 64), np.uint8)
     mask[:, 32:] = 3
-    a = demo_tissue.render_tile(mask, np.random.default_rng(1))
-    b = demo_tissue.render_tile(mask, np.random.default_rng(1))
+    a = demo.render_tile(mask, np.random.default_rng(1))
+    b = demo.render_tile(mask, np.random.default_rng(1))
     assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
-    assert demo_tissue.render_tile(np.zeros((128, 128), np.uint8), 0, scale=1.2).shape == (128, 128, 3)
+    assert demo.render_tile(np.zeros((128, 128), np.uint8), 0, scale=1.2).shape == (128, 128, 3)
     with pytest.raises(ValueError):
-        demo_tissue.render_tile(np.full((8, 8), 5, np.uint8), 0)
+        demo.render_tile(np.full((8, 8), 5, np.uint8), 0)
     tiles = {lab: _pure_tiles(lab, 6) for lab in range(4)}
     means = np.array([np.mean([t.reshape(-1, 3).mean(0) for t in tiles[lab]], 0) for lab in range(4)])
     # one palette: the labels' mean colours agree within a few grey levels
@@ -288,8 +288,8 @@ def leaky_render(render):
 
 
 def test_grades_differ_by_structure_not_colour(tmp_path):
-    root = dd.make_demo_sicap(tmp_path / "sicap", seed=0, **VALID)
-    rep = demo_check.validity_report(root, seed=0, cnn_epochs=3)
+    root = demo.make_demo_sicap(tmp_path / "sicap", seed=0, **VALID)
+    rep = demo.validity_report(root, seed=0, cnn_epochs=3)
     for key in ("colour_acc", "cnn_acc", "cnn_per_class", "colour_per_class", "n_regions", "n_crops", "chance"):
         assert key in rep
     assert rep["chance"] == 0.25
@@ -297,9 +297,9 @@ def test_grades_differ_by_structure_not_colour(tmp_path):
 
 
 def test_the_validity_check_catches_colour_that_carries_the_grade(tmp_path, monkeypatch):
-    monkeypatch.setattr(dd, "render_tile", leaky_render(demo_tissue.render_tile))
-    root = dd.make_demo_sicap(tmp_path / "sicap", seed=0, **VALID)
-    rep = demo_check.validity_report(root, seed=0, cnn_epochs=0)  # the colour half needs no CNN
+    monkeypatch.setattr(dataset, "render_tile", leaky_render(demo.render_tile))
+    root = demo.make_demo_sicap(tmp_path / "sicap", seed=0, **VALID)
+    rep = demo.validity_report(root, seed=0, cnn_epochs=0)  # the colour half needs no CNN
     assert rep["colour_acc"] > 0.9
     with pytest.raises(AssertionError, match="mean colour tells the grade"):
         assert_valid(rep)

@@ -22,7 +22,8 @@ import pandas as pd
 from discnb import LABELS, plots
 from discnb.core import io, layout, paths
 from discnb.core.notebook import cli
-from discnb.data import demo, demo_check, shapes
+from discnb.data import demo, shapes
+from discnb.data.demo import check as demo_check
 from discnb.data import sicap as data
 
 NOTEBOOK = "00_data_prep"

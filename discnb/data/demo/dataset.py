@@ -12,9 +12,9 @@ the project's SICAPv2 loader reads it unchanged::
     root/partition/Validation/Val{1..4}/{Train,Test,TrainCribfriform,TestCribfriform}.xlsx
     root/demo_params.json               the generation parameters (cache stamp)
 
-The tissue is drawn by :mod:`discnb.data.demo_tissue` (the grades differ by structure, not by colour);
+The tissue is drawn by :mod:`discnb.data.demo.tissue` (the grades differ by structure, not by colour);
 this module plans the dataset (slides with SICAPv2's (primary, secondary) patterns, tiles, folds) and writes it.
-:mod:`discnb.data.demo_check` checks a written folder: ``validity_report`` (a colour-only classifier must be near
+:mod:`discnb.data.demo.check` checks a written folder: ``validity_report`` (a colour-only classifier must be near
 chance, a small CNN on structure must be well above it) and ``preview_grid`` (a picture of it).
 
 Labels in memory are 0..3 (NC, GG3, GG4, GG5); on disk masks hold 0/3/4/5.
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from discnb.core.io import atomic_dir
-from discnb.data.demo_tissue import DOMAINS, make_stain, random_annotation_mask, render_tile
+from discnb.data.demo.tissue import DOMAINS, make_stain, random_annotation_mask, render_tile
 from discnb.data.sicap import GRADE_TO_LABEL, MASK_VALUES, tile_label
 
 __all__ = ["make_demo_sicap", "slide_label_frequencies", "GENERATOR_VERSION"]

@@ -1,8 +1,8 @@
-"""How the procedural demo tissue is drawn (:mod:`discnb.data.demo` writes the dataset from it).
+"""How the procedural demo tissue is drawn (:mod:`discnb.data.demo.dataset` writes the dataset from it).
 
 The grades differ by *structure*, not by colour, as in real tissue (the per-grade textures are in
-:mod:`discnb.data.demo_textures`, built from the shape primitives of :mod:`discnb.data.demo_geometry`).
-One H&E palette (a Beer-Lambert hematoxylin + eosin model, :mod:`discnb.data.demo_stain`) is used for
+:mod:`discnb.data.demo.textures`, built from the shape primitives of :mod:`discnb.data.demo.geometry`).
+One H&E palette (a Beer-Lambert hematoxylin + eosin model, :mod:`discnb.data.demo.stain`) is used for
 every label, jittered per slide.
 
 Each label present in a tile is rendered as a full-tile texture; its hematoxylin/eosin amounts
@@ -13,7 +13,7 @@ soft (about 1 px) edges (:func:`render_tile`). The label masks come from
 
 Labels here are 0..3 (NC, GG3, GG4, GG5). Feature sizes are given in "units" = pixels of a 64-px
 tile; a tile of size N uses ``N / 64 * scale`` pixels per unit, so every tile size shows the same
-field of view. Any change to what this module (or demo_stain, demo_geometry, demo_textures) draws
+field of view. Any change to what this module (or stain, geometry, textures) draws
 must bump :data:`discnb.data.demo.GENERATOR_VERSION` (the cache stamp of written datasets).
 """
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from discnb.data.demo_stain import DOMAINS, _fit_colour, default_stain, make_stain
-from discnb.data.demo_textures import _stroma, _texture_od
+from discnb.data.demo.stain import DOMAINS, default_stain, fit_colour, make_stain
+from discnb.data.demo.textures import shared_stroma, texture_od
 
 __all__ = ["random_annotation_mask", "render_tile", "make_stain", "default_stain", "DOMAINS"]
 
@@ -100,7 +100,7 @@ def render_tile(mask: np.ndarray, rng, stain: dict | None = None, scale: float =
     if cribriform is None:
         cribriform = bool(rng.random() < 0.3)
     present = [int(v) for v in np.unique(mask)]
-    stroma = _stroma(rng, n, s)
+    stroma = shared_stroma(rng, n, s)
     hv = np.asarray(stain["h_vec"], np.float32)
     ev = np.asarray(stain["e_vec"], np.float32)
     i0 = np.asarray(stain["i0"], np.float32)
@@ -114,10 +114,10 @@ def render_tile(mask: np.ndarray, rng, stain: dict | None = None, scale: float =
             dist = ndi.distance_transform_edt(mask == 2)
             fy, fx = np.unravel_index(int(np.argmax(dist)), dist.shape)
             focus = (float(fx), float(fy))
-        H, E, crib = _texture_od(lab, rng, n, s, stroma, cribriform, focus)
+        H, E, crib = texture_od(lab, rng, n, s, stroma, cribriform, focus)
         if lab == 2:
             info["cribriform"] = crib
-        a, b, gains = _fit_colour(H, E, stain, target)
+        a, b, gains = fit_colour(H, E, stain, target)
         info["fit"][lab] = (a, b, tuple(float(g) for g in gains))
         T = i0 * np.exp(-(a * H[..., None] * hv + b * E[..., None] * ev)) * gains.astype(np.float32)
         w = (mask == lab).astype(np.float32)

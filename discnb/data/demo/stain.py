@@ -1,9 +1,9 @@
-"""The demo tissue's stain model: one H&E palette for every label (:mod:`discnb.data.demo_tissue` renders with it).
+"""The demo tissue's stain model: one H&E palette for every label (:mod:`discnb.data.demo.tissue` renders with it).
 
 A Beer-Lambert hematoxylin + eosin model: each domain has a mean stain (:func:`default_stain`; ``"ood"``
 is another hospital), jittered per slide (:func:`make_stain`). Each label's texture then gets its
 hematoxylin/eosin amounts fitted so that its mean RGB equals the slide's target colour
-(:func:`_fit_colour`), so a region's mean colour does not give its grade away.
+(:func:`fit_colour`), so a region's mean colour does not give its grade away.
 
 Any change to what this module draws must bump :data:`discnb.data.demo.GENERATOR_VERSION` (the cache
 stamp of written datasets).
@@ -62,7 +62,7 @@ def make_stain(rng: np.random.Generator, domain: str = "in") -> dict:
 
 
 # --------------------------------------------------------------------------- colour fit
-def _fit_colour(H, E, stain, target, iters=6):
+def fit_colour(H, E, stain, target, iters=6):
     """Scale H and E amounts so the texture's mean RGB best matches ``target``.
 
     Returns (a, b, gains): OD multipliers and a residual per-channel transmission gain

@@ -1,7 +1,7 @@
-"""Shape primitives of the demo tissue (:mod:`discnb.data.demo_textures` draws the grades with them).
+"""Shape primitives of the demo tissue (:mod:`discnb.data.demo.textures` draws the grades with them).
 
 Smooth noise fields and soft inside-indicators; soft-edged filled ellipses (nuclei); glands as
-outlines in radial harmonics with an optional lumen (:class:`_Glands`: depth fields, points along the
+outlines in radial harmonics with an optional lumen (:class:`Glands`: depth fields, points along the
 rims); jittered hexagonal lattices, nearest-neighbour distances and random points in a mask. All
 inputs are in pixels of the tile being drawn.
 
@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 
 # --------------------------------------------------------------------------- noise helpers
-def _noise(rng, n, sigma):
+def noise_field(rng, n, sigma):
     """(n, n) float32 smooth Gaussian noise, unit std, correlation length ``sigma`` px."""
     if sigma <= 3.0:
         z = rng.standard_normal((n, n), dtype=np.float32)
@@ -33,13 +33,13 @@ def _noise(rng, n, sigma):
     return z / (z.std() + 1e-6)
 
 
-def _aa(depth, edge=0.7):
+def antialias(depth, edge=0.7):
     """Soft (anti-aliased) inside-indicator from a signed depth in px."""
     return np.clip(depth / edge + 0.5, 0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- primitives
-def _splat_ellipses(img, cx, cy, a, b, ang, val):
+def splat_ellipses(img, cx, cy, a, b, ang, val):
     """Max-composite soft-edged filled ellipses into ``img`` (in place). All inputs in px."""
     if len(cx) == 0:
         return img
@@ -82,7 +82,7 @@ def _radius(theta, r, amp, kk, ph):
 _ANGLE_BINS = 128
 
 
-class _Glands:
+class Glands:
     """A set of glands: outer outline and (optional) lumen outline as radial harmonics."""
 
     def __init__(self, cx, cy, r, amp, kk, ph, lum_frac=None, lamp=None, lk=None, lph=None,
@@ -131,7 +131,7 @@ class _Glands:
         vis = (ix + R >= 0) & (ix - R < n) & (iy + R >= 0) & (iy - R < n)
         if not vis.any():
             return t_out.reshape(n, n), t_lum.reshape(n, n)
-        sub = _Glands.__new__(_Glands)
+        sub = Glands.__new__(Glands)
         for k, v in self.__dict__.items():
             sub.__dict__[k] = v[vis]
         ix, iy = ix[vis], iy[vis]
@@ -187,7 +187,7 @@ class _Glands:
         return px[valid], py[valid], (th + np.pi / 2)[valid]
 
 
-def _hex_points(rng, n, spacing, jitter, margin):
+def hex_points(rng, n, spacing, jitter, margin):
     """Jittered hexagonal lattice with random rotation/offset covering [-margin, n+margin]^2."""
     span = n + 2 * margin
     rows = int(span / (spacing * 0.866)) + 3
@@ -208,7 +208,7 @@ def _hex_points(rng, n, spacing, jitter, margin):
     return xr[ok].astype(np.float32), yr[ok].astype(np.float32)
 
 
-def _nn_dist(x, y):
+def nn_dist(x, y):
     if len(x) < 2:
         return np.full(len(x), 1e6, np.float32)
     d = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
@@ -216,7 +216,7 @@ def _nn_dist(x, y):
     return d.min(1)
 
 
-def _harmonics(rng, g, ks, amp_lo, amp_hi):
+def harmonics(rng, g, ks, amp_lo, amp_hi):
     ks = np.asarray(ks, np.float32)
     amp = rng.uniform(amp_lo, amp_hi, (g, len(ks))).astype(np.float32)
     kk = np.broadcast_to(ks, (g, len(ks))).copy()
@@ -224,7 +224,7 @@ def _harmonics(rng, g, ks, amp_lo, amp_hi):
     return amp, kk, ph
 
 
-def _random_in(rng, mask, count):
+def random_in(rng, mask, count):
     """Up to ``count`` uniform random points (float px) where ``mask`` (bool) holds."""
     n = mask.shape[0]
     if count <= 0:
