@@ -20,7 +20,7 @@ from discnb.data import sicap as data
 from discnb.generative import ldm, ldm_training
 from discnb.core import params
 from discnb.generative import sampling
-from discnb.generative.pipeline import DISCPipeline, load_pipeline
+from discnb.generative.disc_pipeline import DISCPipeline, load_pipeline
 from discnb.core import train
 from discnb.pipelines import train_ldm
 from discnb.core.paths import REPO

@@ -12,7 +12,7 @@ import pytest
 
 from discnb.core import params, paths
 from discnb.generative import generators
-from discnb.generative.pipeline import DISCPipeline, check_pipeline_folder, load_pipeline
+from discnb.generative.disc_pipeline import DISCPipeline, check_pipeline_folder, load_pipeline
 from discnb.grading import shipped
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -124,7 +124,7 @@ def _groups(channels) -> int:
 
 class MaskLDM(nn.Module):
     """eps_theta(z_t, t, tau_theta(condition)). Saved and loaded as a
-    :class:`discnb.generative.pipeline.DISCPipeline` folder, with the first stage it was trained on.
+    :class:`discnb.generative.disc_pipeline.DISCPipeline` folder, with the first stage it was trained on.
 
     ``prediction`` "eps" (the paper, Eq. 1) or "v" (beyond the paper; Salimans & Ho 2022, as in
     SD 2.x): the U-Net outputs v = sqrt(abar) eps - sqrt(1 - abar) z_0 and is trained on v's MSE.

@@ -34,7 +34,7 @@ from discnb.generative import checkpoints as ck
 from discnb.generative import ldm
 from discnb.generative.ldm_training import (conditioning_report, encode_split, fit_config, inputs_of, ldm_batch_loss,
                                             ldm_signature, load_split, report_inputs)
-from discnb.generative.pipeline import DISCPipeline
+from discnb.generative.disc_pipeline import DISCPipeline
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
