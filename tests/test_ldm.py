@@ -313,6 +313,17 @@ def test_sd_optimizer_follows_ldm_in_the_paper_profile():
     assert (smoke.sd["weight_decay"], smoke.sd["max_grad_norm"]) == (0.0, 1.0)
 
 
+def test_first_stage_fit_config_is_fitconfigs_defaults():
+    """The ``autoencoder`` section declares no accumulation, EMA, weight decay or clipping: its fit
+    config takes them from train_ldm.FIRST_STAGE_FIT, which are FitConfig's defaults (no other recipe)."""
+    P = params.validate("01_train_ldm", {})
+    cfg = ldm_training.fit_config(P, Path("x"), {**P.autoencoder, **train_ldm.FIRST_STAGE_FIT}, "autoencoder", {})
+    default = train.FitConfig(out_dir="x", max_steps=1, global_batch=1)
+    for k in train_ldm.FIRST_STAGE_FIT:
+        assert getattr(cfg, k) == getattr(default, k), k
+    assert (cfg.lr, cfg.scale_lr) == (P.autoencoder["lr"], P.autoencoder["scale_lr"])
+
+
 def test_fit_takes_torchs_adamw_steps_without_clipping(tmp_path):
     """max_grad_norm None: the loop's steps are torch's AdamW steps (weight decay applied, gradients
     not clipped) on its global batches; with clipping at 1.0 they are not."""

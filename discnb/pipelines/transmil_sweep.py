@@ -173,14 +173,14 @@ def load_sources(P, progress: bool = True) -> dict:
     ddir = L.data
     index = prepared.read_index(ddir)
     out: dict = {"index": index, "data_dir": ddir, "notes": []}
-    if P.panda.get("root"):
+    if P.panda["root"]:
         pz = P.panda
         procs = procs_of(P)  # several processes: the main one prepares the tiles, the others wait
         folder = L.out / "panda"
         shards.on_main(procs, L.out, "panda", lambda: panda.prepare_panda(
             paths.resolve(pz["root"]), folder, n_per_label=pz["n_per_label"], max_tiles=pz["max_tiles"],
             tile_px=pz["tile_px"], target_mpp=pz["target_mpp"], base_mpp=pz["base_mpp"], min_tissue=pz["min_tissue"],
-            providers=tuple(pz.get("providers", [])), seed=P.seed, progress=progress))
+            providers=tuple(pz["providers"]), seed=P.seed, progress=progress))
         out["ood"], out["ood_name"], out["ood_fp"] = panda.read_tile_folder(folder), "PANDA", _folder_fp(folder)
     elif P.ood_dir:
         folder = paths.resolve(P.ood_dir)
@@ -210,10 +210,10 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
     E = P.extractor
     dev = str(pick_device(P.device))
     if E["name"] in features.PRETRAINED:
-        return features.pretrained_extractor(E["name"], E["path"], E.get("eval_batch", 64), dev)
+        return features.pretrained_extractor(E["name"], E["path"], E["eval_batch"], dev)
     if E["name"] != "tilecnn":
         raise ValueError(f"extractor.name {E['name']!r} is not one of {list(features.EXTRACTORS)}")
-    size = int(E.get("input_size") or prepared.prep_params(S["data_dir"])["image_size"])
+    size = int(E["input_size"] or prepared.prep_params(S["data_dir"])["image_size"])
     train = S["index"][(S["index"].split == "train") & S["index"].mask_path.astype(bool)]
     if train.empty:
         raise data.DataError(f"{S['data_dir']}/index.csv: no training tile with a mask to train the tilecnn extractor")
