@@ -15,5 +15,5 @@ K = len(LABELS)
 def __getattr__(name):
     # discnb.DISCPipeline without making `import discnb` (LABELS, K) import torch and diffusers (PEP 562)
     if name == "DISCPipeline":
-        return importlib.import_module("discnb.generative.pipeline").DISCPipeline
+        return importlib.import_module("discnb.generative.disc_pipeline").DISCPipeline
     raise AttributeError(f"module 'discnb' has no attribute {name!r}")

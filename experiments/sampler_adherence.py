@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from discnb.core.io import write_json
-from discnb.generative.pipeline import DISCPipeline, prepare_masks
+from discnb.generative.disc_pipeline import DISCPipeline, prepare_masks
 from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.data import prepared
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
         seeds = [seed * 100_000 + i for i in range(len(masks))]
         sched, steps = s.split(":")
         for name in names:
-            gen = pipes[name].generator(separated=name == "SD-SC", num_inference_steps=int(steps),
+            gen = pipes[name].sampler(separated=name == "SD-SC", num_inference_steps=int(steps),
                                         batch_size=a.batch_size, scheduler=sched)
             t0 = time.perf_counter()
             tiles = gen.generate(masks, seeds)

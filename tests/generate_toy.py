@@ -91,7 +91,7 @@ def stub_judge():
 def carcinonet_fakes(setitem, setattr_):
     """Notebook 04 without notebook 01: generator ``SD`` = a colour-from-mask fake (batch-independent,
     seeded per tile), the judge a stub. ``setitem``/``setattr_``: monkeypatch's, or plain ones."""
-    from discnb.pipelines import carcinonet as cn
+    from discnb.pipelines import train_carcinonet as cn
     from test_tilesets import register_fake
     register_fake(["SD"], setitem=setitem)
     setattr_(cn, "load_judge", lambda P: stub_judge())
@@ -145,11 +145,11 @@ def stage(what: str, params_file: str, kill_rank: int = -1, kill_at: int = 0, lo
     patch = _Patches()
     try:
         if what == "carcinonet":
-            from discnb.pipelines import carcinonet as module
+            from discnb.pipelines import train_carcinonet as module
             carcinonet_fakes(patch.setitem, patch.setattr)
             argv = ["--params", params_file, "--no-progress", "--no-checks"]
         else:
-            from discnb.pipelines import mil as module
+            from discnb.pipelines import transmil_sweep as module
             patch.setattr(module, "run_one", killer(module.run_one, procs.rank, kill_rank, kill_at))
             argv = ["--params", params_file, "--no-progress"]
         if log:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from discnb.generative.pipeline import DISCPipeline
+from discnb.generative.disc_pipeline import DISCPipeline
 from discnb.generative.sampling import initial_noise
 from discnb.generative import masks_to_tiles
 

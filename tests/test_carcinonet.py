@@ -21,7 +21,7 @@ from discnb.generative.checkpoints import check_ldm, ldm_params
 from discnb.grading import carcinonet as gc
 from discnb.grading.eq4 import check_lam
 from discnb.grading.metrics import confusion, metrics_from_confusion
-from discnb.pipelines import carcinonet as cn
+from discnb.pipelines import train_carcinonet as cn
 from ldm_fixture import prepared
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,7 +19,7 @@ from discnb.generative import autoencoder as ae
 from discnb.generative import disc
 
 from discnb.generative import ldm
-from discnb.generative.pipeline import DISCPipeline
+from discnb.generative.disc_pipeline import DISCPipeline
 from discnb.generative.sampling import SDGenerator
 from ldm_fixture import TINY, tiny_model
 

@@ -130,7 +130,7 @@ def test_readme_and_ci_commands_run_what_they_say(run_all):
         if cmd == ["./run_all.sh"]:
             ran = [Path(a).stem for c in calls if c[:2] == ["-m", "papermill"] for a in c if a.startswith("notebooks/")]
             assert ran == [n for n in notebooks if n[:2] not in ("01", "02")], ran
-            assert ["-m", "discnb.pipelines.shipped", "restore", "--profile", "demo"] in calls
+            assert ["-m", "discnb.grading.shipped", "restore", "--profile", "demo"] in calls
     r, ci = run_all(None)
     assert r.returncode == 0, r.stderr
     assert _pytest_call(ci) == _pytest_call(run_all(["test"])[1])

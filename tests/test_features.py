@@ -99,7 +99,7 @@ def test_tilecnn_is_trained_once_then_reused(tmp_path):
         frac = rng.dirichlet(np.ones(K), 16).astype(np.float32)
         return tiles, frac
 
-    cfg = {"name": "tilecnn", "width": 4, "epochs": 1, "batch": 8, "lr": 1e-3, "seed": 0}
+    cfg = {"name": "tilecnn", "width": 4, "epochs": 1, "batch": 8, "lr": 1e-3, "seed": 0, "eval_batch": 64}
     ext = features.tilecnn_extractor(cfg, tmp_path, train_tiles, "train-fp", 16, progress=False)
     assert ext.dim == 32 and ext.input_size == 16 and len(calls) == 1
     tiles = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)

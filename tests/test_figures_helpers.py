@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discnb.pipelines import carcinonet as cn
+from discnb.pipelines import train_carcinonet as cn
 from discnb import plots as figures
 
 

@@ -13,7 +13,7 @@ from diffusers.training_utils import compute_snr
 from discnb.core import params
 from discnb.generative import autoencoder as ae
 from discnb.generative import disc, ldm, sampling
-from discnb.generative.pipeline import DISCPipeline
+from discnb.generative.disc_pipeline import DISCPipeline
 from discnb.generative import checkpoints as ck
 from ldm_fixture import TINY, tiny_model
 

@@ -16,7 +16,7 @@ from discnb.generative import ldm_training
 from discnb.grading import carcinonet as gc
 from discnb.grading import judge as jg
 from discnb.grading import metrics
-from discnb.pipelines import carcinonet as cn
+from discnb.pipelines import train_carcinonet as cn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

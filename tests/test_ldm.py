@@ -20,7 +20,7 @@ from discnb.data import sicap as data
 from discnb.generative import ldm, ldm_training
 from discnb.core import params
 from discnb.generative import sampling
-from discnb.generative.pipeline import DISCPipeline, load_pipeline
+from discnb.generative.disc_pipeline import DISCPipeline, load_pipeline
 from discnb.core import train
 from discnb.pipelines import train_ldm
 from discnb.core.paths import REPO
@@ -311,6 +311,17 @@ def test_sd_optimizer_follows_ldm_in_the_paper_profile():
     assert (cfg["demo"].weight_decay, cfg["demo"].max_grad_norm) == (0.0, 1.0)
     smoke = params.validate("01_train_ldm", {})
     assert (smoke.sd["weight_decay"], smoke.sd["max_grad_norm"]) == (0.0, 1.0)
+
+
+def test_first_stage_fit_config_is_fitconfigs_defaults():
+    """The ``autoencoder`` section declares no accumulation, EMA, weight decay or clipping: its fit
+    config takes them from train_ldm.FIRST_STAGE_FIT, which are FitConfig's defaults (no other recipe)."""
+    P = params.validate("01_train_ldm", {})
+    cfg = ldm_training.fit_config(P, Path("x"), {**P.autoencoder, **train_ldm.FIRST_STAGE_FIT}, "autoencoder", {})
+    default = train.FitConfig(out_dir="x", max_steps=1, global_batch=1)
+    for k in train_ldm.FIRST_STAGE_FIT:
+        assert getattr(cfg, k) == getattr(default, k), k
+    assert (cfg.lr, cfg.scale_lr) == (P.autoencoder["lr"], P.autoencoder["scale_lr"])
 
 
 def test_fit_takes_torchs_adamw_steps_without_clipping(tmp_path):

@@ -34,8 +34,8 @@ from discnb.core.paths import REPO
 from discnb.data import shapes
 from discnb.generative import generators
 from discnb.grading import carcinonet as gc
-from discnb.pipelines import carcinonet as cn
-from discnb.pipelines import mil
+from discnb.pipelines import train_carcinonet as cn
+from discnb.pipelines import transmil_sweep as sweep
 from test_tilesets import BatchSensitiveGen, make_library
 
 SCRIPT = Path(__file__).with_name("generate_toy.py")
@@ -329,7 +329,7 @@ def _extractor_first(params_file: Path) -> None:
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert mil.main(["--params", str(params_file), "--stage", "extractor", "--no-progress"]) == 0
+        assert sweep.main(["--params", str(params_file), "--stage", "extractor", "--no-progress"]) == 0
     finally:
         torch.set_num_threads(n)
 

@@ -40,7 +40,7 @@ def refuse_notebooks(event, args):
 sys.addaudithook(refuse_notebooks)
 
 import discnb
-from discnb.core import params, paths
+from discnb.core import layout, params, paths
 assert Path(paths.__file__).is_relative_to(tmp / "pkg"), paths.__file__
 assert not paths.NOTEBOOKS.exists(), paths.NOTEBOOKS
 
@@ -88,7 +88,7 @@ P = params.check_file("01_train_ldm", prepared(tmp, sd={"steps": 2, "batch": 4, 
 record(tmp / "ldm", P, "01_train_ldm")
 train_ldm.train(P, progress=False)
 for folder in generators.FINETUNED.values():
-    shutil.copytree(tmp / "ldm" / "sd" / "best", generators.disc_dir(tmp / "ldm") / folder / "best")
+    shutil.copytree(tmp / "ldm" / "sd" / "best", layout.disc_beside(tmp / "ldm") / folder / "best")
 ctx = generators.GeneratorContext(ldm_dir=tmp / "ldm", image_size=32, steps=2, batch_size=2)
 masks = np.zeros((1, 32, 32), np.uint8)
 for name in generators.available():

@@ -336,8 +336,8 @@ def test_fixed_sets_equal_the_ones_the_code_accepts():
     not import) must be the same set."""
     from discnb.core import train
     from discnb.generative import ldm, sampling
-    from discnb.grading import features, judge
-    from discnb.pipelines import paper_figures, shipped
+    from discnb.grading import features, judge, shipped
+    from discnb.pipelines import paper_figures
 
     def values(tp):
         return set(typing.get_args(tp))

@@ -19,7 +19,7 @@ from discnb.core.io import fingerprint
 from discnb.generative import checkpoints, generators
 from discnb.generative.autoencoder import build_vq
 from discnb.generative.disc import SCGenerator
-from discnb.generative.pipeline import DISCPipeline, check_pipeline_folder, load_pipeline, prepare_masks, to_labels
+from discnb.generative.disc_pipeline import DISCPipeline, check_pipeline_folder, load_pipeline, prepare_masks, to_labels
 from discnb.generative.sampling import SDGenerator
 from discnb.generative import masks_to_tiles
 from discnb.grading import shipped

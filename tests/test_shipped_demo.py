@@ -1,4 +1,4 @@
-"""The shipped demo models of ``weights/demo`` (issue 16): loadable as diffusers pipelines, the same tiles as the
+"""The shipped demo models of ``weights/demo``: loadable as diffusers pipelines, the same tiles as the
 registry's generators on the restored folders, and a changed byte refused. They are part of the repository, so
 their absence is a failure, not a skip."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from discnb.core import params, paths
 from discnb.generative import generators
-from discnb.generative.pipeline import DISCPipeline, check_pipeline_folder, load_pipeline
+from discnb.generative.disc_pipeline import DISCPipeline, check_pipeline_folder, load_pipeline
 from discnb.grading import shipped
 
 pytestmark = pytest.mark.usefixtures("one_thread")

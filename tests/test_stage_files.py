@@ -61,8 +61,8 @@ STAGES = {
     "01_train_ldm": ("train_ldm", ["ldm", "judge", "judge-real"], ["judge.json"]),
     "02_sc_disc": ("sc_disc", ["disc"], ["adherence.csv", "adherence_ranking.csv"]),
     "03_tile_sets": ("tilesets", ["tilesets"], []),
-    "04_carcinonet": ("carcinonet", ["carcinonet"], []),
-    "05_transmil_sweep": ("mil", ["mil"], []),
+    "04_carcinonet": ("train_carcinonet", ["carcinonet"], []),
+    "05_transmil_sweep": ("transmil_sweep", ["mil"], []),
     "06_figures": ("paper_figures", ["figures"], ["adherence_table.csv", "mil_best_lambda.csv", "carcinonet_table.csv"]),
     "07_generate_from_masks": ("from_masks", ["generate", "weights"], []),
 }

@@ -53,7 +53,7 @@ def test_notebook_01s_output_dir_carries_the_judge_and_disc_along(outputs, tmp_p
 def test_setup_records_the_params_where_the_module_writes(outputs, tmp_path):
     """Notebook 02 with ``ldm_dir`` set: setup() stamps ``<ldm_dir>/../disc`` (where notebook 02's module
     writes and the SD-DISC generators read), not ``outputs/<profile>/disc``."""
-    g = dict(params.notebook_defaults("02_sc_disc")) | {"ldm_dir": str(tmp_path / "run" / "ldm")}
+    g = dict(params.defaults("02_sc_disc")) | {"ldm_dir": str(tmp_path / "run" / "ldm")}
     P, L = notebook.setup("02_sc_disc", g)
     assert L.out == layout.disc_beside(tmp_path / "run" / "ldm") == tmp_path / "run" / "disc"
     assert yaml.safe_load((L.out / "params.resolved.yaml").read_text()) == dict(P)

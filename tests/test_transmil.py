@@ -27,7 +27,7 @@ from discnb.grading.eq4 import check_lam
 from discnb.grading.metrics import auroc_scores
 from discnb.grading.transmil import (PPEG, MixedSupervision, TransMIL, bce_loss, lookahead_radam, param_groups,
                                      slide_targets, square_pad)
-from discnb.pipelines import mil
+from discnb.pipelines import transmil_sweep as sweep
 from ldm_fixture import prepared
 
 
@@ -384,15 +384,15 @@ def fake_tileset(root, name, n_slides=4, size=32, seed=0, grades=False):
 
 
 def test_manifest_labels_or_grades(tmp_path):
-    a = mil.read_manifest(fake_tileset(tmp_path, "SD"))
-    b = mil.read_manifest(fake_tileset(tmp_path, "SD-SC", grades=True))
+    a = sweep.read_tileset(fake_tileset(tmp_path, "SD"))
+    b = sweep.read_tileset(fake_tileset(tmp_path, "SD-SC", grades=True))
     assert a.primary_label.tolist() == b.primary_label.tolist() == [0, 1, 3, 2]
     assert a.secondary_label.tolist() == [0, 2, 3, 1]
     (tmp_path / "SD" / "slides" / "SD-0001.npz").unlink()
     with pytest.raises(FileNotFoundError, match="absent"):
-        mil.read_manifest(tmp_path / "SD")
+        sweep.read_tileset(tmp_path / "SD")
     with pytest.raises(FileNotFoundError, match="03_tile_sets"):
-        mil.read_manifest(tmp_path / "nope")
+        sweep.read_tileset(tmp_path / "nope")
 
 
 def sweep_params(tmp_path, **over):
@@ -413,7 +413,7 @@ def test_sweep_end_to_end_skips_missing_generators_and_reuses_runs(tmp_path, cap
     P = sweep_params(tmp_path)
     fig6 = paths.figures_dir("smoke") / "05_transmil_sweep.png"
     fig6.unlink(missing_ok=True)
-    res = mil.run(P, progress=False)
+    res = sweep.run(P, progress=False)
     assert "SD-DISC: no tile set" in capsys.readouterr().out
     assert list(res["bags"]["synth"]) == ["SD"]
     runs = res["runs"]
@@ -428,11 +428,11 @@ def test_sweep_end_to_end_skips_missing_generators_and_reuses_runs(tmp_path, cap
     js = json.loads((tmp_path / "mil" / "results.json").read_text())  # what the notebook writes too
     assert set(js) == {"summary", "extractor", "ood", "notes", "generators", "runs"} and len(js["runs"]) == len(runs)
     assert fig6.exists()
-    assert set(mil.baseline_table(res["summary"]).columns) >= {"test macro", "val macro"}
+    assert set(sweep.baseline_table(res["summary"]).columns) >= {"test macro", "val macro"}
     fig = plots.plot_sweep(res["summary"])
     assert len(fig.axes) == 2
     # second run: features and runs come from the caches
-    again = mil.run(P, progress=False)
+    again = sweep.run(P, progress=False)
     assert all(r["reused"] for r in again["runs"]) and all(f["cached"] for f in again["features"].values())
     # bags: real slides in name order, synthetic ones with manifest targets
     bag = again["bags"]["real"]["16B0000001"]
@@ -443,7 +443,7 @@ def test_sweep_end_to_end_skips_missing_generators_and_reuses_runs(tmp_path, cap
 def test_notebook_parameter_files_are_valid():
     for prof in ("demo", "paper"):
         P = params.check_file("05_transmil_sweep", f"params/{prof}/05_transmil_sweep.yaml")
-        assert all(0 <= lam < 1 for lam in P.lams) and set(P.generators) <= set(mil.GENERATORS)
+        assert all(0 <= lam < 1 for lam in P.lams) and set(P.generators) <= set(sweep.GENERATORS)
     P = params.check_file("05_transmil_sweep", "params/paper/05_transmil_sweep.yaml")
     assert P.folds == [1, 2, 3, 4] and P.extractor["name"] == "lunit-vits16" and P.transmil["dim"] == 512
     assert np.allclose(P.lams, np.round(np.arange(0, 0.91, 0.05), 2))
@@ -455,38 +455,38 @@ def test_interrupted_sweep_resumes_with_its_finished_runs(tmp_path, monkeypatch)
     two as reused and returns every run in run_specs order."""
     fake_tileset(tmp_path / "ts", "SD")
     P = sweep_params(tmp_path, generators=["SD"], folds=[1], mixed_supervision=False)
-    S = mil.load_sources(P, progress=False)
-    ext = mil.build_extractor(P, S, progress=False)
-    B = mil.build_bags(P, S, mil.extract_all(P, ext, S, progress=False))
-    keys = mil.run_keys(P, S, ext)
-    specs = mil.run_specs(P, ["SD"])
+    S = sweep.load_sources(P, progress=False)
+    ext = sweep.build_extractor(P, S, progress=False)
+    B = sweep.build_bags(P, S, sweep.extract_all(P, ext, S, progress=False))
+    keys = sweep.run_keys(P, S, ext)
+    specs = sweep.run_specs(P, ["SD"])
     assert [s.tag for s in specs] == ["TransMIL", "TransMIL+SD-lam0.25", "TransMIL+SD-lam0.5"]
-    real_run_one, calls = mil.run_one, []
+    real_run_one, calls = sweep.run_one, []
 
     def stop_at_third(*a, **k):
         calls.append(a[2].tag)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real_run_one(*a, **k)
-    monkeypatch.setattr(mil, "run_one", stop_at_third)
+    monkeypatch.setattr(sweep, "run_one", stop_at_third)
     with pytest.raises(KeyboardInterrupt):
-        mil.run_sweep(P, B, keys, progress=False)
+        sweep.run_sweep(P, B, keys, progress=False)
     runs_dir = tmp_path / "mil" / "runs"
     assert len(list(runs_dir.glob("*.json"))) == 2
     (runs_dir / "TransMIL+SD-lam0.5-fold1-seed0-0123456789.tmp.json").write_text("{half")  # a killed writer's
     calls.clear()
-    runs = mil.run_sweep(P, B, keys, progress=False)
+    runs = sweep.run_sweep(P, B, keys, progress=False)
     assert calls == ["TransMIL+SD-lam0.5"] and [r["tag"] for r in runs] == [s.tag for s in specs]
     assert [r["reused"] for r in runs] == [True, True, False]
-    assert sorted(p.name for p in runs_dir.iterdir()) == sorted(mil.run_record(P, s, keys)[1].name for s in specs)
+    assert sorted(p.name for p in runs_dir.iterdir()) == sorted(sweep.run_record(P, s, keys)[1].name for s in specs)
     def text(rec):  # NaN (undefined AUROC) != NaN: compare the JSON
         return json.dumps(rec, sort_keys=True, default=float)
-    stored = [json.loads(mil.run_record(P, s, keys)[1].read_text()) | {"reused": r["reused"]} for s, r in zip(specs, runs)]
+    stored = [json.loads(sweep.run_record(P, s, keys)[1].read_text()) | {"reused": r["reused"]} for s, r in zip(specs, runs)]
     assert [text(r) for r in stored] == [text(r) for r in runs]  # the returned runs are their records
 
 
 class TwoProcesses:
-    """What mil sees of ``accelerate launch`` with 2 processes, as the main one (no process group)."""
+    """What the sweep sees of ``accelerate launch`` with 2 processes, as the main one (no process group)."""
     rank, world, is_main = 0, 2, True
 
 
@@ -494,17 +494,17 @@ def test_several_processes_load_a_tilecnn_extractor_but_never_train_it(tmp_path,
     """Under accelerate launch a missing tilecnn extractor is an error naming the one-process step that
     trains it (--stage extractor); once that ran, the processes load it."""
     P = sweep_params(tmp_path)
-    S = mil.load_sources(P, progress=False)
-    real = mil.procs_of
-    monkeypatch.setattr(mil, "procs_of", lambda P: TwoProcesses())
+    S = sweep.load_sources(P, progress=False)
+    real = sweep.procs_of
+    monkeypatch.setattr(sweep, "procs_of", lambda P: TwoProcesses())
     with pytest.raises(ValueError, match=r"not trained yet.*--stage extractor"):
-        mil.build_extractor(P, S, progress=False)
+        sweep.build_extractor(P, S, progress=False)
     assert not (tmp_path / "mil" / "extractors").exists() or not list((tmp_path / "mil" / "extractors").rglob("done.json"))
-    monkeypatch.setattr(mil, "procs_of", real)
+    monkeypatch.setattr(sweep, "procs_of", real)
     f = tmp_path / "05.yaml"
     f.write_text(yaml.safe_dump(dict(P)))
-    assert mil.main(["--params", str(f), "--stage", "extractor", "--no-progress"]) == 0
+    assert sweep.main(["--params", str(f), "--stage", "extractor", "--no-progress"]) == 0
     assert not (tmp_path / "mil" / "runs").exists()  # the extractor only
-    monkeypatch.setattr(mil, "procs_of", lambda P: TwoProcesses())
-    ext = mil.build_extractor(P, S, progress=False)
+    monkeypatch.setattr(sweep, "procs_of", lambda P: TwoProcesses())
+    ext = sweep.build_extractor(P, S, progress=False)
     assert ext.name == "tilecnn" and ext.key.startswith("tilecnn-")

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from discnb.core import layout
-from discnb.core import params as _params
+from discnb.core import params
 from discnb.core import paths
 
 PACKAGES = ("torch", "torchvision", "diffusers", "accelerate", "timm", "numpy", "scipy", "pandas",
@@ -81,14 +81,14 @@ def record(out_dir: Path, P: dict, name: str) -> None:
     (out_dir / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
 
 
-def setup(name: str, g: dict) -> tuple[_params.Params, layout.Layout]:
+def setup(name: str, g: dict) -> tuple[params.Params, layout.Layout]:
     """Validate the notebook's parameters, seed everything, and stamp its output folder (created).
     Returns the parameters and the stage folders they describe (:mod:`discnb.core.layout`).
 
     ``P.profile`` picks the output folders (``outputs/<profile>/<stage>/``), so a smoke run never
     overwrites demo or paper results.
     """
-    P = _params.from_globals(name, g)
+    P = params.from_globals(name, g)
     paths.check_profile(P.profile)
     seed_everything(P.seed)
     L = layout.of(P, name)
@@ -123,7 +123,7 @@ def cli(notebook: str, module: str, description: str, argv=None, configure=None,
     if configure is not None:
         configure(ap)
     a = ap.parse_args(argv)
-    P = _params.check_file(notebook, a.params) if a.params else _params.validate(notebook, {})
+    P = params.check_file(notebook, a.params) if a.params else params.validate(notebook, {})
     paths.check_profile(P.profile)
     seed_everything(P.seed)
     if main_process is None or main_process(P):

@@ -448,7 +448,7 @@ class GenerateFromMasks(Section):
     output_dir: str = ""
     export: bool = True
     models: list[str] = ["SD", "SD-DISC", "SD-DISC-CoTrain"]
-    dtype: Literal["fp16", "fp32"] = "fp16"  # pipelines.shipped.DTYPES
+    dtype: Literal["fp16", "fp32"] = "fp16"  # grading.shipped.DTYPES
     model: str = "SD-DISC"
     n_masks: int = 4
     steps: int = 3

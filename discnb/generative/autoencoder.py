@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import VQModel
 
-from discnb.generative.ldm import _groups
+from discnb.generative.ldm import norm_groups
 from discnb.data.image_metrics import psnr, ssim
 
 def build_vq(channels: list[int], layers_per_block: int, n_embed: int, latent_channels: int = 3) -> VQModel:
@@ -32,7 +32,7 @@ def build_vq(channels: list[int], layers_per_block: int, n_embed: int, latent_ch
                    block_out_channels=tuple(channels), layers_per_block=layers_per_block,
                    down_block_types=("DownEncoderBlock2D",) * len(channels),
                    up_block_types=("UpDecoderBlock2D",) * len(channels),
-                   norm_num_groups=_groups(channels), scaling_factor=1.0)
+                   norm_num_groups=norm_groups(channels), scaling_factor=1.0)
 
 
 def factor(vq: VQModel) -> int:

@@ -11,7 +11,7 @@ the layout of that folder is known in one place:
     ldm/sd/best/                  SD (:func:`sd_pipeline`)
     ldm/sd-tile/best/, ...        the ablation SDs (:func:`ablation_folder`)
 
-Every model folder (``best/`` and ``final/``) is a :class:`discnb.generative.pipeline.DISCPipeline` folder
+Every model folder (``best/`` and ``final/``) is a :class:`discnb.generative.disc_pipeline.DISCPipeline` folder
 holding the first stage the model was trained on; training state (optimizer, EMA, step) stays in the
 ``checkpoint-<step>/`` folders beside it.
 """
@@ -25,7 +25,7 @@ import yaml
 
 from discnb.core import layout, params, paths
 from discnb.generative import ldm
-from discnb.generative import pipeline as pl
+from discnb.generative import disc_pipeline as pl
 
 NOTEBOOK01 = "01_train_ldm"
 RUN01 = f"notebooks/{NOTEBOOK01}.ipynb"

@@ -6,7 +6,7 @@ A generator NAME maps to ``builder(ctx) -> (generator, fingerprint)``. The gener
 ``device``, ``nfe``, ``needs_slide_labels``); the fingerprint
 changes whenever its weights or sampling settings do, and keys every cache of its tiles.
 
-Every generator is a :class:`discnb.generative.pipeline.DISCPipeline`'s (``pipe.generator()``):
+Every generator is a :class:`discnb.generative.disc_pipeline.DISCPipeline`'s (``pipe.sampler()``):
 
 - "SD" (Sec. 2.1, Fig. 4 top): notebook 01's model, :class:`discnb.generative.sampling.SDGenerator`;
 - "SD-tile", "SD-tile+slide": the Fig. 7 conditioning ablation, also from notebook 01;
@@ -23,7 +23,7 @@ from typing import Callable
 from discnb.core import layout
 from discnb.core.io import fingerprint
 from discnb.generative import checkpoints
-from discnb.generative.pipeline import DISCPipeline, load_pipeline
+from discnb.generative.disc_pipeline import DISCPipeline, load_pipeline
 
 
 @dataclass
@@ -60,7 +60,7 @@ def build_generator(name: str, ctx: GeneratorContext) -> tuple:
 def _sampler(ctx: GeneratorContext, pipe: DISCPipeline, name: str, separated: bool = False):
     """The generator of a :class:`DISCPipeline`: one sampling path for the registry, the pipeline and
     ``python -m discnb.generate``."""
-    gen = pipe.generator(separated, ctx.steps, ctx.batch_size, scheduler=ctx.scheduler, device=ctx.device,
+    gen = pipe.sampler(separated, ctx.steps, ctx.batch_size, scheduler=ctx.scheduler, device=ctx.device,
                          bf16=ctx.bf16)
     gen.name = name
     return gen

@@ -112,11 +112,11 @@ def build_unet(sample_size: int, block_out_channels: list[int], attention: list[
         down_block_types=down, up_block_types=up, block_out_channels=tuple(block_out_channels),
         layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
         attention_head_dim=tuple(max(1, c // head_channels) for c in block_out_channels),
-        transformer_layers_per_block=transformer_layers, norm_num_groups=_groups(block_out_channels),
+        transformer_layers_per_block=transformer_layers, norm_num_groups=norm_groups(block_out_channels),
     )
 
 
-def _groups(channels) -> int:
+def norm_groups(channels) -> int:
     """The largest GroupNorm group count <= 32 that divides every level's channels."""
     g = math.gcd(*channels)
     return max(d for d in range(1, min(32, g) + 1) if g % d == 0)
@@ -124,7 +124,7 @@ def _groups(channels) -> int:
 
 class MaskLDM(nn.Module):
     """eps_theta(z_t, t, tau_theta(condition)). Saved and loaded as a
-    :class:`discnb.generative.pipeline.DISCPipeline` folder, with the first stage it was trained on.
+    :class:`discnb.generative.disc_pipeline.DISCPipeline` folder, with the first stage it was trained on.
 
     ``prediction`` "eps" (the paper, Eq. 1) or "v" (beyond the paper; Salimans & Ho 2022, as in
     SD 2.x): the U-Net outputs v = sqrt(abar) eps - sqrt(1 - abar) z_0 and is trained on v's MSE.

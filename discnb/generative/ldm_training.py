@@ -42,16 +42,17 @@ def held_out(split: dict) -> dict:
     return split["val"] if len(split["val"]["imgs"]) else split["train"]
 
 
+# what a training section sets beyond steps and batch (notebook 01's ``sd``, notebook 02's ``finetune``)
+FIT_KEYS = ("lr", "scale_lr", "grad_accum", "ema_decay", "weight_decay", "max_grad_norm")
+
+
 def fit_config(P, out: Path, section: dict, desc: str, signature: dict, progress: bool = True) -> FitConfig:
-    """The training loop's settings for one model: steps, batch and learning rate from ``section``
+    """The training loop's settings for one model: steps, batch and :data:`FIT_KEYS` from ``section``
     (notebook 01's ``autoencoder`` or ``sd``, notebook 02's ``finetune``), the rest from the stage's ``P``."""
     return FitConfig(out_dir=str(out), max_steps=section["steps"], global_batch=section["batch"],
-                     grad_accum=section.get("grad_accum", 1), lr=section["lr"], scale_lr=section.get("scale_lr", False),
-                     ema_decay=section.get("ema_decay", 0.0), mixed_precision=P.mixed_precision, cpu=P.device == "cpu",
+                     **{k: section[k] for k in FIT_KEYS}, mixed_precision=P.mixed_precision, cpu=P.device == "cpu",
                      checkpoint_every=P.checkpoint_every, checkpoints_total_limit=P.checkpoints_total_limit,
-                     resume=P.resume or None, seed=P.seed, desc=desc, signature=signature, progress=progress,
-                     # SD's optimizer (notebook 01's ``sd``); sections without them keep FitConfig's
-                     **{k: section[k] for k in ("weight_decay", "max_grad_norm") if k in section})
+                     resume=P.resume or None, seed=P.seed, desc=desc, signature=signature, progress=progress)
 
 
 def encode_split(vq, split: dict, latent_scale: float | None = None) -> tuple[dict, float]:

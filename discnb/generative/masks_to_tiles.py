@@ -1,7 +1,7 @@
 """Masks you bring -> tiles: ``python -m discnb.generate`` (the command) and :func:`run` (the same from a notebook).
 
 A folder of mask PNGs (SICAPv2 0/3/4/5 or label maps 0..3, any size: resized to the model's tile size with
-nearest) is drawn by a :class:`discnb.generative.pipeline.DISCPipeline` folder, one PNG tile per mask under the
+nearest) is drawn by a :class:`discnb.generative.disc_pipeline.DISCPipeline` folder, one PNG tile per mask under the
 mask's stem, plus ``manifest.json`` (the model's hash, the settings, each tile's mask and seed, what was skipped
 and why). Mask i of the sorted folder gets seed ``seed + i`` (bad masks keep their number, so skipping one
 does not change the others' tiles).
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from discnb.core.io import atomic_file, fingerprint, write_json
 from discnb.data.shapes import resize_mask
-from discnb.generative import pipeline as pl
+from discnb.generative import disc_pipeline as pl
 from discnb.generative.sampling import SCHEDULERS, make_scheduler
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")

@@ -10,7 +10,7 @@ noise depends only on its seed: not on the batch it was drawn in, nor on the har
 streams. The tile itself may still differ slightly with the batch size: on the CPU the batch size
 changes which convolution kernels run, and 20 to 200 denoising steps carry the rounding on (the
 shipped SD-DISC, DPM-Solver++ 20: up to 10 grey levels in 0.28 % of pixels between batch 16 and 1;
-:mod:`discnb.pipelines.masks_to_tiles`). Same seed and batch size, same tile.
+:mod:`discnb.generative.masks_to_tiles`). Same seed and batch size, same tile.
 """
 
 from __future__ import annotations

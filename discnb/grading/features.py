@@ -176,8 +176,8 @@ def tilecnn_extractor(cfg: dict, out: Path, train_tiles: Callable[[], tuple[np.n
     in ``<out>/extractors/tilecnn-<hash>/`` (``final/model.safetensors`` + ``done.json``)."""
 
 
-    sig = {"version": TILECNN_VERSION, "width": int(cfg.get("width", 16)), "epochs": int(cfg.get("epochs", 3)),
-           "batch": int(cfg.get("batch", 32)), "lr": float(cfg.get("lr", 1e-3)), "seed": int(cfg.get("seed", 0)),
+    sig = {"version": TILECNN_VERSION, "width": int(cfg["width"]), "epochs": int(cfg["epochs"]),
+           "batch": int(cfg["batch"]), "lr": float(cfg["lr"]), "seed": int(cfg["seed"]),
            "input_size": int(input_size), "train": train_key}
     key = fingerprint(sig, n=12)
     folder = out / "extractors" / f"tilecnn-{key}"
@@ -220,7 +220,7 @@ def tilecnn_extractor(cfg: dict, out: Path, train_tiles: Callable[[], tuple[np.n
     dim = 8 * sig["width"]
     return Extractor("tilecnn", _Features(cnn), input_size, IMAGENET_MEAN, IMAGENET_STD, dim, f"tilecnn-{key}",
                      {"trained_on": "official training split (tile mask fractions)", "folder": str(folder),
-                      "n_train_tiles": info.get("n_train_tiles")}, int(cfg.get("eval_batch", 64)), device)
+                      "n_train_tiles": info.get("n_train_tiles")}, int(cfg["eval_batch"]), device)
 
 
 # ===================================================================================== cache

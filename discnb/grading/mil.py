@@ -73,7 +73,7 @@ def build_model(kind: str, in_dim: int, arch: dict) -> torch.nn.Module:
     """TransMIL (``arch``: dim, heads, landmarks (0 = dim // 2), dropout) or Mixed Supervision
     (``arch``: dim, depth, heads, mlp_ratio, skip_lam, drop_path, masking_ratio)."""
     if kind == "TransMIL":
-        return TransMIL(in_dim, K, dim=arch["dim"], heads=arch["heads"], landmarks=arch.get("landmarks") or None,
+        return TransMIL(in_dim, K, dim=arch["dim"], heads=arch["heads"], landmarks=arch["landmarks"] or None,
                         dropout=arch["dropout"])
     if kind == "MixedSupervision":
         return MixedSupervision(in_dim, K, dim=arch["dim"], depth=arch["depth"], heads=arch["heads"],
@@ -163,7 +163,7 @@ def train_model(model, train: list[Bag], val: list[Bag], T: dict, seed: int, dev
     if not train:
         raise ValueError("no training slides")
     model.to(device)
-    opt = lookahead_radam(model, T["lr"], T["weight_decay"], T.get("lookahead_k", 6), T.get("lookahead_alpha", 0.5))
+    opt = lookahead_radam(model, T["lr"], T["weight_decay"], T["lookahead_k"], T["lookahead_alpha"])
     g = torch.Generator().manual_seed(seed)
     best_score, best_state, best_epoch, bad, best_loss = None, None, -1, 0, math.inf
     history, steps, t0 = [], 0, time.perf_counter()

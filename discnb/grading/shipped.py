@@ -11,7 +11,7 @@
 
 SD-SC is SD's folder sampled with ``separated=True``. ``fp16`` storage halves the size; the weights are
 upcast to float32 on load, so a shipped model samples as its fp16-rounded self (measured against fp32 in
-notebook 07). :func:`discnb.generative.pipeline.verify_manifest` checks the files against the manifest
+notebook 07). :func:`discnb.generative.disc_pipeline.verify_manifest` checks the files against the manifest
 on every load.
 """
 
@@ -36,7 +36,7 @@ from discnb.core.io import atomic_dir, fingerprint, write_json, write_text
 from discnb.core.notebook import git_commit, package_versions
 from discnb.generative import checkpoints, generators
 from discnb.generative import ldm_training
-from discnb.generative import pipeline as pl
+from discnb.generative import disc_pipeline as pl
 from discnb.data import demo, prepared
 from discnb.grading import adherence
 from discnb.grading import judge as jg
@@ -353,7 +353,7 @@ def fp16_effect(ldm_dir: Path, folder: Path, judge_dir: Path, masks: np.ndarray,
     seeds = list(range(len(masks)))
     ref = generators.build_generator("SD", ctx)[0].generate(masks, seeds)
     pipe = pl.load_pipeline(folder)
-    shipped = pipe.generator(num_inference_steps=steps, batch_size=batch_size).generate(masks, seeds)
+    shipped = pipe.sampler(num_inference_steps=steps, batch_size=batch_size).generate(masks, seeds)
     a, b = judge(ref, masks)["mean_iou"], judge(shipped, masks)["mean_iou"]
     diff = np.abs(ref.astype(int) - shipped.astype(int))
     return {"n_masks": len(masks), "steps": steps, "fp32_mean_iou": a, "shipped_mean_iou": b,

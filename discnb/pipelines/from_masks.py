@@ -1,7 +1,7 @@
 """Notebook 07: the shipped models, and tiles for masks you bring (``python -m discnb.pipelines.from_masks``).
 
 1. **Export** (``export: true``): notebook 01's SD and first stage, notebook 02's SD-DISC and SD-DISC-CoTrain and
-   the pattern judge as :class:`discnb.generative.pipeline.DISCPipeline` folders with a ``MANIFEST.json``
+   the pattern judge as :class:`discnb.generative.disc_pipeline.DISCPipeline` folders with a ``MANIFEST.json``
    (:mod:`discnb.grading.shipped`), into ``weights/<profile>/`` (smoke: ``outputs/smoke/weights/``).
 2. **Masks you bring**: ``n_masks`` held-out annotation masks (most labels first) written as SICAPv2 PNGs
    (grades 0/3/4/5) at twice the model's tile size, then drawn by the shipped ``model`` through
@@ -28,7 +28,7 @@ from discnb.data.sicap import GRADE_TO_LABEL
 from discnb.data.shapes import most_labels_first
 from discnb.generative import checkpoints, ldm_training
 from discnb.generative import masks_to_tiles
-from discnb.generative import pipeline as pl
+from discnb.generative import disc_pipeline as pl
 from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.grading import shipped

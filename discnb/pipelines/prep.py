@@ -81,7 +81,7 @@ def validity_summary(valid: dict | None) -> dict | None:
 
 
 def validity(P, root: Path) -> dict | None:
-    """Demo data only: mean colour vs a small CNN (:func:`discnb.data.demo_check.validity_report`)."""
+    """Demo data only: mean colour vs a small CNN (:func:`discnb.data.demo.check.validity_report`)."""
     if P.dataset != "demo" or not P.validity_check:
         return None
     return demo_check.validity_report(root, seed=P.seed, cnn_epochs=P.validity_cnn_epochs)

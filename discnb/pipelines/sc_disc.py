@@ -35,7 +35,7 @@ from discnb.data import shapes
 from discnb.data.augment import dihedral
 from discnb.generative import checkpoints as ck
 from discnb.generative import disc, generators, ldm, ldm_training
-from discnb.generative import pipeline as pl
+from discnb.generative import disc_pipeline as pl
 from discnb.generative.sampling import evals_per_step
 from discnb.grading import adherence
 from discnb.grading import judge as jg

@@ -34,12 +34,15 @@ from discnb.generative import checkpoints as ck
 from discnb.generative import ldm
 from discnb.generative.ldm_training import (conditioning_report, encode_split, fit_config, inputs_of, ldm_batch_loss,
                                             ldm_signature, load_split, report_inputs)
-from discnb.generative.pipeline import DISCPipeline
+from discnb.generative.disc_pipeline import DISCPipeline
 from discnb.generative.sampling import SDGenerator
 from discnb.grading import adherence
 from discnb.grading import judge as jg
 
 NOTEBOOK = "01_train_ldm"
+# the first stage's training settings that its ``autoencoder`` section does not declare (core.train.FitConfig's
+# defaults): no gradient accumulation, no EMA, no weight decay, gradients clipped at norm 1
+FIRST_STAGE_FIT = {"grad_accum": 1, "ema_decay": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0}
 
 
 def first_stage(P, split: dict, progress: bool = True) -> tuple:
@@ -61,7 +64,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
     tr = TensorData({"x": ae.pixels(split["train"]["imgs"])}, augment=lambda b: dihedral(b, ("x",)),
                     transform=ae.pixels_to_model)
     va = TensorData({"x": ae.pixels(split["val"]["imgs"])}, transform=ae.pixels_to_model)
-    cfg = fit_config(P, out, A, "autoencoder", sig, progress)
+    cfg = fit_config(P, out, {**A, **FIRST_STAGE_FIT}, "autoencoder", sig, progress)
     if gan:  # LDM's vq-f4 recipe without LPIPS: patch-GAN with taming's adaptive weight, from step 0
         summary = fit(ae.VQGAN(vq, ae.PatchDiscriminator(A["disc_channels"], A["disc_layers"])),
                       ae.vqgan_loss(A["disc_weight"]), tr, cfg, val=va, save_fn=lambda m, d: m.vq.save_pretrained(d))

@@ -1,6 +1,6 @@
 """Notebook 04's pipeline: CarcinoNet on real and synthetic tiles (paper Sec. 2.4, Eq. 4, Fig. 8).
 
-    python -m discnb.pipelines.carcinonet --params params/demo/04_carcinonet.yaml
+    python -m discnb.pipelines.train_carcinonet --params params/demo/04_carcinonet.yaml
 
 The model, its loss (focal + Dice, Eq. 4 with synthetic tiles) and one training run are
 :mod:`discnb.grading.carcinonet`; the metrics :mod:`discnb.grading.metrics`; the pattern judge
@@ -468,7 +468,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     def is_main(P):
         return shards.processes(P.device == "cpu").is_main
-    P, a = cli(NOTEBOOK, "pipelines.carcinonet", __doc__.split("\n\n")[0], argv, main_process=is_main)
+    P, a = cli(NOTEBOOK, "pipelines.train_carcinonet", __doc__.split("\n\n")[0], argv, main_process=is_main)
     res = run(P, progress=not a.no_progress, checks=not a.no_checks)
     if is_main(P):
         print(metric_table(res["summary"]).to_string())

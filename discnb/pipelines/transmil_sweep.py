@@ -1,7 +1,7 @@
 """Notebook 05's pipeline: slide-level grading with synthetic slides, the λ sweep of Eq. 4 (paper
 Sec. 2.4, Sec. 3, Figs. 6-7).
 
-    python -m discnb.pipelines.mil --params params/demo/05_transmil_sweep.yaml
+    python -m discnb.pipelines.transmil_sweep --params params/demo/05_transmil_sweep.yaml
 
 The models are :mod:`discnb.grading.transmil`, their training on bags :mod:`discnb.grading.mil`,
 AUROC :mod:`discnb.grading.metrics`. This module runs the sweep, as named steps that the notebook
@@ -87,10 +87,11 @@ def procs_of(P) -> shards.Processes:
 
 
 # ================================================================================= tile sets
-def read_manifest(folder: str | Path) -> pd.DataFrame:
-    """A generator's tile set (notebook 03): ``manifest.csv`` (slide_id, primary, secondary,
-    tertiary, weights, n_tiles, seed, file) + ``slides/<slide_id>.npz`` (tiles (N,H,W,3) uint8,
-    masks (N,H,W) uint8, mask_ids, seeds).
+def read_tileset(folder: str | Path) -> pd.DataFrame:
+    """A generator's tile set (notebook 03) as the sweep reads it, labels added (the raw manifest, with
+    the contract's columns only, is ``pipelines.tilesets.read_manifest``): ``manifest.csv`` (slide_id,
+    primary, secondary, tertiary, weights, n_tiles, seed, file) + ``slides/<slide_id>.npz`` (tiles
+    (N,H,W,3) uint8, masks (N,H,W) uint8, mask_ids, seeds).
 
     Adds ``primary_label``/``secondary_label`` (0..3) and ``path``. The manifest's grades are read
     as labels 0..3 (the project's convention); a manifest holding 4 or 5 is read as Gleason grades
@@ -150,7 +151,7 @@ def find_tilesets(P, generators) -> tuple[dict[str, pd.DataFrame], list[str]]:
             notes.append(f"{g}: no tile set at {root / g} — skipped (generate it with notebooks/03_tile_sets.ipynb "
                          f"for profile {P.profile})")
             continue
-        m = read_manifest(root / g)
+        m = read_tileset(root / g)
         if len(m) == 0:
             notes.append(f"{g}: {root / g}/manifest.csv lists no slide — skipped")
             continue
@@ -172,14 +173,14 @@ def load_sources(P, progress: bool = True) -> dict:
     ddir = L.data
     index = prepared.read_index(ddir)
     out: dict = {"index": index, "data_dir": ddir, "notes": []}
-    if P.panda.get("root"):
+    if P.panda["root"]:
         pz = P.panda
         procs = procs_of(P)  # several processes: the main one prepares the tiles, the others wait
         folder = L.out / "panda"
         shards.on_main(procs, L.out, "panda", lambda: panda.prepare_panda(
             paths.resolve(pz["root"]), folder, n_per_label=pz["n_per_label"], max_tiles=pz["max_tiles"],
             tile_px=pz["tile_px"], target_mpp=pz["target_mpp"], base_mpp=pz["base_mpp"], min_tissue=pz["min_tissue"],
-            providers=tuple(pz.get("providers", [])), seed=P.seed, progress=progress))
+            providers=tuple(pz["providers"]), seed=P.seed, progress=progress))
         out["ood"], out["ood_name"], out["ood_fp"] = panda.read_tile_folder(folder), "PANDA", _folder_fp(folder)
     elif P.ood_dir:
         folder = paths.resolve(P.ood_dir)
@@ -209,10 +210,10 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
     E = P.extractor
     dev = str(pick_device(P.device))
     if E["name"] in features.PRETRAINED:
-        return features.pretrained_extractor(E["name"], E["path"], E.get("eval_batch", 64), dev)
+        return features.pretrained_extractor(E["name"], E["path"], E["eval_batch"], dev)
     if E["name"] != "tilecnn":
         raise ValueError(f"extractor.name {E['name']!r} is not one of {list(features.EXTRACTORS)}")
-    size = int(E.get("input_size") or prepared.prep_params(S["data_dir"])["image_size"])
+    size = int(E["input_size"] or prepared.prep_params(S["data_dir"])["image_size"])
     train = S["index"][(S["index"].split == "train") & S["index"].mask_path.astype(bool)]
     if train.empty:
         raise data.DataError(f"{S['data_dir']}/index.csv: no training tile with a mask to train the tilecnn extractor")
@@ -223,7 +224,7 @@ def build_extractor(P, S: dict, progress: bool = True) -> features.Extractor:
         if procs.world > 1:
             raise ValueError(f"the tilecnn extractor is not trained yet ({L.out / 'extractors'}); under accelerate "
                              f"launch it is not trained ({procs.world} processes would train another model than one and "
-                             "all write its folder): train it first with one process, python -m discnb.pipelines.mil "
+                             "all write its folder): train it first with one process, python -m discnb.pipelines.transmil_sweep "
                              "--params FILE --stage extractor, then launch again")
         imgs, _ = data.load_tiles(train, size, progress=progress)
         return imgs, train[list(data.FRACTION_COLUMNS)].to_numpy(np.float32)
@@ -567,7 +568,7 @@ def run(P, progress: bool = True, checks: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     def is_main(P):
         return procs_of(P).is_main
-    P, a = cli(NOTEBOOK, "pipelines.mil", __doc__.split("\n\n")[0], argv, main_process=is_main,
+    P, a = cli(NOTEBOOK, "pipelines.transmil_sweep", __doc__.split("\n\n")[0], argv, main_process=is_main,
                configure=lambda ap: ap.add_argument(
                    "--stage", choices=("all", "extractor"), default="all",
                    help="all = the notebook's steps (under accelerate launch: features and runs split over the "

@@ -87,9 +87,9 @@ class DISCPipeline(DiffusionPipeline):
     def image_size(self) -> int:
         return int(self.mask_encoder.config.image_size)
 
-    def generator(self, separated: bool = False, num_inference_steps: int = 200, batch_size: int = 16,
-                  guidance_scale: float | None = None, fuse_every_step: bool = False, scheduler=None,
-                  device=None, bf16: bool | None = None) -> SDGenerator:
+    def sampler(self, separated: bool = False, num_inference_steps: int = 200, batch_size: int = 16,
+                guidance_scale: float | None = None, fuse_every_step: bool = False, scheduler=None,
+                device=None, bf16: bool | None = None) -> SDGenerator:
         """The project's generator on these components: SD, or SD-SC (Eq. 2) with ``separated``.
         ``scheduler``: a name (the registry's, recorded in its manifests) instead of ``self.scheduler``."""
         kw = dict(steps=num_inference_steps, scheduler=self.scheduler if scheduler is None else scheduler,
@@ -115,7 +115,7 @@ class DISCPipeline(DiffusionPipeline):
         """
         labels = prepare_masks(masks, self.image_size, mask_format)
         noise = noise_sources(len(labels), seeds, generator)
-        gen = self.generator(separated, num_inference_steps, batch_size, guidance_scale, fuse_every_step)
+        gen = self.sampler(separated, num_inference_steps, batch_size, guidance_scale, fuse_every_step)
         z0 = gen.latents(labels, noise)
         if output_type == "latent":
             images = z0
