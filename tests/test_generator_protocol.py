@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from discnb.core import params
+from discnb.core import layout, params
 from discnb.core.notebook import record
 from discnb.generative import generators
 from discnb.generative.protocol import Generator
@@ -33,7 +33,7 @@ def ldm_dir(tmp_path_factory):
     record(tmp / "ldm", P, "01_train_ldm")
     train_ldm.train(P, progress=False)
     for folder in generators.FINETUNED.values():
-        shutil.copytree(tmp / "ldm" / "sd" / "best", generators.disc_dir(tmp / "ldm") / folder / "best")
+        shutil.copytree(tmp / "ldm" / "sd" / "best", layout.disc_beside(tmp / "ldm") / folder / "best")
     return tmp / "ldm"
 
 

@@ -29,6 +29,7 @@ in order, as before.
 
 from __future__ import annotations
 
+import atexit
 import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -95,7 +96,18 @@ def processes(cpu: bool | None = None) -> Processes:
     ``cpu``: run on the CPU (gloo between processes); None = when no GPU is visible. Pass what
     the stage's training uses (``device: cpu`` or no GPU): accelerate sets up several CPU
     processes only when told ``cpu=True``."""
-    return Processes(PartialState(cpu=bool(cpu) or not torch.cuda.is_available()))
+    state = PartialState(cpu=bool(cpu) or not torch.cuda.is_available())
+    if state.num_processes > 1:
+        atexit.register(_close_process_group)
+    return Processes(state)
+
+
+def _close_process_group() -> None:
+    """Destroy the process group before the interpreter exits: a gloo group left to the exit can abort
+    a process that finished its work ("terminate called without an active exception", SIGABRT), and
+    the launcher then reports the whole job failed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def rank_path(folder: Path, stem: str, rank: int, suffix: str) -> Path:
