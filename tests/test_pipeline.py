@@ -287,3 +287,13 @@ def test_restored_shipped_models_draw_the_shipped_tiles(trained, tmp_path):
     man_file.write_text(json.dumps(m))
     with pytest.raises(ValueError, match=r"trained on other smoke data .*differs: \['patches'\]"):
         shipped.check_shipped("smoke", out, P01)
+
+
+def test_data_identity_is_made_of_the_parameters_that_make_the_data():
+    """A check or a figure setting of notebook 00 (a new one such as min_fold_tiles included) leaves the shipped
+    models valid; a parameter that draws other data does not."""
+    P00 = dict(params.defaults("00_data_prep"))
+    assert shipped.data_params(P00 | {"min_fold_tiles": 0, "figure_tiles": 2, "validity_check": False}) == \
+        shipped.data_params(P00)
+    assert shipped.data_params(P00 | {"demo_patients": 3}) != shipped.data_params(P00)
+    assert set(shipped.NOT_DATA_PARAMS) < set(P00)  # every name there is one of notebook 00's parameters

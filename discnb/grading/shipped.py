@@ -228,12 +228,21 @@ def _portable_params(src: Path, dst: Path) -> None:
                yaml.safe_dump(P | {k: "" for k in local}, sort_keys=False))
 
 
+# Notebook 00's parameters that check or show the data without making it: the shipped models stay valid
+# whatever they are (a new check, such as min_fold_tiles, must not make every shipped model stale).
+NOT_DATA_PARAMS = ("min_fold_tiles", "validity_check", "validity_cnn_epochs", "figure_tiles", "checks")
+
+
+def data_params(P00: dict) -> dict:
+    """The parameters of notebook 00 that make its data: paths and :data:`NOT_DATA_PARAMS` aside."""
+    return {k: v for k, v in P00.items() if not str(k).endswith(("_dir", "_root")) and k not in NOT_DATA_PARAMS}
+
+
 def data_identity(data_dir: Path) -> dict:
-    """What says two runs of notebook 00 made the same data: its parameters (paths aside), the demo
-    generator's version and the class table of its ``stats.json``."""
-    P00 = {k: v for k, v in prepared.prep_params(data_dir).items() if not str(k).endswith(("_dir", "_root"))}
+    """What says two runs of notebook 00 made the same data: the parameters that make it
+    (:func:`data_params`), the demo generator's version and the class table of its ``stats.json``."""
     stats = json.loads((Path(data_dir) / "stats.json").read_text()) if (Path(data_dir) / "stats.json").exists() else {}
-    return {"params": P00, "demo_generator_version": demo.GENERATOR_VERSION,
+    return {"params": data_params(prepared.prep_params(data_dir)), "demo_generator_version": demo.GENERATOR_VERSION,
             "class_table": stats.get("class_table"), "patches": stats.get("patches")}
 
 
@@ -259,7 +268,8 @@ def check_shipped(profile: str, weights: Path, P01_now, data: bool = True) -> di
         if pl.sha256(Path(weights) / "state" / rel) != digest:
             raise ValueError(f"{Path(weights) / 'state' / rel}: its sha256 does not match {f}; rebuild with {rebuild(profile)}")
     now = data_identity(layout.of(P01_now).data) if data else {}
-    diff = sorted(k for k in now if now[k] != state["data"].get(k))
+    then = state["data"] | {"params": data_params(state["data"]["params"])}  # as recorded: its checks aside too
+    diff = sorted(k for k in now if now[k] != then.get(k))
     if diff:
         raise ValueError(f"{weights}: the shipped models were trained on other {profile} data than notebook 00 made "
                          f"now (differs: {diff}); train them again with {rebuild(profile)}, or restore the data settings")
