@@ -17,20 +17,13 @@ import argparse
 import contextlib
 import json
 import time
-from pathlib import Path
 
 import torch
 
+from discnb.core import paths
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints
 from discnb.generative import ldm_training
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def repo_path(p: str | Path) -> Path:
-    """``p`` itself when absolute, else ``p`` under the repository root."""
-    return Path(p) if Path(p).is_absolute() else REPO / p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
-    P01 = checkpoints.ldm_params(repo_path(a.ldm))
+    P01 = checkpoints.ldm_params(paths.resolve(a.ldm))
     A, n, s = P01.autoencoder, a.batch, a.image_size
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 3, s, s, generator=g) * 2 - 1
@@ -85,7 +78,7 @@ def main(argv=None) -> dict:
     rep = {"threads": a.threads, "batch": n, "steps_per_round": a.steps, "rounds": a.rounds, "s_per_step": times,
            "speedup_bf16": {k: sum(v["fp32"]) / sum(v["bf16"]) for k, v in times.items()}}
     print(json.dumps(rep, indent=1))
-    out = repo_path(a.out)
+    out = paths.resolve(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rep, indent=1))
     return rep

@@ -34,24 +34,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from discnb.core import paths
 from discnb.core.train import FitConfig, TensorData, fit
 from discnb.generative import autoencoder as ae
 from discnb.grading import judge as jg
 from discnb.data import prepared
 from discnb.data.augment import dihedral
 
-REPO = Path(__file__).resolve().parents[1]
 LEVERS = ["plain", "gan", "msssim", "perceptual", "codebook", "split"]
-
-
-def repo_path(p: str | Path) -> Path:
-    """``p`` itself when absolute, else ``p`` under the repository root."""
-    return Path(p) if Path(p).is_absolute() else REPO / p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -199,15 +193,15 @@ def main(argv=None) -> dict:
     lr = a.lr or (5e-4 if scratch else 2e-4)
     name = f"{a.lever}-{a.n_embed if scratch else a.weight}" + (f"-{a.n_embed}" if a.lever == "split" else "") + \
         ("-decoder" if a.decoder_only else "")
-    out = repo_path(a.out or f"outputs/experiments/first_stage/{name}")
-    D = prepared.split_tiles(repo_path(a.data), a.val_fold, progress=False)
+    out = paths.resolve(a.out or f"outputs/experiments/first_stage/{name}")
+    D = prepared.split_tiles(paths.resolve(a.data), a.val_fold, progress=False)
     tr = TensorData({"x": ae.pixels(D["train"]["imgs"])}, augment=lambda b: dihedral(b, ("x",)),
                     transform=ae.pixels_to_model)
     va = TensorData({"x": ae.pixels(D["val"]["imgs"])}, transform=ae.pixels_to_model)
-    judge = jg.load_judge(repo_path(a.judge_real))
+    judge = jg.load_judge(paths.resolve(a.judge_real))
     res_f = out / "res.json"
     res = json.loads(res_f.read_text()) if res_f.exists() else {}
-    first_stage = repo_path(a.first_stage)
+    first_stage = paths.resolve(a.first_stage)
     out.mkdir(parents=True, exist_ok=True)
     if "start" not in res and not scratch:
         score(ae.load_vq(first_stage), "start", D, judge, res, res_f)

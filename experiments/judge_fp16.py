@@ -13,19 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
+from discnb.core import paths
 from discnb.grading import judge as jg
 from discnb.grading.carcinonet import predict
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def repo_path(p: str | Path) -> Path:
-    """``p`` itself when absolute, else ``p`` under the repository root."""
-    return Path(p) if Path(p).is_absolute() else REPO / p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,12 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
-    j32 = jg.load_judge(repo_path(a.judge))
-    j16 = jg.load_judge(repo_path(a.judge))
+    j32 = jg.load_judge(paths.resolve(a.judge))
+    j16 = jg.load_judge(paths.resolve(a.judge))
     for p in list(j16.model.parameters()) + list(j16.model.buffers()):
         if p.is_floating_point():
             p.data = p.data.half().float()
-    z = np.load(repo_path(a.samples))
+    z = np.load(paths.resolve(a.samples))
     masks = z["masks"]
     out = {}
     for i, m in enumerate(z["models"]):

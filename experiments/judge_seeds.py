@@ -16,22 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import yaml
 
+from discnb.core import paths
 from discnb.generative import autoencoder as ae
 from discnb.grading import judge as jg
 from discnb.data import prepared
 from discnb.pipelines import train_ldm
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def repo_path(p: str | Path) -> Path:
-    """``p`` itself when absolute, else ``p`` under the repository root."""
-    return Path(p) if Path(p).is_absolute() else REPO / p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,22 +52,22 @@ def summary(rows: list[dict], first_stage: str) -> dict:
 
 def main(argv=None) -> list[dict]:
     a = parse_args(argv)
-    base = yaml.safe_load(repo_path(a.params).read_text())
+    base = yaml.safe_load(paths.resolve(a.params).read_text())
     recipe = {k: v for k, v in base["judge"].items() if k != "seed"}  # the seeds are this script's
     over = {k: v for k, v in (("steps", a.judge_steps), ("batch", a.judge_batch)) if v is not None}
     recipe["train"] = {**recipe["train"], **over}
-    out = repo_path(a.out)
+    out = paths.resolve(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    D = prepared.split_tiles(repo_path(a.data), int(base["val_fold"]), progress=False)
+    D = prepared.split_tiles(paths.resolve(a.data), int(base["val_fold"]), progress=False)
     V = D["val"]
-    recons = {f: ae.reconstruct(ae.load_vq(repo_path(f)), V["imgs"]) for f in a.first_stage}
+    recons = {f: ae.reconstruct(ae.load_vq(paths.resolve(f)), V["imgs"]) for f in a.first_stage}
     rows = []
     for s in a.seeds:
         real = jg.train_judge(D, {**recipe, "input": "real"}, out / f"real-seed{s}", seed=s, progress=False)
         for f, rec in recons.items():
             fs = jg.train_judge(D, {**recipe, "input": "first_stage"},
                                 out / f"fs-{f.strip('/').replace('/', '_')}-seed{s}",
-                                seed=s, first_stage=repo_path(f), progress=False) if a.ceiling else None
+                                seed=s, first_stage=paths.resolve(f), progress=False) if a.ceiling else None
             r = {"first_stage": f, "seed": s, **train_ldm.judge_three_ways(real, fs, rec, V["masks"])}
             rows.append(r)
             print(json.dumps({k: v["mean_iou"] if isinstance(v, dict) else v for k, v in r.items()}), flush=True)

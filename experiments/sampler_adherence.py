@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
+from discnb.core import paths
 from discnb.core.io import write_json
 from discnb.generative.disc_pipeline import DISCPipeline, prepare_masks
 from discnb.grading import adherence
 from discnb.grading import judge as jg
 from discnb.data import prepared
 
-REPO = Path(__file__).resolve().parents[1]
 FOLDER = {"SD": "SD", "SD-SC": "SD", "SD-DISC": "SD-DISC", "SD-DISC-CoTrain": "SD-DISC-CoTrain"}
-
-
-def repo_path(p: str | Path) -> Path:
-    """``p`` itself when absolute, else ``p`` under the repository root."""
-    return Path(p) if Path(p).is_absolute() else REPO / p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,11 +49,11 @@ def main(argv=None) -> dict:
     unknown = set(names) - set(FOLDER)
     if unknown:
         raise SystemExit(f"unknown models {sorted(unknown)}; known: {list(FOLDER)}")
-    pipes = {n: DISCPipeline.from_pretrained(repo_path(a.weights) / FOLDER[n]) for n in names}
+    pipes = {n: DISCPipeline.from_pretrained(paths.resolve(a.weights) / FOLDER[n]) for n in names}
     size = next(iter(pipes.values())).image_size
-    held_out = prepared.split_tiles(repo_path(a.data), a.val_fold, progress=False)["val"]["masks"]
+    held_out = prepared.split_tiles(paths.resolve(a.data), a.val_fold, progress=False)["val"]["masks"]
     masks = prepare_masks(held_out[adherence.complex_choice(held_out, a.n, 0)], size, "labels")
-    judge = jg.load_judge(repo_path(a.judge))
+    judge = jg.load_judge(paths.resolve(a.judge))
     rep = {"n_masks": len(masks), "masks": "held-out annotation masks with the most labels (multi-label only)",
            "runs": []}
     for seed, s in [(int(x), y) for x in a.seeds.split(",") for y in a.settings.split(",")]:
@@ -76,7 +70,7 @@ def main(argv=None) -> dict:
                                 "mean_iou": round(sc["mean_iou"], 4),
                                 "iou": {k: round(v, 4) for k, v in sc["iou"].items()}, "sec_per_tile": round(sec, 3)})
             print(rep["runs"][-1], flush=True)
-    out = repo_path(a.out)
+    out = paths.resolve(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, rep)
     return rep

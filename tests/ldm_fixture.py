@@ -44,3 +44,23 @@ def prepared(tmp: Path, **overrides) -> Path:
     f = tmp / "01.yaml"
     f.write_text(yaml.safe_dump(P))
     return f
+
+
+def trained_generators(tmp: Path) -> Path:
+    """A tiny LDM trained as notebook 01 trains it (2 SD steps, with the Fig. 7 ablation models), SD-DISC and
+    SD-DISC-CoTrain standing in as SD fine-tuned for 0 steps: every registered generator builds on it.
+    Returns its ``ldm/`` folder."""
+    import shutil
+
+    from discnb.core import layout, params
+    from discnb.core.notebook import record
+    from discnb.generative import generators
+    from discnb.pipelines import train_ldm
+
+    P = params.check_file("01_train_ldm", prepared(tmp, sd={"steps": 2, "batch": 4, "grad_accum": 1, "lr": 0.001,
+                                                           "scale_lr": False, "ema_decay": 0.99}))
+    record(tmp / "ldm", P, "01_train_ldm")
+    train_ldm.train(P, progress=False)
+    for folder in generators.FINETUNED.values():
+        shutil.copytree(tmp / "ldm" / "sd" / "best", layout.disc_beside(tmp / "ldm") / folder / "best")
+    return tmp / "ldm"

@@ -4,18 +4,13 @@ consumers read: the registry's name, the device it samples on, whether it needs 
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
-from discnb.core import layout, params
-from discnb.core.notebook import record
 from discnb.generative import generators
 from discnb.generative.protocol import Generator
-from discnb.pipelines import train_ldm
-from ldm_fixture import prepared
+from ldm_fixture import trained_generators
 from test_tilesets import ColourGen
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -27,14 +22,7 @@ STEPS = 2
 def ldm_dir(tmp_path_factory):
     """A tiny LDM trained as notebook 01 trains it (with the Fig. 7 ablation models); SD-DISC and
     SD-DISC-CoTrain stand in as SD fine-tuned for 0 steps."""
-    tmp = tmp_path_factory.mktemp("generators")
-    P = params.check_file("01_train_ldm", prepared(tmp, sd={"steps": 2, "batch": 4, "grad_accum": 1, "lr": 0.001,
-                                                           "scale_lr": False, "ema_decay": 0.99}))
-    record(tmp / "ldm", P, "01_train_ldm")
-    train_ldm.train(P, progress=False)
-    for folder in generators.FINETUNED.values():
-        shutil.copytree(tmp / "ldm" / "sd" / "best", layout.disc_beside(tmp / "ldm") / folder / "best")
-    return tmp / "ldm"
+    return trained_generators(tmp_path_factory.mktemp("generators"))
 
 
 @pytest.mark.parametrize("name", generators.available())

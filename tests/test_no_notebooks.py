@@ -40,7 +40,7 @@ def refuse_notebooks(event, args):
 sys.addaudithook(refuse_notebooks)
 
 import discnb
-from discnb.core import layout, params, paths
+from discnb.core import params, paths
 assert Path(paths.__file__).is_relative_to(tmp / "pkg"), paths.__file__
 assert not paths.NOTEBOOKS.exists(), paths.NOTEBOOKS
 
@@ -78,18 +78,10 @@ print("--help:", mains)
 
 # every generator, on a tiny LDM trained here; SD-DISC(-CoTrain) = SD fine-tuned for 0 steps
 import numpy as np
-from ldm_fixture import prepared
-from discnb.core.notebook import record
+from ldm_fixture import trained_generators
 from discnb.generative import generators
-from discnb.pipelines import train_ldm
 
-P = params.check_file("01_train_ldm", prepared(tmp, sd={"steps": 2, "batch": 4, "grad_accum": 1, "lr": 0.001,
-                                                       "scale_lr": False, "ema_decay": 0.99}))
-record(tmp / "ldm", P, "01_train_ldm")
-train_ldm.train(P, progress=False)
-for folder in generators.FINETUNED.values():
-    shutil.copytree(tmp / "ldm" / "sd" / "best", layout.disc_beside(tmp / "ldm") / folder / "best")
-ctx = generators.GeneratorContext(ldm_dir=tmp / "ldm", image_size=32, steps=2, batch_size=2)
+ctx = generators.GeneratorContext(ldm_dir=trained_generators(tmp), image_size=32, steps=2, batch_size=2)
 masks = np.zeros((1, 32, 32), np.uint8)
 for name in generators.available():
     gen, key = generators.build_generator(name, ctx)
