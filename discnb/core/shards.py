@@ -98,6 +98,7 @@ def processes(cpu: bool | None = None) -> Processes:
     processes only when told ``cpu=True``."""
     state = PartialState(cpu=bool(cpu) or not torch.cuda.is_available())
     if state.num_processes > 1:
+        atexit.unregister(_close_process_group)  # once, however often a stage asks for its processes
         atexit.register(_close_process_group)
     return Processes(state)
 

@@ -21,6 +21,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -419,11 +420,17 @@ def tile_label(fractions) -> int:
     return 0 if not (cancer > 0).any() else 1 + int(np.argmax(cancer))
 
 
-def decode_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray, bool]:
-    """A mask file -> (its stored values as (H, W), its grades 0/3/4/5 as (H, W) uint8, lossy?).
+class MaskFile(NamedTuple):
+    """A mask file as read: its stored values (H, W), its grades 0/3/4/5 (H, W) uint8, the fraction of
+    pixels whose stored value is not their grade (0 for an exact mask), and whether it is lossy (JPEG)."""
+    values: np.ndarray
+    grades: np.ndarray
+    changed: float
+    lossy: bool
 
-    ``.jpg``/``.jpeg`` masks (SICAPv1, some SICAPv2 copies) are lossy: see :func:`snap_lossy`.
-    """
+
+def decode_mask(path: str | Path) -> MaskFile:
+    """Read a mask file. ``.jpg``/``.jpeg`` masks (SICAPv1, some SICAPv2 copies) are lossy: see :func:`snap_lossy`."""
     path = Path(path)
     lossy = path.suffix.lower() in (".jpg", ".jpeg")
     try:
@@ -434,13 +441,13 @@ def decode_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray, bool]:
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable mask ({e})") from None
     values = _one_channel(arr, path, lossy)
-    return values, mask_grades(values, path, lossy=lossy)[0], lossy
+    return MaskFile(values, *mask_grades(values, path, lossy=lossy), lossy)
 
 
 def read_mask(path: str | Path) -> tuple[np.ndarray, float]:
     """A mask file -> ((H, W) uint8 labels 0..3, fraction of its pixels that snapping changed)."""
-    values, grades, _ = decode_mask(path)
-    return grades_to_labels(grades), float((grades != values).mean()) if values.size else 0.0
+    m = decode_mask(path)
+    return grades_to_labels(m.grades), m.changed
 
 
 def label_before_snapping(values: np.ndarray) -> int:
@@ -448,7 +455,7 @@ def label_before_snapping(values: np.ndarray) -> int:
     :func:`absorb_thin_regions`: the label the file itself says. Where it differs from the snapped
     mask's label, snapping gave a small region to its neighbours (a tile whose only cancer is a
     64-px GG5 region becomes NC)."""
-    labels = grades_to_labels(_NEAREST_GRADE[np.minimum(values, 255).astype(np.uint8)])
+    labels = grades_to_labels(_NEAREST_GRADE[values.astype(np.uint8)])  # values <= 15: snap_lossy checked
     return tile_label(np.bincount(labels.ravel(), minlength=4) / labels.size)
 
 
@@ -471,14 +478,14 @@ def _check_tile(root: Path, name: str, masks: str) -> dict:
         row.update(mask_path="", mask_label=-1, mask_changed=np.nan, mask_lossy=False, mask_label_raw=-1,
                    **{c: np.nan for c in FRACTION_COLUMNS})
         return row
-    values, grades, lossy = decode_mask(mpath)
-    m = grades_to_labels(grades)
+    mf = decode_mask(mpath)
+    m = grades_to_labels(mf.grades)
     if m.shape != (im.height, im.width):
         raise DataError(f"{mpath}: mask is {m.shape[1]}x{m.shape[0]} but image {name} is {im.width}x{im.height}")
     frac = np.bincount(m.ravel(), minlength=4) / m.size
     label = tile_label(frac)
-    row.update(mask_path=str(mpath), mask_label=label, mask_changed=float((grades != values).mean()),
-               mask_lossy=lossy, mask_label_raw=label_before_snapping(values) if lossy else label,
+    row.update(mask_path=str(mpath), mask_label=label, mask_changed=mf.changed,
+               mask_lossy=mf.lossy, mask_label_raw=label_before_snapping(mf.values) if mf.lossy else label,
                **dict(zip(FRACTION_COLUMNS, frac)))
     return row
 

@@ -99,13 +99,17 @@ def stats(P, root: Path, idx: pd.DataFrame, skipped: data.Skipped, lib: dict, oo
     return out
 
 
+def _train_tiles_with_masks(idx: pd.DataFrame) -> pd.DataFrame:
+    return idx[(idx.split == "train") & idx.mask_path.astype(bool)]
+
+
 def fold_tiles(idx: pd.DataFrame) -> pd.Series:
     """Tiles with a mask per CV fold (the validation split notebook 01 and 04 score on), folds 1..4
     of the partition files; a fold listed by no file, or by an empty one, counts 0."""
-    tr = idx[(idx.split == "train") & idx.mask_path.astype(bool)]
-    found = sorted(set(tr.cv_fold[tr.cv_fold > 0]))
-    folds = range(1, max(found, default=0) + 1) if found else []
-    return tr[tr.cv_fold > 0].groupby("cv_fold").size().reindex(folds, fill_value=0).rename("tiles")
+    tr = _train_tiles_with_masks(idx)
+    in_fold = tr[tr.cv_fold > 0]
+    last = int(in_fold.cv_fold.max()) if len(in_fold) else 0
+    return in_fold.groupby("cv_fold").size().reindex(range(1, last + 1), fill_value=0).rename("tiles")
 
 
 def check_folds(P, idx: pd.DataFrame) -> pd.Series:
@@ -120,11 +124,12 @@ def check_folds(P, idx: pd.DataFrame) -> pd.Series:
                              f"{small.tolist()} tile(s) with a mask, fewer than min_fold_tiles={P.min_fold_tiles}: "
                              "too few to score a model on. Fix the partition files (partition/Validation/Val*/Test.xlsx), "
                              "or lower min_fold_tiles (0 turns the check off) and pick another val_fold in notebooks 01 and 04")
-    tr = idx[(idx.split == "train") & idx.mask_path.astype(bool)]
+    tr = _train_tiles_with_masks(idx)
     frac = list(data.FRACTION_COLUMNS)
-    have = tr[frac].to_numpy().sum(0) > 0
+    have = tr[frac].sum() > 0
+    present = (tr.groupby("cv_fold")[frac].sum() > 0).reindex(n.index, fill_value=False)
     for k in n.index:
-        missing = [LABELS[i] for i in np.flatnonzero(have & ~(tr[frac][tr.cv_fold == k].to_numpy().sum(0) > 0))]
+        missing = [LABELS[i] for i in np.flatnonzero(have.to_numpy() & ~present.loc[k].to_numpy())]
         if missing:
             warnings.warn(f"CV fold {k} ({n[k]} tiles) has no {missing} pixels: validation IoU of "
                           f"{'those labels' if len(missing) > 1 else 'that label'} is undefined when it is the val_fold")
