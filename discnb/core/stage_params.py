@@ -109,6 +109,7 @@ class Autoencoder(Section):
     disc_weight: float = 0.0
     disc_channels: int = 64
     disc_layers: int = 3
+    crop: NonNegativeInt = 0
 
 
 class UNet(Section):
@@ -135,6 +136,7 @@ class SDTraining(Section):
     max_grad_norm: float | None = 1.0  # None: no gradient clipping (core.train.TrainConfig; the LDM recipe)
     cond_drop: float = 0.0
     snr_gamma: float = 0.0
+    crop: NonNegativeInt = 0
 
 
 class CarcinoNetModel(Section):
@@ -156,6 +158,7 @@ class CarcinoNetTraining(Section):
     focal_gamma: float = 2.0
     dice_weight: float = 1.0
     jitter: float = 0.05
+    crop: NonNegativeInt = 0
 
 
 class Judge(Section):

@@ -74,6 +74,11 @@ class MaskEncoder(ModelMixin, ConfigMixin):
     Strided convs bring the mask to a ``token_side`` x ``token_side`` grid; a learned 2-D
     position embedding tells the U-Net *where* each token is (without it, cross-attention is
     permutation-invariant over tokens and learns the layout very slowly).
+
+    A mask smaller than ``image_size`` (a training crop, :func:`discnb.data.augment.random_crop`)
+    gives a smaller token grid; it takes the window of the position embedding where the crop lies
+    (``offset``: the crop's top-left corner in mask pixels, on a token's edge), so a model trained
+    on crops samples whole tiles with the positions it learned.
     """
 
     @register_to_config
@@ -92,9 +97,23 @@ class MaskEncoder(ModelMixin, ConfigMixin):
         self.net = nn.Sequential(*layers)
         self.pos = nn.Parameter(torch.randn(1, token_side * token_side, width) * 0.02)
 
-    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+    @property
+    def token_px(self) -> int:
+        """Mask pixels per token side."""
+        return self.config.image_size // self.config.token_side
+
+    def forward(self, cond: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         h = self.net(cond)  # (B, width, s, s)
-        return h.flatten(2).transpose(1, 2) + self.pos
+        S, s = self.config.token_side, h.shape[-1]
+        if s == S:
+            return h.flatten(2).transpose(1, 2) + self.pos
+        if s > S or offset is None:
+            raise ValueError(f"mask of {cond.shape[-1]} px for a mask encoder of {self.config.image_size}-px tiles: "
+                             "a smaller mask is a training crop and needs its offset")
+        ty, tx = (torch.as_tensor(offset).long().cpu() // self.token_px).unbind(1)
+        grid = self.pos.view(S, S, -1)
+        pos = torch.stack([grid[y:y + s, x:x + s].reshape(s * s, -1) for y, x in zip(ty.tolist(), tx.tolist())])
+        return h.flatten(2).transpose(1, 2) + pos
 
 
 def build_unet(sample_size: int, block_out_channels: list[int], attention: list[bool], layers_per_block: int,
@@ -181,10 +200,12 @@ class MaskLDM(nn.Module):
     def latent_channels(self) -> int:
         return self.unet.config.out_channels
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, raw: bool = False) -> torch.Tensor:
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, raw: bool = False,
+                offset: torch.Tensor | None = None) -> torch.Tensor:
         """eps_theta(z_t, t, condition), whatever the U-Net predicts; ``raw``: the U-Net's own output
-        (eps or v: what the loss compares with :meth:`target`; through forward so DDP syncs it)."""
-        out = self.predict(z_t, t, cond)
+        (eps or v: what the loss compares with :meth:`target`; through forward so DDP syncs it);
+        ``offset``: where a training crop lies in its tile (:class:`MaskEncoder`)."""
+        out = self.predict(z_t, t, cond, offset)
         if raw or self.prediction == "eps":
             return out
         ab = self._abar(t, z_t)
@@ -201,11 +222,12 @@ class MaskLDM(nn.Module):
         ab = self._abar(t, z0)
         return ab.sqrt() * noise - (1 - ab).sqrt() * z0
 
-    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                offset: torch.Tensor | None = None) -> torch.Tensor:
         """The U-Net's raw output (eps or v, see ``prediction``)."""
         if self.concat_mask:
             z_t = torch.cat([z_t, F.adaptive_avg_pool2d(cond, z_t.shape[-2:]).to(z_t.dtype)], 1)
-        return self.unet(z_t, t, encoder_hidden_states=self.tau(cond)).sample
+        return self.unet(z_t, t, encoder_hidden_states=self.tau(cond, offset)).sample
 
 
 def check_guidance(cond_drop: float, guidance_scale: float, snr_gamma: float) -> tuple[float, float, float]:
@@ -252,6 +274,8 @@ def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
     ``t_range`` (lo, hi) restricts t to [lo, hi) (default: all of 0..T-1). A v-predicting model
     (``prediction: v``, beyond the paper) is trained on the MSE of v instead of eps.
 
+    ``batch["offset"]`` (optional): where each item's crop lies in its tile, in mask pixels (:class:`MaskEncoder`).
+
     Beyond the paper, from the model's settings (:class:`MaskLDM`), in training mode only (so
     validation losses stay Eq. 1's): ``cond_drop`` replaces some items' conditions by the null one
     (classifier-free guidance), and ``snr_gamma`` > 0 weights each item with min-SNR-gamma, as the
@@ -260,7 +284,7 @@ def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
     net = getattr(model, "module", model)  # DDP-wrapped under accelerate
     train_mode = net.training and generator is None
     gamma = net.snr_gamma if train_mode else 0.0
-    z0, cond = batch["z"], batch["cond"]
+    z0, cond, offset = batch["z"], batch["cond"], batch.get("offset")
     if train_mode:
         cond = drop_condition(cond, net.cond_drop)
     B = z0.shape[0]
@@ -270,8 +294,8 @@ def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
     ab = alphas_cumprod.to(z0.device)[t].view(B, 1, 1, 1).to(z0.dtype)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
     if not gamma > 0:
-        return F.mse_loss(model(z_t, t, cond, raw=True).float(), net.target(z0, noise, t).float())
-    per_item = F.mse_loss(model(z_t, t, cond, raw=True).float(), net.target(z0, noise, t).float(),
+        return F.mse_loss(model(z_t, t, cond, raw=True, offset=offset).float(), net.target(z0, noise, t).float())
+    per_item = F.mse_loss(model(z_t, t, cond, raw=True, offset=offset).float(), net.target(z0, noise, t).float(),
                           reduction="none").mean((1, 2, 3))
     return (per_item * min_snr_weights(t, gamma, net.prediction)).mean()
 

@@ -67,15 +67,18 @@ def ldm_signature(P, image_size: int, condition: str | None = None) -> dict:
     """What makes a trained SD (or the ablation SD of ``condition``) the one notebook 01's ``P`` asks for."""
     sig = {"kind": "ldm", "condition": condition or P.condition, "unet": dict(P.unet), "image_size": image_size,
            "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
-    # only when on: SDs trained without classifier-free guidance or min-SNR keep their signature
-    return sig | {k: P.sd[k] for k in ("cond_drop", "snr_gamma") if P.sd[k]}
+    # only when on: SDs trained without classifier-free guidance, min-SNR or crops keep their signature
+    return sig | {k: P.sd[k] for k in ("cond_drop", "snr_gamma", "crop") if P.sd[k]}
 
 
 def ldm_batch_loss(condition: str, alphas_cumprod: torch.Tensor):
     """Eq. 1 on a batch of stored latents and masks (condition images are built on the fly)."""
     def loss(model, batch, generator=None):
         cond = ldm.make_condition(batch["mask"], condition, batch["slide"]).to(batch["z"].device)
-        return ldm.ldm_loss(model, {"z": batch["z"], "cond": cond}, alphas_cumprod, generator)
+        b = {"z": batch["z"], "cond": cond}
+        if "crop_offset" in batch:  # a crop of the latents (sd.crop): its place in mask pixels
+            b["offset"] = batch["crop_offset"] * (batch["mask"].shape[-1] // batch["z"].shape[-1])
+        return ldm.ldm_loss(model, b, alphas_cumprod, generator)
     return loss
 
 

@@ -31,7 +31,7 @@ from discnb import K
 from discnb.core import paths
 from discnb.core.io import load_state_dict
 from discnb.core.train import FitConfig, TensorData, fit
-from discnb.data.augment import dihedral
+from discnb.data.augment import dihedral, random_crop
 from discnb.grading.eq4 import check_lam, eq4
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -241,10 +241,12 @@ def color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def augment_fn(jitter: float) -> Callable[[dict], dict]:
-    """Flips/90-degree rotations applied alike to tiles and masks, then colour jitter."""
+def augment_fn(jitter: float, crop: int = 0) -> Callable[[dict], dict]:
+    """Flips/90-degree rotations applied alike to tiles and masks, a random ``crop``-px window of both
+    (0: the whole tile; beyond the paper, the demo's 2 cores: docs/cost.md), then colour jitter."""
     def aug(b: dict) -> dict:
-        b = dihedral(b, ("image", "mask"))
+        b = random_crop(dihedral(b, ("image", "mask")), ("image", "mask"), crop)
+        b.pop("crop_offset", None)
         b["image"] = color_jitter(to_unit(b["image"]), jitter)
         return b
     return aug
@@ -287,7 +289,7 @@ def train_carcinonet(out: str | Path, recipe: dict, real: tuple[np.ndarray, np.n
                      checkpoint_every: int = 200, checkpoints_total_limit: int = 1, resume: str = "latest",
                      desc: str = "CarcinoNet", progress: bool = True) -> dict:
     """Train one CarcinoNet of ``recipe`` (``{"model": build_model's dict, "train": {steps, batch, lr,
-    weight_decay, warmup_steps, ema_decay, validate_every, focal_gamma, dice_weight, jitter}}``)
+    weight_decay, warmup_steps, ema_decay, validate_every, focal_gamma, dice_weight, jitter, crop}}``)
     with :func:`discnb.core.train.fit` in ``out`` (checkpoints, ``best/``, ``final/``, ``metrics.csv``).
 
     ``real``/``val``/``synth`` are (tiles (N,H,W,3) uint8, label maps (N,H,W) uint8). With
@@ -301,7 +303,7 @@ def train_carcinonet(out: str | Path, recipe: dict, real: tuple[np.ndarray, np.n
     T = recipe["train"]
     torch.manual_seed(seed)  # the initial weights
     model = build_model(recipe["model"])
-    aug = augment_fn(T["jitter"])
+    aug = augment_fn(T["jitter"], T.get("crop", 0))
     tr = TensorData(_tensors(real), augment=aug) if lam == 0 else MixedData(_tensors(real), _tensors(synth), augment=aug)
     va = TensorData(_tensors(val))
     cfg = FitConfig(out_dir=str(out), max_steps=T["steps"], global_batch=T["batch"], lr=T["lr"],

@@ -43,7 +43,7 @@ from discnb.grading.metrics import confusion, metrics_from_confusion
 RECIPE_KEYS = {"input": ("real", "first_stage"),
                "model": ("encoder", "encoder_width", "encoder_path", "decoder_channels", "pool_grids"),
                "train": ("steps", "batch", "lr", "weight_decay", "warmup_steps", "ema_decay", "validate_every",
-                         "focal_gamma", "dice_weight", "jitter")}
+                         "focal_gamma", "dice_weight", "jitter", "crop")}
 VERSION = 1  # bump when the judge's training changes: a stored judge of another version is retrained
 RUN_WHERE = "notebooks/01_train_ldm.ipynb"
 
@@ -164,7 +164,9 @@ def train_judge(D: dict, recipe: dict, out: str | Path, *, seed: int, first_stag
     if R["input"] == "first_stage" and first_stage is None:
         raise ValueError("judge recipe input 'first_stage' needs the first stage's folder (first_stage=...)")
     out = Path(out)
-    sig = {"kind": "judge", "version": VERSION, **R, "seed": int(seed), "mixed_precision": mixed_precision,
+    # train.crop only when on: judges trained on whole tiles keep their signature
+    sig_recipe = R | {"train": {k: v for k, v in R["train"].items() if k != "crop" or v}}
+    sig = {"kind": "judge", "version": VERSION, **sig_recipe, "seed": int(seed), "mixed_precision": mixed_precision,
            "image_size": int(D["image_size"]), "tiles": tiles_fingerprint(D),
            "first_stage": fingerprint(Path(first_stage)) if R["input"] == "first_stage" else None}
     meta = out / "judge.json"

@@ -28,7 +28,7 @@ from discnb.core import io, layout, params, paths
 from discnb.core.notebook import cli
 from discnb.core.train import TensorData, fit, pick_device, process_state, read_metrics
 from discnb.data import prepared, shapes
-from discnb.data.augment import dihedral
+from discnb.data.augment import dihedral, random_crop
 from discnb.generative import autoencoder as ae
 from discnb.generative import checkpoints as ck
 from discnb.generative import ldm
@@ -56,13 +56,15 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
     gan = A["disc_weight"] > 0
     if gan:  # only then: first stages trained without the discriminator keep their signature
         sig |= {k: A[k] for k in ("disc_weight", "disc_channels", "disc_layers")}
+    if A["crop"]:  # likewise: trained on crops (beyond the paper; the demo's 2 cores, docs/cost.md)
+        sig["crop"] = A["crop"]
     done = out / "done.json"
     if done.exists() and json.loads(done.read_text()).get("signature") == sig and (out / "final").exists():
         return ae.load_vq(out / "best"), json.loads(done.read_text())  # the one a fresh run continues with
     vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"])
     # uint8 in memory, floats per batch (float32 tiles would take ~10 GB per process at SICAPv2's size)
-    tr = TensorData({"x": ae.pixels(split["train"]["imgs"])}, augment=lambda b: dihedral(b, ("x",)),
-                    transform=ae.pixels_to_model)
+    tr = TensorData({"x": ae.pixels(split["train"]["imgs"])},
+                    augment=lambda b: random_crop(dihedral(b, ("x",)), ("x",), A["crop"]), transform=ae.pixels_to_model)
     va = TensorData({"x": ae.pixels(split["val"]["imgs"])}, transform=ae.pixels_to_model)
     cfg = fit_config(P, out, {**A, **FIRST_STAGE_FIT}, "autoencoder", sig, progress)
     if gan:  # LDM's vq-f4 recipe without LPIPS: patch-GAN with taming's adaptive weight, from step 0
@@ -187,7 +189,11 @@ def train_sd(P, split: dict, vq, ae_info: dict, progress: bool = True) -> dict:
 
     def tensors(k):
         return {"z": z[k], "mask": torch.from_numpy(split[k]["masks"]), "slide": torch.from_numpy(split[k]["slide"])}
-    tr = TensorData(tensors("train"), augment=lambda b: dihedral(b, ("z", "mask")))
+    # sd.crop (beyond the paper): latent windows with their masks, on the edges of tau's tokens, so the mask
+    # encoder's position embedding is cut where the window lies (generative.ldm.MaskEncoder)
+    step = max(1, model.tau.token_px // (size // z["train"].shape[-1]))
+    tr = TensorData(tensors("train"),
+                    augment=lambda b: random_crop(dihedral(b, ("z", "mask")), ("z", "mask"), P.sd["crop"], step))
     va = TensorData(tensors("val"))
     sched = ldm.noise_scheduler()
     summary = fit(model, ldm_batch_loss(P.condition, sched.alphas_cumprod), tr,
