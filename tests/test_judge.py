@@ -171,21 +171,26 @@ def test_judge_report_scores_two_judges_three_ways_and_chance(tmp_path, monkeypa
     monkeypatch.delenv("DISCNB_FIGURES", raising=False)
     monkeypatch.setattr(paths, "FIGURES", tmp_path / "figures")
     P = params.validate("01_train_ldm", yaml.safe_load(prepared(tmp_path).read_text()) | {
-        "judge": {"seed": 0, "input": "first_stage", "model": MODEL, "train": TRAIN}})
+        "judge": {"seed": 0, "input": "first_stage", "model": MODEL, "train": TRAIN}, "judge_seeds": [1, 0]})
     train_ldm.first_stage(P, ldm_training.load_split(P, progress=False), progress=False)
     judges = train_ldm.train_judges(P, progress=False)
+    assert list(judges["seeds"]) == [0, 1] and (train_ldm.judge_folder(P, "real", 1) / "judge.json").exists()
     assert train_ldm.judge_folder(P, "first_stage") == layout.of(P, train_ldm.NOTEBOOK).judge
     assert (train_ldm.judge_folder(P, "real") / "judge.json").exists()
     assert judges["real"].info["input"] == "real" and judges["first_stage"].info["input"] == "first_stage"
     rep = train_ldm.judge_report(P, judges)
-    assert set(rep) >= {"real_on_real", "real_on_recon", "recon_on_recon", "chance"}
+    assert set(rep) >= {"real_on_real", "real_on_recon", "recon_on_recon", "chance"} and rep["judge_seeds"] == [0, 1]
     tiles = judges["tiles"]
     recon = jg.first_stage_view(tiles["imgs"], train_ldm.ck.first_stage_folder(P))
-    assert rep["real_on_recon"]["mean_iou"] == pytest.approx(judges["real"](recon, tiles["masks"])["mean_iou"])
-    assert rep["recon_on_recon"]["mean_iou"] == pytest.approx(judges["first_stage"](recon, tiles["masks"])["mean_iou"])
     shuffled = tiles["masks"][adherence.chance_order(len(tiles["masks"]))]
-    assert rep["chance"]["mean_iou"] == pytest.approx(judges["first_stage"](recon, shuffled)["mean_iou"])
-    assert rep["real_on_real"]["mean_iou"] == pytest.approx(judges["real"](tiles["imgs"], tiles["masks"])["mean_iou"])
+    ways = {"real_on_recon": lambda j: j["real"](recon, tiles["masks"]),
+            "recon_on_recon": lambda j: j["first_stage"](recon, tiles["masks"]),
+            "chance": lambda j: j["first_stage"](recon, shuffled),
+            "real_on_real": lambda j: j["real"](tiles["imgs"], tiles["masks"])}
+    for way, score in ways.items():  # each seed recomputable; the report is their mean and std
+        mine = [score(judges["seeds"][s])["mean_iou"] for s in (0, 1)]
+        assert [rep[way]["per_seed"][s]["mean_iou"] for s in ("0", "1")] == pytest.approx(mine)
+        assert rep[way]["mean_iou"] == pytest.approx(np.mean(mine)) and rep[way]["mean_iou_std"] == pytest.approx(np.std(mine))
     assert json.loads((paths.results_dir("smoke") / "judge.json").read_text()) == json.loads(json.dumps(rep))
     assert str(paths.results_dir("smoke")).startswith(str(tmp_path))
     again = train_ldm.train_judges(P, progress=False)  # stored: loaded, not retrained

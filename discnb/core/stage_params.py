@@ -192,6 +192,7 @@ class TrainLDM(Section):
     scheduler: Scheduler = "ddim"
     n_samples: int = 6
     judge: Judge = Judge
+    judge_seeds: list[int] = [0]
     checks: bool = True
 
 

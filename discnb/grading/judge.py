@@ -115,10 +115,11 @@ def check_recipe(recipe: dict) -> dict:
         raise ValueError(f"judge recipe: keys {sorted(recipe)}, expected {sorted(RECIPE_KEYS)}")
     if recipe["input"] not in RECIPE_KEYS["input"]:
         raise ValueError(f"judge recipe: input must be 'real' or 'first_stage', got {recipe['input']!r}")
-    for part in ("model", "train"):
-        if set(recipe[part]) != set(RECIPE_KEYS[part]):
+    train = {"crop": 0} | dict(recipe["train"])  # crop (beyond the paper) may be left out: whole tiles
+    for part, keys in (("model", recipe["model"]), ("train", train)):
+        if set(keys) != set(RECIPE_KEYS[part]):
             raise ValueError(f"judge recipe: {part} keys {sorted(recipe[part])}, expected {sorted(RECIPE_KEYS[part])}")
-    return {"input": recipe["input"], "model": dict(recipe["model"]), "train": dict(recipe["train"])}
+    return {"input": recipe["input"], "model": dict(recipe["model"]), "train": train}
 
 
 def first_stage_view(imgs: np.ndarray, first_stage) -> np.ndarray:

@@ -135,11 +135,15 @@ def load_judge(P) -> jg.Judge:
 
 def ceiling(P, judge: jg.Judge) -> float:
     """The adherence ceiling: notebook 01's ``recon_on_recon`` (the judge on first-stage
-    reconstructions of held-out real tiles), from its ``judge_report.json``."""
+    reconstructions of held-out real tiles), from its ``judge_report.json``: the adherence judge's own (the first of
+    ``judge_seeds``), not the mean over seeds, since adherence is scored by that judge."""
     f = layout.of(P, NOTEBOOK).judge / "judge_report.json"
     if not f.exists():
         raise FileNotFoundError(f"{f}: no judge report; run notebooks/01_train_ldm.ipynb for this profile to the end")
-    return float(json.loads(f.read_text())["recon_on_recon"]["mean_iou"])
+    rep = json.loads(f.read_text())
+    if "judge_seeds" in rep:
+        return float(rep["recon_on_recon"]["per_seed"][str(rep["judge_seeds"][0])]["mean_iou"])
+    return float(rep["recon_on_recon"]["mean_iou"])
 
 
 def adherence_sets(P, src: dict, latent_side: int) -> dict:

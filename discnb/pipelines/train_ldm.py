@@ -88,41 +88,55 @@ def check_conditions(P) -> None:
             raise params.ParamError(f"ablation_conditions: {c!r} is SD's own condition; list only the others")
 
 
-def train_judge(P, progress: bool = True, D: dict | None = None, recipe_input: str | None = None) -> jg.Judge:
+def train_judge(P, progress: bool = True, D: dict | None = None, recipe_input: str | None = None,
+                seed: int | None = None) -> jg.Judge:
     """The pattern judge (the real-only CarcinoNet, frozen; ``judge``: its recipe) trained once, here,
     before any notebook uses it: on real tiles, or (``input: first_stage``) on real tiles passed
     through this notebook's first stage, the domain of every generated tile. Stored in
     ``outputs/<profile>/judge/`` and reused while its signature matches. ``recipe_input`` other than
     ``judge.input``: the second judge of :func:`train_judges` (same recipe, the other input),
-    stored in ``judge-<input>/``."""
+    stored in ``judge-<input>/``; ``seed`` other than ``judge.seed``: a judge of ``judge_seeds``
+    that only ``judge.json`` uses (:func:`judge_folder`)."""
     J = dict(P.judge)
-    seed = J.pop("seed")
+    J["seed"] = J["seed"] if seed is None else seed
     J["input"] = recipe_input or J["input"]
+    seed = J.pop("seed")
     if D is None:
         D = prepared.split_tiles(layout.of(P, NOTEBOOK).data, P.val_fold, ood_split="", progress=progress)
-    return jg.train_judge(D, J, judge_folder(P, J["input"]), seed=seed,
+    return jg.train_judge(D, J, judge_folder(P, J["input"], seed), seed=seed,
                           first_stage=ck.first_stage_folder(P) if J["input"] == "first_stage" else None,
                           device=P.device, mixed_precision=P.mixed_precision, checkpoint_every=P.checkpoint_every,
                           checkpoints_total_limit=P.checkpoints_total_limit, resume=P.resume, progress=progress)
 
 
+def judge_seeds(P) -> list[int]:
+    """The judge seeds ``judge.json`` averages over: ``judge.seed`` (the adherence judge later notebooks load) first,
+    then the other ``judge_seeds`` (one judge per run moved GG5 by 0.12 between two seeds of one recipe)."""
+    if P.judge["seed"] not in P.judge_seeds:
+        raise params.ParamError(f"judge_seeds {P.judge_seeds} must contain judge.seed {P.judge['seed']} (the adherence "
+                                "judge, which judge.json scores with the others)")
+    return [P.judge["seed"]] + [s for s in dict.fromkeys(P.judge_seeds) if s != P.judge["seed"]]
+
+
 def train_judges(P, progress: bool = True) -> dict:
-    """Both judges of the measurement (beyond the paper), the same recipe and seed:
+    """Both judges of the measurement (beyond the paper), the same recipe, for every seed of :func:`judge_seeds`:
     ``first_stage``, trained on first-stage reconstructions of the real training tiles (the
     adherence judge every later notebook loads when ``judge.input`` is ``first_stage``, and the
     ceiling), and ``real``, trained on the untouched tiles (how much of what tells the grades apart
-    the first stage keeps). Returns {input: Judge, "tiles": the held-out split they are scored on}."""
+    the first stage keeps). Returns {input: the Judge of ``judge.seed``, "seeds": {seed: {input: Judge}},
+    "tiles": the held-out split they are scored on}."""
     D = prepared.split_tiles(layout.of(P, NOTEBOOK).data, P.val_fold, ood_split="", progress=progress)
     on = "val" if len(D["val"]["imgs"]) else "test"
     adherence.check_chance_separable(D[on]["masks"], f"{layout.of(P, NOTEBOOK).data}/index.csv, the {on} split "
                                      f"(val_fold {P.val_fold})")  # before training judges it could not score
-    judges = {i: train_judge(P, progress, D, i) for i in ("real", "first_stage")}
-    return judges | {"tiles": D[on]}
+    seeds = {s: {i: train_judge(P, progress, D, i, s) for i in ("real", "first_stage")} for s in judge_seeds(P)}
+    return seeds[P.judge["seed"]] | {"seeds": seeds, "tiles": D[on]}
 
 
 def judge_report(P, judges: dict) -> dict:
     """``judge.json`` (also in :func:`discnb.core.paths.results_dir`): the judges scored three ways on
-    the held-out tiles, each {mean_iou, iou per class, pixel_agreement}:
+    the held-out tiles, each {mean_iou, iou per class, pixel_agreement}, averaged over the seeds of
+    :func:`judge_seeds` (with ``mean_iou_std``, ``iou_std`` over seeds, ddof 0, and ``per_seed``):
 
     - ``real_on_real``: the real-trained judge on the real tiles (can the grades be told apart?);
     - ``real_on_recon``: the same judge on their first-stage reconstructions (what the first stage keeps);
@@ -130,16 +144,37 @@ def judge_report(P, judges: dict) -> dict:
       no generator can beat, since every generated tile is decoded by the same first stage;
     - ``chance``: that judge on the reconstructions against a fixed permutation of the masks.
     """
-    real, fs, tiles = judges["real"], judges["first_stage"], judges["tiles"]
-    adherence.check_chance_separable(tiles["masks"], f"judge report on {fs.info['scored_on']}")
+    tiles = judges["tiles"]
+    fs0 = judges["first_stage"]
+    adherence.check_chance_separable(tiles["masks"], f"judge report on {fs0.info['scored_on']}")
     recon = jg.first_stage_view(tiles["imgs"], ck.first_stage_folder(P))
-    rep = judge_three_ways(real, fs, recon, tiles["masks"]) | {
-        "scored_on": fs.info["scored_on"], "judge_steps": int(P.judge["train"]["steps"]),
+    per_seed = {s: judge_three_ways(j["real"], j["first_stage"], recon, tiles["masks"])
+                for s, j in judges.get("seeds", {P.judge["seed"]: judges}).items()}
+    rep = over_seeds(per_seed) | {
+        "scored_on": fs0.info["scored_on"], "judge_steps": int(P.judge["train"]["steps"]),
+        "judge_seeds": list(per_seed),
         "first_stage": ck.first_stage_folder(P).name if P.autoencoder["path"] else "trained by notebook 01"}
     rep["ratio_real_on_recon_to_real_on_real"] = rep["real_on_recon"]["mean_iou"] / max(rep["real_on_real"]["mean_iou"], 1e-9)
     io.write_json(layout.of(P, NOTEBOOK).judge / "judge_report.json", rep)
     io.write_json(paths.results_dir(P.profile) / "judge.json", rep)
     return rep
+
+
+def over_seeds(per_seed: dict) -> dict:
+    """{way: scores} per seed -> {way: mean over seeds of mean_iou, iou, pixel_agreement; their std (ddof 0);
+    n_tiles; per_seed mean_iou and iou}. One seed: its own scores, std 0."""
+    out = {}
+    for way in next(iter(per_seed.values())):
+        rows = [r[way] for r in per_seed.values()]
+        iou = pd.DataFrame([r["iou"] for r in rows])
+        out[way] = {"mean_iou": float(np.mean([r["mean_iou"] for r in rows])),
+                    "iou": {k: float(v) for k, v in iou.mean().items()},
+                    "pixel_agreement": float(np.mean([r["pixel_agreement"] for r in rows])),
+                    "n_tiles": rows[0]["n_tiles"],
+                    "mean_iou_std": float(np.std([r["mean_iou"] for r in rows])),
+                    "iou_std": {k: float(v) for k, v in iou.std(ddof=0).items()},
+                    "per_seed": {str(s): {"mean_iou": r[way]["mean_iou"], "iou": r[way]["iou"]} for s, r in per_seed.items()}}
+    return out
 
 
 def judge_three_ways(real, fs, recon: np.ndarray, masks: np.ndarray) -> dict:
@@ -157,16 +192,18 @@ def judge_three_ways(real, fs, recon: np.ndarray, masks: np.ndarray) -> dict:
 
 def judge_report_table(rep: dict) -> pd.DataFrame:
     """:func:`judge_report` as a table: one row per way of scoring, IoU per class and mean."""
-    rows = {k: {**{f"IoU {lab}": v for lab, v in rep[k]["iou"].items()}, "mean IoU": rep[k]["mean_iou"]}
+    rows = {k: {**{f"IoU {lab}": v for lab, v in rep[k]["iou"].items()}, "mean IoU": rep[k]["mean_iou"],
+                "std over seeds": rep[k].get("mean_iou_std", 0.0)}
             for k in ("real_on_real", "real_on_recon", "recon_on_recon", "chance")}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def judge_folder(P, recipe_input: str) -> Path:
+def judge_folder(P, recipe_input: str, seed: int | None = None) -> Path:
     """Where the judge of ``recipe_input`` is stored: ``judge/`` for ``judge.input`` (the one later
-    notebooks load), ``judge-<input>/`` for the other one."""
+    notebooks load), ``judge-<input>/`` for the other one; ``-seed<k>`` added for a seed other than ``judge.seed``."""
     d = layout.of(P, NOTEBOOK).judge
-    return d if recipe_input == P.judge["input"] else d.with_name(f"judge-{recipe_input}")
+    d = d if recipe_input == P.judge["input"] else d.with_name(f"judge-{recipe_input}")
+    return d if seed in (None, P.judge["seed"]) else d.with_name(f"{d.name}-seed{seed}")
 
 
 def judge_figure(P):
