@@ -60,12 +60,16 @@ def test_complex_real_set_has_the_most_labels_and_only_multi_label_masks():
     assert np.array_equal(idx, adherence.complex_choice(few, 8, seed=0))
 
 
+class _ReadingJudge:
+    """A perfect judge: reads the label from the tile's first channel."""
+
+    def segment(self, tiles):
+        return np.asarray(tiles)[..., 0].astype(np.uint8)
+
+
 def test_score_and_row():
     masks = np.stack([np.full((8, 8), k, np.uint8) for k in range(4)] * 2)
-
-    def judge(tiles, m):  # a perfect judge reads the label from the tile
-        from discnb.grading.judge import judge_scores
-        return judge_scores(tiles[..., 0].astype(np.uint8), m)
+    judge = _ReadingJudge()
     tiles = np.repeat(masks[..., None], 3, -1)
     s = adherence.score(judge, tiles, masks)
     assert s["mean_iou"] == 1.0 and s["chance_mean_iou"] < 1.0
@@ -74,3 +78,31 @@ def test_score_and_row():
     assert r["normalized"] == pytest.approx(1.0)
     r = adherence.row("SD", "single", 0, 8, {**s, "mean_iou": 0.5, "chance_mean_iou": 0.25}, 0.75, 0.5, 100)
     assert r["normalized"] == pytest.approx(0.5)
+
+
+def test_interior_keeps_pixels_a_band_away_from_boundaries():
+    m = np.zeros((1, 12, 12), np.uint8)
+    m[0, :, 6:] = 2
+    keep = adherence.interior(m, 2)
+    assert keep[0, :, :4].all() and keep[0, :, 8:].all() and not keep[0, :, 4:8].any()  # 2 px each side of col 6
+    assert adherence.interior(m, 0).all() and adherence.interior(np.ones((1, 5, 5), np.uint8), 3).all()
+
+
+def test_interior_scores_tell_seams_from_patterns():
+    """A judge wrong only along the boundaries scores below 1 on the whole tile and 1 on the interior; one
+    wrong inside a region is wrong on the interior too."""
+    masks = np.zeros((4, 16, 16), np.uint8)
+    for i in range(4):
+        masks[i, :, 8:] = i % 3 + 1
+    seam = masks.copy()
+    seam[:, :, 7:9] = 3 - masks[:, :, 7:9] % 4  # wrong labels on the 2 columns at the seam
+    s = adherence.score(_ReadingJudge(), np.repeat(seam[..., None], 3, -1), masks, band=2)
+    assert s["mean_iou"] < 0.9 and s["interior_mean_iou"] == 1.0 and s["interior_share"] == pytest.approx(12 / 16)
+    inside = masks.copy()
+    inside[:, :, :3] = 3
+    s2 = adherence.score(_ReadingJudge(), np.repeat(inside[..., None], 3, -1), masks, band=2)
+    assert s2["interior_mean_iou"] < 0.9
+    r = adherence.row("SD", "multi", 0, 4, s, 1.0, 0.1, 10)
+    assert list(r) == adherence.COLUMNS and r["band_px"] == 2 and r["interior_mean_iou"] == 1.0
+    assert np.isnan(adherence.row("SD", "multi", 0, 4, adherence.score(_ReadingJudge(), np.repeat(masks[..., None], 3, -1),
+                                                                        masks), 1.0, 0.1, 10)["interior_mean_iou"])

@@ -25,16 +25,20 @@ reconstructions of real tiles, which no generator can beat): ``normalized`` = (m
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 import torch
 
 from discnb import K, LABELS
 from discnb.data.shapes import most_labels_first
 from discnb.generative import disc
+from discnb.grading.judge import judge_scores
 
 SETS = ("multi", "complex-real", "single", "real")
 EVERY_SEED = ("multi", "complex-real")  # the sets sampled with every seed (the paper's claim)
 COLUMNS = ["model", "masks", "seed", "n_masks", "mean_iou"] + [f"iou_{lab}" for lab in LABELS] + \
-          ["chance_mean_iou", "ceiling_mean_iou", "normalized", "sec_per_tile", "unet_evals_per_tile"]
+          ["chance_mean_iou", "ceiling_mean_iou", "normalized", "sec_per_tile", "unet_evals_per_tile"] + \
+          ["band_px", "interior_share", "interior_mean_iou"] + [f"interior_iou_{lab}" for lab in LABELS] + \
+          ["interior_chance_mean_iou"]
 
 
 def multi_label_masks(maps: np.ndarray, n: int, seed: int, latent_side: int) -> np.ndarray:
@@ -124,12 +128,39 @@ def check_chance_separable(masks: np.ndarray, where: str, seed: int = 0) -> floa
     return agree
 
 
-def score(judge, tiles: np.ndarray, masks: np.ndarray, seed: int = 0) -> dict:
-    """The judge's IoU per class and mean for ``tiles`` against their ``masks``, and chance: the
-    same tiles against :func:`chance_order` of the masks."""
-    j = judge(tiles, masks)
-    c = judge(tiles, masks[chance_order(len(masks), seed)])
-    return {"mean_iou": j["mean_iou"], "iou": j["iou"], "chance_mean_iou": c["mean_iou"]}
+def interior(masks: np.ndarray, band: int) -> np.ndarray:
+    """Pixels at least ``band`` px (in both axes) from a region boundary of their mask: the
+    (2 band + 1)-square around each holds one label. The tile's own edge is no boundary."""
+    masks = np.asarray(masks)
+    if band <= 0:
+        return np.ones(masks.shape, bool)
+    size = (1, 2 * band + 1, 2 * band + 1)
+    return ndimage.maximum_filter(masks, size, mode="nearest") == ndimage.minimum_filter(masks, size, mode="nearest")
+
+
+def score(judge, tiles: np.ndarray, masks: np.ndarray, seed: int = 0, band: int = 0) -> dict:
+    """The judge's IoU per class and mean (and pixel agreement) for ``tiles`` against their ``masks``,
+    and chance: the same tiles against :func:`chance_order` of the masks (one segmentation serves both).
+
+    ``band`` > 0 (beyond the paper): the same scores on the pixels at least ``band`` px from a region
+    boundary only (:func:`interior`; one latent cell in notebook 02), so errors at the seams (SD-SC's
+    fusion, the judge's context window across a boundary) are told apart from patterns drawn wrong
+    inside a region: ``interior_mean_iou``, ``interior_iou``, ``interior_chance_mean_iou`` (chance on the
+    interior of the shuffled masks) and ``interior_share`` (the fraction of pixels kept)."""
+    tiles, masks = np.asarray(tiles), np.asarray(masks)
+    if tiles.shape[:3] != masks.shape:
+        raise ValueError(f"tiles {tiles.shape} and masks {masks.shape} do not match")
+    pred = judge.segment(tiles)
+    shuffled = masks[chance_order(len(masks), seed)]
+    j, c = judge_scores(pred, masks), judge_scores(pred, shuffled)
+    out = {"mean_iou": j["mean_iou"], "iou": j["iou"], "pixel_agreement": j["pixel_agreement"],
+           "chance_mean_iou": c["mean_iou"], "band_px": int(band)}
+    if band > 0:
+        keep, keep_c = interior(masks, band), interior(shuffled, band)
+        ji, ci = judge_scores(pred[keep], masks[keep]), judge_scores(pred[keep_c], shuffled[keep_c])
+        out |= {"interior_share": float(keep.mean()), "interior_mean_iou": ji["mean_iou"], "interior_iou": ji["iou"],
+                "interior_chance_mean_iou": ci["mean_iou"]}
+    return out
 
 
 def row(model: str, masks: str, seed: int, n: int, s: dict, ceiling: float, sec_per_tile: float,
@@ -139,4 +170,8 @@ def row(model: str, masks: str, seed: int, n: int, s: dict, ceiling: float, sec_
     return {"model": model, "masks": masks, "seed": int(seed), "n_masks": int(n), "mean_iou": s["mean_iou"],
             **{f"iou_{lab}": s["iou"][lab] for lab in LABELS}, "chance_mean_iou": s["chance_mean_iou"],
             "ceiling_mean_iou": ceiling, "normalized": (s["mean_iou"] - s["chance_mean_iou"]) / span if span > 0
-            else float("nan"), "sec_per_tile": sec_per_tile, "unet_evals_per_tile": evals_per_tile}
+            else float("nan"), "sec_per_tile": sec_per_tile, "unet_evals_per_tile": evals_per_tile,
+            "band_px": s.get("band_px", 0), "interior_share": s.get("interior_share", float("nan")),
+            "interior_mean_iou": s.get("interior_mean_iou", float("nan")),
+            **{f"interior_iou_{lab}": s.get("interior_iou", {}).get(lab, float("nan")) for lab in LABELS},
+            "interior_chance_mean_iou": s.get("interior_chance_mean_iou", float("nan"))}

@@ -179,6 +179,7 @@ def compare(P, progress: bool = True) -> dict:
     top = ceiling(P, judge)
     first, first_key = build(P, "SD", C)
     S = adherence_sets(P, src, first.latent_shape[-1])
+    band = src["masks"].shape[-1] // first.latent_shape[-1]  # one latent cell: the interior columns of adherence.csv
     sets, real_index = S["sets"], S["real_index"]
     f_real = jg.kid_reference(judge, src["imgs"], first.vq)
     rows, adh, ranking, samples, meta = [], [], [], {}, {}
@@ -194,14 +195,14 @@ def compare(P, progress: bool = True) -> dict:
                 t0 = time.perf_counter()
                 tiles = gen.generate(masks, seeds)
                 sec = (time.perf_counter() - t0) / len(masks)
-                sc = adherence.score(judge, tiles, masks, int(s))
+                sc = adherence.score(judge, tiles, masks, int(s), band)
                 adh.append(adherence.row(name, set_name, int(s), len(masks), sc, top, sec, gen.nfe / len(masks)))
                 bar.update(1)
                 if set_name == "real" and s == C["seeds"][0]:
                     samples[name] = tiles
                 if set_name != "multi":
                     continue
-                j = judge(tiles, masks)
+                j = sc
                 k_mean, _ = metrics.kid(f_real, judge.features(tiles), seed=s)
                 base = {"model": name, "seed": int(s)}
                 rows += [base | {"metric": "iou", "label": lab, "value": j["iou"][lab]} for lab in LABELS]
@@ -224,7 +225,7 @@ def compare(P, progress: bool = True) -> dict:
             t0 = time.perf_counter()
             tiles = gen.generate(masks, [s * 100_000 + i for i in range(len(masks))])
             sec = (time.perf_counter() - t0) / len(masks)
-            ranking.append(adherence.row(name, "multi", s, len(masks), adherence.score(judge, tiles, masks, s), top, sec,
+            ranking.append(adherence.row(name, "multi", s, len(masks), adherence.score(judge, tiles, masks, s, band), top, sec,
                                          gen.nfe / len(masks)) | {"steps": R["steps"]})
     # Fig. 5: real annotation masks (most labels first) with their real tiles
     order = np.argsort([-len(np.unique(m)) for m in sets["real"]], kind="stable")
@@ -239,7 +240,8 @@ def adherence_summary(adh: pd.DataFrame) -> pd.DataFrame:
     """``adherence.csv`` as mean ± std over seeds per (masks, model): mean IoU, normalized, per-class
     IoU, cost; multi-label masks first (the paper's claim)."""
     cols = ["mean_iou", "normalized"] + [c for c in adherence.COLUMNS if c.startswith("iou_")] + \
-        ["chance_mean_iou", "sec_per_tile", "unet_evals_per_tile"]
+        ["chance_mean_iou", "sec_per_tile", "unet_evals_per_tile"] + \
+        [c for c in ("interior_mean_iou", "interior_chance_mean_iou") if c in adh and adh[c].notna().any()]
     g = adh.groupby(["masks", "model"], sort=False)
     out = g[cols].agg(lambda x: f"{x.mean():.3f} ± {x.std():.3f}" if len(x) > 1 else f"{x.mean():.3f}")
     out["seeds"] = g.size()
