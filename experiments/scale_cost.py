@@ -52,17 +52,17 @@ def train_step(model, loss_fn, make_batch):
     return step
 
 
-def first_stage(tile: int, crop: int, n: int) -> float:
+def first_stage(tile: int, crop: int, n: int, batch: int = 16) -> float:
     torch.manual_seed(0)
     vq = ae.build_vq([32, 64, 64], 1, 512)
-    x = torch.rand(16, 3, tile, tile) * 2 - 1
+    x = torch.rand(batch, 3, tile, tile) * 2 - 1
     return timed(train_step(vq, ae.vq_loss, lambda: random_crop({"x": x}, ("x",), crop)), n)
 
 
-def judge(tile: int, crop: int, n: int) -> float:
+def judge(tile: int, crop: int, n: int, batch: int = 16) -> float:
     torch.manual_seed(0)
     m = build_model(JUDGE)
-    x, y = torch.rand(16, 3, tile, tile), torch.randint(0, 4, (16, tile, tile))
+    x, y = torch.rand(batch, 3, tile, tile), torch.randint(0, 4, (batch, tile, tile))
 
     def batch():
         return random_crop({"image": x, "mask": y}, ("image", "mask"), crop)
@@ -74,11 +74,11 @@ def sd_model(tile: int) -> ldm.MaskLDM:
     return ldm.MaskLDM.from_config({**UNET, "token_side": tile // 8}, tile, tile // 4)
 
 
-def sd(tile: int, crop: int, n: int) -> float:
+def sd(tile: int, crop: int, n: int, batch: int = 16) -> float:
     m = sd_model(tile)
     g = tile // 4
-    z, mask = torch.randn(16, 3, g, g), torch.randint(0, 4, (16, tile, tile), dtype=torch.uint8)
-    slide = torch.zeros(16, 2, dtype=torch.long)
+    z, mask = torch.randn(batch, 3, g, g), torch.randint(0, 4, (batch, tile, tile), dtype=torch.uint8)
+    slide = torch.zeros(batch, 2, dtype=torch.long)
     loss = ldm_batch_loss("pixel", ldm.noise_scheduler().alphas_cumprod)
     return timed(train_step(m, loss, lambda: random_crop({"z": z, "mask": mask, "slide": slide}, ("z", "mask"), crop, 2)), n)
 
@@ -99,6 +99,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=6, help="timed training steps per row")
+    ap.add_argument("--batch", type=int, default=16, help="training batch (the demo's 16)")
+    ap.add_argument("--sample-batch", type=int, default=32, help="tiles per sampling batch (the demo's 32)")
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -108,18 +110,19 @@ def main(argv=None):
         rows.append({"model": model, "setting": setting, "measure": what, "seconds": round(seconds, 4)})
         print(f"{model:12s} {setting:28s} {what:24s} {seconds:.4f} s", flush=True)
     for tile, crop, name in ((64, 0, "64 px (today)"), (128, 0, "128 px whole"), (128, 64, "128 px, 64-px crops")):
-        add("first stage", name, "train step, batch 16", first_stage(tile, crop, a.steps))
-        add("judge", name, "train step, batch 16", judge(tile, crop, a.steps))
+        add("first stage", name, f"train step, batch {a.batch}", first_stage(tile, crop, a.steps, a.batch))
+        add("judge", name, f"train step, batch {a.batch}", judge(tile, crop, a.steps, a.batch))
     for tile, crop, name in ((64, 0, "64 px (16x16 grid, today)"), (128, 0, "128 px (32x32 grid) whole"),
                              (128, 16, "128 px, 16x16 latent crops")):
-        add("SD", name, "train step, batch 16", sd(tile, crop, a.steps))
+        add("SD", name, f"train step, batch {a.batch}", sd(tile, crop, a.steps, a.batch))
     for tile, name in ((64, "64 px (16x16 grid)"), (128, "128 px (32x32 grid)")):
-        add("SD", name, "sample, DPM++ 20 + CFG", sampling(tile, 20, "dpm++"))
-        add("SD", name, "sample, DDIM 50 + CFG", sampling(tile, 50, "ddim"))
+        add("SD", name, "sample per tile, DPM++ 20 + CFG", sampling(tile, 20, "dpm++", a.sample_batch))
+        add("SD", name, "sample per tile, DDIM 50 + CFG", sampling(tile, 50, "ddim", a.sample_batch))
     df = pd.DataFrame(rows)
     if a.out:
         df.to_csv(a.out, index=False)
     print(df.to_string(index=False))
+    return df
 
 
 if __name__ == "__main__":

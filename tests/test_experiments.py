@@ -105,3 +105,14 @@ def test_cpu_threads():
         torch.set_num_threads(n)
     assert set(rep) == {"TransMIL 1 thread(s) s/step", "CarcinoNet 1 thread(s) s/step"}
     assert all(v > 0 for v in rep.values())
+
+
+def test_scale_cost(tmp_path):
+    n = torch.get_num_threads()
+    try:
+        df = script("scale_cost").main(["--threads", "1", "--steps", "1", "--batch", "2", "--sample-batch", "1",
+                                        "--out", str(tmp_path / "c.csv")])
+    finally:
+        torch.set_num_threads(n)
+    assert len(df) == 13 and (df.seconds > 0).all() and (tmp_path / "c.csv").exists()
+    assert set(df.model) == {"first stage", "judge", "SD"}
