@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -373,6 +375,34 @@ def test_cli_rerun_reuses_the_first_stage_and_resumes_sd(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     sd = json.loads((tmp_path / "ldm" / "summary.json").read_text())["sd"]
     assert sd["steps"] == 6 and sd["resumed_from"].endswith("checkpoint-4")
+    assert done.stat().st_mtime_ns == written
+
+
+@pytest.mark.slow
+def test_cli_killed_mid_training_continues_from_its_last_checkpoint(tmp_path):
+    """The command that trains notebook 01's models (what ``./run_all.sh --train`` runs for it), killed with SIGKILL
+    while SD trains on crops, run again unchanged: the first stage is reused and SD continues from its newest
+    checkpoint to the same number of steps."""
+    f = prepared(tmp_path, sd={**TINY["sd"], "steps": 150, "crop": 4}, checkpoint_every=5,
+                 unet={**TINY["unet"], "token_side": 8})
+    cmd = [PY, "-m", "discnb.pipelines.train_ldm", "--params", str(f), "--no-progress", "--no-checks"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sd_dir = tmp_path / "ldm" / "sd"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(train.list_checkpoints(sd_dir)) < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, "SD finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(train.list_checkpoints(sd_dir)[-1].name.split("-")[1])  # a half-written one (.tmp) does not count
+    assert 0 < killed_at < 150
+    done = tmp_path / "ldm" / "autoencoder" / "done.json"
+    written = done.stat().st_mtime_ns
+    r = _run(cmd, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sd = json.loads((tmp_path / "ldm" / "summary.json").read_text())["sd"]
+    assert sd["steps"] == 150 and int(sd["resumed_from"].rsplit("-", 1)[1]) >= killed_at
     assert done.stat().st_mtime_ns == written
 
 
