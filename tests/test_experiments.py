@@ -116,3 +116,15 @@ def test_scale_cost(tmp_path):
         torch.set_num_threads(n)
     assert len(df) == 13 and (df.seconds > 0).all() and (tmp_path / "c.csv").exists()
     assert set(df.model) == {"first stage", "judge", "SD"}
+
+
+def test_sd_crop_vs_whole(data, tmp_path):
+    df = script("sd_crop_vs_whole").main(["--data", str(data), "--first-stage", "weights/demo/SD/vqvae",
+                                          "--judge", "weights/demo/judge", "--crop", "8", "--crop-steps", "2",
+                                          "--whole-steps", "1", "--n-masks", "4", "--masks", "complex-real", "--seeds", "0",
+                                          "--sample-steps", "2", "--batch", "4",
+                                          "--out", str(tmp_path / "cw")])
+    assert list(df.setting) == ["crop", "whole"] and list(df.steps) == [2, 1]
+    assert df[["mean_iou", "interior_mean_iou"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (tmp_path / "cw" / "crop" / "sd" / "best" / "model_index.json").exists()
+    assert (tmp_path / "cw" / "crop_vs_whole.csv").exists()
