@@ -205,7 +205,7 @@ class MaskLDM(nn.Module):
         """eps_theta(z_t, t, condition), whatever the U-Net predicts; ``raw``: the U-Net's own output
         (eps or v: what the loss compares with :meth:`target`; through forward so DDP syncs it);
         ``offset``: where a training crop lies in its tile (:class:`MaskEncoder`)."""
-        out = self.predict(z_t, t, cond, offset)
+        out = self.predict(z_t, t, cond) if offset is None else self.predict(z_t, t, cond, offset)
         if raw or self.prediction == "eps":
             return out
         ab = self._abar(t, z_t)
@@ -284,7 +284,8 @@ def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
     net = getattr(model, "module", model)  # DDP-wrapped under accelerate
     train_mode = net.training and generator is None
     gamma = net.snr_gamma if train_mode else 0.0
-    z0, cond, offset = batch["z"], batch["cond"], batch.get("offset")
+    z0, cond = batch["z"], batch["cond"]
+    kw = {"offset": batch["offset"]} if batch.get("offset") is not None else {}  # a crop's place (sd.crop)
     if train_mode:
         cond = drop_condition(cond, net.cond_drop)
     B = z0.shape[0]
@@ -294,8 +295,8 @@ def ldm_loss(model: MaskLDM, batch: dict, alphas_cumprod: torch.Tensor,
     ab = alphas_cumprod.to(z0.device)[t].view(B, 1, 1, 1).to(z0.dtype)
     z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
     if not gamma > 0:
-        return F.mse_loss(model(z_t, t, cond, raw=True, offset=offset).float(), net.target(z0, noise, t).float())
-    per_item = F.mse_loss(model(z_t, t, cond, raw=True, offset=offset).float(), net.target(z0, noise, t).float(),
+        return F.mse_loss(model(z_t, t, cond, raw=True, **kw).float(), net.target(z0, noise, t).float())
+    per_item = F.mse_loss(model(z_t, t, cond, raw=True, **kw).float(), net.target(z0, noise, t).float(),
                           reduction="none").mean((1, 2, 3))
     return (per_item * min_snr_weights(t, gamma, net.prediction)).mean()
 

@@ -68,7 +68,7 @@ def ldm_signature(P, image_size: int, condition: str | None = None) -> dict:
     sig = {"kind": "ldm", "condition": condition or P.condition, "unet": dict(P.unet), "image_size": image_size,
            "autoencoder": {k: v for k, v in P.autoencoder.items() if k in ("path", "channels", "layers_per_block", "n_embed")}}
     # only when on: SDs trained without classifier-free guidance, min-SNR or crops keep their signature
-    return sig | {k: P.sd[k] for k in ("cond_drop", "snr_gamma", "crop") if P.sd[k]}
+    return sig | {k: P.sd[k] for k in ("cond_drop", "snr_gamma", "crop") if P.sd.get(k)}
 
 
 def ldm_batch_loss(condition: str, alphas_cumprod: torch.Tensor):

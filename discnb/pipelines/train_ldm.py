@@ -56,7 +56,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
     gan = A["disc_weight"] > 0
     if gan:  # only then: first stages trained without the discriminator keep their signature
         sig |= {k: A[k] for k in ("disc_weight", "disc_channels", "disc_layers")}
-    if A["crop"]:  # likewise: trained on crops (beyond the paper; the demo's 2 cores, docs/cost.md)
+    if A.get("crop"):  # likewise: trained on crops (beyond the paper; the demo's 2 cores, docs/cost.md)
         sig["crop"] = A["crop"]
     done = out / "done.json"
     if done.exists() and json.loads(done.read_text()).get("signature") == sig and (out / "final").exists():
@@ -64,7 +64,7 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
     vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"])
     # uint8 in memory, floats per batch (float32 tiles would take ~10 GB per process at SICAPv2's size)
     tr = TensorData({"x": ae.pixels(split["train"]["imgs"])},
-                    augment=lambda b: random_crop(dihedral(b, ("x",)), ("x",), A["crop"]), transform=ae.pixels_to_model)
+                    augment=lambda b: random_crop(dihedral(b, ("x",)), ("x",), A.get("crop", 0)), transform=ae.pixels_to_model)
     va = TensorData({"x": ae.pixels(split["val"]["imgs"])}, transform=ae.pixels_to_model)
     cfg = fit_config(P, out, {**A, **FIRST_STAGE_FIT}, "autoencoder", sig, progress)
     if gan:  # LDM's vq-f4 recipe without LPIPS: patch-GAN with taming's adaptive weight, from step 0
@@ -230,7 +230,7 @@ def train_sd(P, split: dict, vq, ae_info: dict, progress: bool = True) -> dict:
     # encoder's position embedding is cut where the window lies (generative.ldm.MaskEncoder)
     step = max(1, model.tau.token_px // (size // z["train"].shape[-1]))
     tr = TensorData(tensors("train"),
-                    augment=lambda b: random_crop(dihedral(b, ("z", "mask")), ("z", "mask"), P.sd["crop"], step))
+                    augment=lambda b: random_crop(dihedral(b, ("z", "mask")), ("z", "mask"), P.sd.get("crop", 0), step))
     va = TensorData(tensors("val"))
     sched = ldm.noise_scheduler()
     summary = fit(model, ldm_batch_loss(P.condition, sched.alphas_cumprod), tr,
