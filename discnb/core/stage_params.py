@@ -110,6 +110,7 @@ class Autoencoder(Section):
     disc_channels: int = 64
     disc_layers: int = 3
     crop: NonNegativeInt = 0
+    mid_attention: bool = True
 
 
 class UNet(Section):

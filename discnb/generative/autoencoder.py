@@ -26,13 +26,16 @@ from diffusers import VQModel
 from discnb.generative.ldm import norm_groups
 from discnb.data.image_metrics import psnr, ssim
 
-def build_vq(channels: list[int], layers_per_block: int, n_embed: int, latent_channels: int = 3) -> VQModel:
-    """A VQModel whose downsampling factor is 2^(levels-1) (3 levels: f = 4)."""
+def build_vq(channels: list[int], layers_per_block: int, n_embed: int, latent_channels: int = 3,
+             mid_attention: bool = True) -> VQModel:
+    """A VQModel whose downsampling factor is 2^(levels-1) (3 levels: f = 4). ``mid_attention`` False drops the
+    self-attention of the encoder's and decoder's mid-blocks (LDM's vq-f4 has it): a first stage trained on crops
+    then has nothing whose output depends on the tile's size but GroupNorm (docs/demo-v3.md)."""
     return VQModel(in_channels=3, out_channels=3, latent_channels=latent_channels, num_vq_embeddings=n_embed,
                    block_out_channels=tuple(channels), layers_per_block=layers_per_block,
                    down_block_types=("DownEncoderBlock2D",) * len(channels),
                    up_block_types=("UpDecoderBlock2D",) * len(channels),
-                   norm_num_groups=norm_groups(channels), scaling_factor=1.0)
+                   norm_num_groups=norm_groups(channels), scaling_factor=1.0, mid_block_add_attention=mid_attention)
 
 
 def factor(vq: VQModel) -> int:

@@ -58,10 +58,12 @@ def first_stage(P, split: dict, progress: bool = True) -> tuple:
         sig |= {k: A[k] for k in ("disc_weight", "disc_channels", "disc_layers")}
     if A.get("crop"):  # likewise: trained on crops (beyond the paper; the demo's 2 cores, docs/cost.md)
         sig["crop"] = A["crop"]
+    if not A.get("mid_attention", True):  # and without the mid-blocks' self-attention (LDM's vq-f4 has it)
+        sig["mid_attention"] = False
     done = out / "done.json"
     if done.exists() and json.loads(done.read_text()).get("signature") == sig and (out / "final").exists():
         return ae.load_vq(out / "best"), json.loads(done.read_text())  # the one a fresh run continues with
-    vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"])
+    vq = ae.build_vq(A["channels"], A["layers_per_block"], A["n_embed"], mid_attention=A.get("mid_attention", True))
     # uint8 in memory, floats per batch (float32 tiles would take ~10 GB per process at SICAPv2's size)
     tr = TensorData({"x": ae.pixels(split["train"]["imgs"])},
                     augment=lambda b: random_crop(dihedral(b, ("x",)), ("x",), A.get("crop", 0)), transform=ae.pixels_to_model)
