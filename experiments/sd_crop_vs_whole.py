@@ -50,13 +50,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def mask_set(a, split: dict, size: int, side: int) -> np.ndarray:
+    """``--masks``: multi-label masks of notebook 00's shape maps, or the held-out masks with the most labels."""
+    if a.masks == "multi":
+        lib = shapes.load_library(paths.resolve(a.data) / "shape_maps.npz")
+        maps = np.stack([shapes.resize_mask(m, size) for m in lib["maps"]])
+        return adherence.multi_label_masks(maps, a.n_masks, 0, side)
+    held = ldm_training.held_out(split)["masks"]
+    return held[adherence.complex_choice(held, a.n_masks, 0)]
+
+
 def main(argv=None) -> pd.DataFrame:
     a = parse_args(argv)
     out = paths.resolve(a.out)
     base = yaml.safe_load(paths.resolve(a.params).read_text())
     vq = ae.load_vq(paths.resolve(a.first_stage))
     judge = jg.load_judge(paths.resolve(a.judge))
-    rows, split = [], None
+    rows, split, masks = [], None, None
     for name, crop, steps in (("crop", a.crop, a.crop_steps), ("whole", 0, a.whole_steps)):
         P = params.validate("01_train_ldm", base | {
             "data_dir": str(paths.resolve(a.data)), "output_dir": str(out / name), "ablation_conditions": [],
@@ -68,13 +78,7 @@ def main(argv=None) -> pd.DataFrame:
         wall = time.perf_counter() - t0
         pipe = DISCPipeline.from_pretrained(out / name / "sd" / "best")
         size, side = pipe.image_size, int(result["latent_shape"][-1])
-        if a.masks == "multi":
-            lib = shapes.load_library(paths.resolve(a.data) / "shape_maps.npz")
-            maps = np.stack([shapes.resize_mask(m, size) for m in lib["maps"]])
-            masks = adherence.multi_label_masks(maps, a.n_masks, 0, side)
-        else:
-            held = ldm_training.held_out(split)["masks"]
-            masks = held[adherence.complex_choice(held, a.n_masks, 0)]
+        masks = masks if masks is not None else mask_set(a, split, size, side)  # the same masks for both settings
         gen = pipe.sampler(num_inference_steps=a.sample_steps, scheduler="dpm++", batch_size=32)
         for seed in a.seeds:
             tiles = gen.generate(masks, [seed * 100_000 + i for i in range(len(masks))])

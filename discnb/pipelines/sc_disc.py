@@ -202,12 +202,11 @@ def compare(P, progress: bool = True) -> dict:
                     samples[name] = tiles
                 if set_name != "multi":
                     continue
-                j = sc
                 k_mean, _ = metrics.kid(f_real, judge.features(tiles), seed=s)
                 base = {"model": name, "seed": int(s)}
-                rows += [base | {"metric": "iou", "label": lab, "value": j["iou"][lab]} for lab in LABELS]
-                rows += [base | {"metric": "mean_iou", "label": "all", "value": j["mean_iou"]},
-                         base | {"metric": "pixel_agreement", "label": "all", "value": j["pixel_agreement"]},
+                rows += [base | {"metric": "iou", "label": lab, "value": sc["iou"][lab]} for lab in LABELS]
+                rows += [base | {"metric": "mean_iou", "label": "all", "value": sc["mean_iou"]},
+                         base | {"metric": "pixel_agreement", "label": "all", "value": sc["pixel_agreement"]},
                          base | {"metric": "kid", "label": "all", "value": k_mean},
                          base | {"metric": "sec_per_tile", "label": "all", "value": sec},
                          base | {"metric": "nfe_per_tile", "label": "all", "value": gen.nfe / len(masks)}]
